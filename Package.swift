@@ -1,0 +1,112 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "pipelined",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "pipelined", targets: ["pipelined"]),
+        .library(name: "PipelineCore", targets: ["PipelineCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        // libbpf, found through pkg-config; also exposes bpf/wire.h so the Swift
+        // side is checked against the same wire layout the kernel program writes.
+        .systemLibrary(
+            name: "CBPF",
+            path: "Sources/CBPF",
+            pkgConfig: "libbpf",
+            providers: [.apt(["libbpf-dev", "libelf-dev"])]
+        ),
+        // liblz4's frame API.
+        .systemLibrary(
+            name: "CLZ4",
+            path: "Sources/CLZ4",
+            pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"])]
+        ),
+        .target(
+            name: "PipelineCore",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/PipelineCore"
+        ),
+        .target(
+            name: "EventFilters",
+            dependencies: ["PipelineCore"],
+            path: "Sources/Filters"
+        ),
+        .target(
+            name: "EventSinks",
+            dependencies: [
+                "PipelineCore",
+                "CLZ4",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/Sinks"
+        ),
+        .target(
+            name: "EventSources",
+            dependencies: [
+                "PipelineCore",
+                "CBPF",
+                "CLZ4",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/Sources"
+        ),
+        .executableTarget(
+            name: "pipelined",
+            dependencies: [
+                "PipelineCore",
+                "EventFilters",
+                "EventSinks",
+                "EventSources",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/pipelined"
+        ),
+        .testTarget(
+            name: "PipelineCoreTests",
+            dependencies: ["PipelineCore", "CBPF"],
+            path: "Tests/PipelineCoreTests"
+        ),
+        .testTarget(
+            name: "FilterTests",
+            dependencies: ["PipelineCore", "EventFilters"],
+            path: "Tests/FilterTests"
+        ),
+        .testTarget(
+            name: "SinkTests",
+            dependencies: ["PipelineCore", "EventSinks", "CLZ4"],
+            path: "Tests/SinkTests"
+        ),
+        .testTarget(
+            name: "SourceTests",
+            dependencies: ["PipelineCore", "EventSources", "CBPF"],
+            path: "Tests/SourceTests"
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["PipelineCore"],
+            path: "Tests/CLITests"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,7 @@
+#ifndef PIPELINED_CBPF_SHIM_H
+#define PIPELINED_CBPF_SHIM_H
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <linux/perf_event.h>
+#include "../../bpf/wire.h"
+#endif
