@@ -35,6 +35,7 @@ let package = Package(
         .target(
             name: "PipelineCore",
             dependencies: [
+                "CLZ4",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),

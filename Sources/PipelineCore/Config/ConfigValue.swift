@@ -1,0 +1,50 @@
+/// A YAML value from a pipeline file, after `${VAR}` substitution, with the
+/// location of every node so that any error can point at it.
+public indirect enum ConfigValue: Sendable, Equatable {
+    /// A scalar as written; `quoted` when it was a quoted string (so `"10"` is
+    /// a string and `10` may be a number).
+    case scalar(String, quoted: Bool, at: SourceLocation)
+    case sequence([ConfigValue], at: SourceLocation)
+    case mapping([ConfigEntry], at: SourceLocation)
+
+    /// Where the value starts.
+    public var location: SourceLocation {
+        switch self {
+        case .scalar(_, _, let at), .sequence(_, let at), .mapping(_, let at): at
+        }
+    }
+
+    /// A word for error messages: "a string", "a list", "a map".
+    public var kindDescription: String {
+        switch self {
+        case .scalar: "a scalar"
+        case .sequence: "a list"
+        case .mapping: "a map"
+        }
+    }
+
+    /// The scalar's text, or nil for a list or map.
+    public var scalarText: String? {
+        if case .scalar(let text, _, _) = self { return text }
+        return nil
+    }
+
+    /// The value of `key` in a mapping.
+    public subscript(key: String) -> ConfigValue? {
+        guard case .mapping(let entries, _) = self else { return nil }
+        return entries.first { $0.key == key }?.value
+    }
+}
+
+/// One `key: value` of a mapping, with the key's own location.
+public struct ConfigEntry: Sendable, Equatable {
+    public var key: String
+    public var keyLocation: SourceLocation
+    public var value: ConfigValue
+
+    public init(key: String, keyLocation: SourceLocation, value: ConfigValue) {
+        self.key = key
+        self.keyLocation = keyLocation
+        self.value = value
+    }
+}

@@ -1,0 +1,84 @@
+/// A checked pipeline: every stage built from its options, wired by id.
+/// ``PipelineLoader`` makes one from a file; ``PipelineRuntime`` runs it.
+public struct PipelinePlan: Sendable {
+    /// The file's `name`, or the file name.
+    public var name: String
+    public var settings: PipelineSettings
+    /// Sources, then filters, then sinks, each in file order.
+    public var stages: [PlannedStage]
+
+    public init(name: String, settings: PipelineSettings = PipelineSettings(), stages: [PlannedStage]) {
+        self.name = name
+        self.settings = settings
+        self.stages = stages
+    }
+
+    public func stage(_ id: String) -> PlannedStage? { stages.first { $0.id == id } }
+}
+
+/// One stage of a plan.
+public struct PlannedStage: Sendable {
+    public var id: String
+    public var type: String
+    public var instance: StageInstance
+    /// The ids this stage reads from (empty for sources).
+    public var inputs: [String]
+    /// For sinks: how its queue behaves when full.
+    public var queue: QueuePolicy
+
+    public init(id: String, type: String, instance: StageInstance, inputs: [String] = [], queue: QueuePolicy = QueuePolicy()) {
+        self.id = id
+        self.type = type
+        self.instance = instance
+        self.inputs = inputs
+        self.queue = queue
+    }
+
+    public var kind: StageKind { instance.kind }
+}
+
+/// How a sink's queue behaves (the common sink options `queue_events` and `queue_full`).
+public struct QueuePolicy: Sendable, Equatable {
+    public enum WhenFull: String, Sendable {
+        /// The producer waits: back-pressure reaches the source (and the
+        /// kernel buffer, whose losses are counted there).
+        case block
+        /// The batch is dropped and counted; the sink later receives a
+        /// `lost` record with `where: queue`.
+        case drop
+    }
+
+    /// Events the queue holds before it is full.
+    public var capacityEvents: Int
+    public var whenFull: WhenFull
+
+    public init(capacityEvents: Int = 65_536, whenFull: WhenFull = .block) {
+        self.capacityEvents = capacityEvents
+        self.whenFull = whenFull
+    }
+}
+
+/// The pipeline file's optional `settings` map.
+public struct PipelineSettings: Sendable, Equatable {
+    /// The most records a source puts in one batch.
+    public var batchEvents: Int = 512
+    /// How long shutdown waits for queues to drain before giving up.
+    public var drainTimeoutNs: Int64 = 30_000_000_000
+    /// `trace`, `debug`, `info`, `notice`, `warning`, `error`, `critical`.
+    public var logLevel: String = "info"
+
+    public init() {}
+
+    /// The options of the `settings` map, for `plugins` and unknown-key checks.
+    public static let options: [OptionSpec] = [
+        OptionSpec("batch_events", "int", default: "512", "most records a source puts in one batch (1-65536)"),
+        OptionSpec("drain_timeout", "duration", default: "30s", "how long shutdown waits for queues to drain"),
+        OptionSpec("log_level", "trace|debug|info|notice|warning|error|critical", default: "info", "log verbosity (stderr)"),
+    ]
+
+    /// Options every sink accepts: its input queue.
+    public static let sinkQueueOptions: [OptionSpec] = [
+        OptionSpec("queue_events", "int", default: "65536", "events the sink's input queue holds (16-16777216)"),
+        OptionSpec("queue_full", "block|drop", default: "block", "when the queue is full: block the producers, or drop and count (a 'lost' record with where=queue)"),
+    ]
+}

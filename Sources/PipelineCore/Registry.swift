@@ -1,0 +1,55 @@
+/// How a stage type is made: its name, kind, documented options and factory.
+///
+/// The factory decodes options from a ``StageConfig`` and returns the stage, or
+/// nil after reporting its problems on the config. It must have no side effects:
+/// `validate` calls it too. Resources are acquired later, in
+/// ``EventSource/prepare(_:)`` or ``EventSink/open(_:)``.
+public struct StageDescriptor: Sendable {
+    /// The `type:` written in pipeline files (`lz4_segments`).
+    public var type: String
+    public var kind: StageKind
+    /// One line for `pipelined plugins`.
+    public var summary: String
+    /// The stage's own options (the runtime adds ``PipelineSettings/sinkQueueOptions`` to sinks).
+    public var options: [OptionSpec]
+    public var make: @Sendable (StageConfig) -> StageInstance?
+
+    public init(type: String, kind: StageKind, summary: String, options: [OptionSpec], make: @escaping @Sendable (StageConfig) -> StageInstance?) {
+        self.type = type
+        self.kind = kind
+        self.summary = summary
+        self.options = options
+        self.make = make
+    }
+
+    /// Every option a stage of this type accepts, the common ones included.
+    public var allOptions: [OptionSpec] {
+        kind == .sink ? options + PipelineSettings.sinkQueueOptions : options
+    }
+}
+
+/// The one explicit map from stage type names to their descriptors. The
+/// `pipelined` command registers every built-in stage once at start-up; tests
+/// and plugin authors build registries of their own.
+public struct StageRegistry: Sendable {
+    public private(set) var descriptors: [String: StageDescriptor] = [:]
+
+    public init() {}
+
+    public init(_ descriptors: [StageDescriptor]) {
+        for descriptor in descriptors { register(descriptor) }
+    }
+
+    /// Adds a stage type; registering a name twice is a programming error.
+    public mutating func register(_ descriptor: StageDescriptor) {
+        precondition(descriptors[descriptor.type] == nil, "stage type '\(descriptor.type)' registered twice")
+        descriptors[descriptor.type] = descriptor
+    }
+
+    public func descriptor(for type: String) -> StageDescriptor? { descriptors[type] }
+
+    /// Descriptors of one kind, sorted by type name.
+    public func types(of kind: StageKind) -> [StageDescriptor] {
+        descriptors.values.filter { $0.kind == kind }.sorted { $0.type < $1.type }
+    }
+}

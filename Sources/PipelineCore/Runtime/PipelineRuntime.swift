@@ -1,0 +1,233 @@
+import Atomics
+import Logging
+
+/// Runs a ``PipelinePlan``: one thread per source, one queue and thread per
+/// sink, filters inline (see the picture in `PipelineCore.swift`).
+///
+/// Start: every source is prepared first (a missing privilege fails here,
+/// before any sink creates a file or socket), then every sink is opened, then
+/// the threads start. Stop: sources are told to stop and return after pushing
+/// what they already read; when the last source has returned, every queue is
+/// closed, each sink drains its queue and is closed. The pipeline also ends
+/// by itself when every source reaches the end of its input.
+public final class PipelineRuntime: Sendable {
+    public let plan: PipelinePlan
+    private let logger: Logger
+    private let sources: [(stage: PlannedStage, source: any EventSource, output: SourceOutput)]
+    private let sinks: [(stage: PlannedStage, sink: any EventSink, queue: SinkQueue)]
+    /// Every stage's counters, by id.
+    public let metrics: [String: StageMetrics]
+    private let state = ConditionLock()
+    // Guarded by `state`.
+    private nonisolated(unsafe) var sourceThreads: [RuntimeThread] = []
+    private nonisolated(unsafe) var sinkThreads: [RuntimeThread] = []
+    private nonisolated(unsafe) var failures: [String] = []
+    private nonisolated(unsafe) var started = false
+    private let stopRequested = ManagedAtomic<Bool>(false)
+
+    public init(plan: PipelinePlan, logger: Logger) {
+        self.plan = plan
+        self.logger = logger
+        var metrics: [String: StageMetrics] = [:]
+        for stage in plan.stages { metrics[stage.id] = StageMetrics() }
+        self.metrics = metrics
+
+        var queues: [String: SinkQueue] = [:]
+        var sinks: [(PlannedStage, any EventSink, SinkQueue)] = []
+        for stage in plan.stages {
+            if case .sink(let sink) = stage.instance {
+                let queue = SinkQueue(policy: stage.queue, metrics: metrics[stage.id]!)
+                queues[stage.id] = queue
+                sinks.append((stage, sink, queue))
+            }
+        }
+        self.sinks = sinks
+
+        func routes(from id: String) -> [Route] {
+            plan.stages.filter { $0.inputs.contains(id) }.compactMap { next in
+                switch next.instance {
+                case .filter(let filter):
+                    return .filter(id: next.id, filter, metrics[next.id]!, routes(from: next.id))
+                case .sink:
+                    return .sink(id: next.id, queues[next.id]!)
+                case .source:
+                    return nil
+                }
+            }
+        }
+        var sources: [(PlannedStage, any EventSource, SourceOutput)] = []
+        for stage in plan.stages {
+            if case .source(let source) = stage.instance {
+                let output = SourceOutput(routes: routes(from: stage.id), metrics: metrics[stage.id]!, batchEvents: plan.settings.batchEvents)
+                sources.append((stage, source, output))
+            }
+        }
+        self.sources = sources
+    }
+
+    private func context(for stage: PlannedStage) -> StageContext {
+        var stageLogger = logger
+        stageLogger[metadataKey: "stage"] = "\(stage.id)"
+        return StageContext(id: stage.id, logger: stageLogger, metrics: metrics[stage.id]!)
+    }
+
+    /// Prepares sources, opens sinks and starts every thread. Throws the first
+    /// ``StageStartError``, after undoing what was already started.
+    public func start() throws {
+        var prepared: [any EventSource] = []
+        for (stage, source, _) in sources {
+            do {
+                try source.prepare(context(for: stage))
+                prepared.append(source)
+            } catch {
+                prepared.forEach { $0.stop() }
+                throw Self.startError(stage.id, error)
+            }
+        }
+        var opened: [any EventSink] = []
+        for (stage, sink, _) in sinks {
+            do {
+                try sink.open(context(for: stage))
+                opened.append(sink)
+            } catch {
+                prepared.forEach { $0.stop() }
+                for sink in opened { try? sink.close() }
+                throw Self.startError(stage.id, error)
+            }
+        }
+        state.withLock {
+            started = true
+            for (stage, sink, queue) in sinks {
+                let stageContext = context(for: stage)
+                sinkThreads.append(RuntimeThread(name: "sink:\(stage.id)") { [self] in
+                    self.drain(sink, queue: queue, context: stageContext)
+                })
+            }
+            for (stage, source, output) in sources {
+                let stageContext = context(for: stage)
+                sourceThreads.append(RuntimeThread(name: "src:\(stage.id)") { [self] in
+                    do {
+                        try source.run(output)
+                    } catch {
+                        self.fail(stage.id, "\(error)", logger: stageContext.logger)
+                    }
+                })
+            }
+        }
+        // Close the queues once every source has returned.
+        let threads = state.withLock { sourceThreads }
+        _ = RuntimeThread(name: "pipeline-join") { [self] in
+            for thread in threads { thread.join() }
+            for (_, _, queue) in self.sinks { queue.close() }
+        }
+        logger.info("pipeline started", metadata: [
+            "pipeline": "\(plan.name)", "sources": "\(sources.count)", "sinks": "\(sinks.count)",
+        ])
+    }
+
+    private static func startError(_ id: String, _ error: any Error) -> StageStartError {
+        if var startError = error as? StageStartError {
+            startError.stage = id
+            return startError
+        }
+        return StageStartError(stage: id, message: "\(error)")
+    }
+
+    private func drain(_ sink: any EventSink, queue: SinkQueue, context: StageContext) {
+        let metrics = context.metrics
+        var failed = false
+        loop: while true {
+            switch queue.pop(untilMonotonicNs: Clock.monotonicNs() + context.idleIntervalNs) {
+            case .batch(let batch):
+                if failed {
+                    metrics.add(metrics.lost, UInt64(batch.eventCount))
+                    continue
+                }
+                do {
+                    try sink.write(batch)
+                    metrics.add(metrics.recordsIn, UInt64(batch.count))
+                } catch {
+                    // Keep draining so that producers never block on a dead sink.
+                    failed = true
+                    metrics.add(metrics.lost, UInt64(batch.eventCount))
+                    fail(context.id, "write failed: \(error)", logger: context.logger)
+                }
+            case .timedOut:
+                guard !failed else { continue }
+                do {
+                    try sink.idle(nowNs: Clock.wallNs())
+                } catch {
+                    failed = true
+                    fail(context.id, "\(error)", logger: context.logger)
+                }
+            case .finished:
+                break loop
+            }
+        }
+        do {
+            try sink.close()
+        } catch {
+            fail(context.id, "close failed: \(error)", logger: context.logger)
+        }
+    }
+
+    private func fail(_ id: String, _ message: String, logger: Logger) {
+        logger.error("\(message)")
+        state.withLock { failures.append("\(id): \(message)") }
+        stop()
+    }
+
+    /// Asks every source to stop; the pipeline then drains and ends.
+    /// Idempotent and callable from any thread (a signal handler's task).
+    public func stop() {
+        guard !stopRequested.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        logger.info("stopping: sources stop, queues drain")
+        for (_, source, output) in sources {
+            output.markStopping()
+            source.stop()
+        }
+    }
+
+    /// Blocks until every sink has drained and closed, or the drain timeout
+    /// passes after a stop. Call from a thread of your own, not the
+    /// cooperative pool (``run()`` does that for you).
+    public func wait() -> RunSummary {
+        let (sourceThreads, sinkThreads) = state.withLock { (self.sourceThreads, self.sinkThreads) }
+        for thread in sourceThreads { thread.join() }
+        let deadline = Clock.monotonicNs() + plan.settings.drainTimeoutNs
+        var drained = true
+        for thread in sinkThreads where !thread.join(untilMonotonicNs: deadline) {
+            drained = false
+        }
+        if !drained {
+            state.withLock { failures.append("queues did not drain within \(Units.formatDuration(plan.settings.drainTimeoutNs))") }
+        }
+        return RunSummary(metrics: metrics.mapValues(\.snapshot), failures: state.withLock { failures })
+    }
+
+    /// Starts, waits on a thread of its own, and stops when the calling task
+    /// is cancelled (graceful shutdown). Throws a ``StageStartError`` if the
+    /// pipeline cannot start.
+    public func run() async throws -> RunSummary {
+        try start()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<RunSummary, Never>) in
+                _ = RuntimeThread(name: "pipeline-wait") { [self] in
+                    continuation.resume(returning: self.wait())
+                }
+            }
+        } onCancel: {
+            self.stop()
+        }
+    }
+}
+
+/// How a run ended.
+public struct RunSummary: Sendable {
+    /// Every stage's counters at the end, by id.
+    public var metrics: [String: StageMetrics.Snapshot]
+    /// Runtime failures (exit status 1); empty for a clean run.
+    public var failures: [String]
+
+    public var succeeded: Bool { failures.isEmpty }
+}

@@ -1,0 +1,61 @@
+import Atomics
+
+/// Where a source's batches go next: through filters, into sink queues.
+public indirect enum Route: Sendable {
+    case filter(id: String, any EventFilter, StageMetrics, [Route])
+    case sink(id: String, SinkQueue)
+}
+
+/// What a source pushes its batches into. Filtering happens inline, on the
+/// calling (source) thread; a push into a full blocking queue waits there,
+/// which is how back-pressure reaches a source.
+public final class SourceOutput: Sendable {
+    public let routes: [Route]
+    public let metrics: StageMetrics
+    /// The most records the source should put in one batch.
+    public let batchEvents: Int
+    private let stopping = ManagedAtomic<Bool>(false)
+
+    public init(routes: [Route], metrics: StageMetrics, batchEvents: Int = 512) {
+        self.routes = routes
+        self.metrics = metrics
+        self.batchEvents = batchEvents
+    }
+
+    /// Pushes one batch downstream: every route gets it (fan-out shares the
+    /// storage until a filter removes something).
+    public func emit(_ batch: EventBatch) {
+        guard !batch.isEmpty else { return }
+        metrics.add(metrics.recordsIn, UInt64(batch.count))
+        for route in routes { Self.deliver(batch, along: route) }
+        metrics.add(metrics.recordsOut, UInt64(batch.count))
+    }
+
+    private static func deliver(_ batch: EventBatch, along route: Route) {
+        switch route {
+        case .sink(_, let queue):
+            queue.push(batch)
+        case .filter(_, let filter, let metrics, let next):
+            var kept = batch
+            filter.apply(&kept)
+            metrics.add(metrics.recordsIn, UInt64(batch.count))
+            metrics.add(metrics.recordsOut, UInt64(kept.count))
+            guard !kept.isEmpty else { return }
+            for route in next { deliver(kept, along: route) }
+        }
+    }
+
+    /// Reports events the source lost before it could read them (a full kernel
+    /// buffer): a `lost` record goes downstream like any other record.
+    public func emitLost(count: UInt64, site: LossSite = .kernel, cpu: Int32? = nil) {
+        guard count > 0 else { return }
+        metrics.add(metrics.lost, count)
+        emit(EventBatch([.lost(LostRecord(timeNs: Clock.wallNs(), count: count, site: site, cpu: cpu))]))
+    }
+
+    /// True once the pipeline asked sources to stop.
+    public var isStopping: Bool { stopping.load(ordering: .acquiring) }
+
+    /// Called by the runtime together with ``EventSource/stop()``.
+    public func markStopping() { stopping.store(true, ordering: .releasing) }
+}

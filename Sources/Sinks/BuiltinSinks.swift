@@ -1,0 +1,6 @@
+import PipelineCore
+
+/// The sink stages this module provides, for the registry.
+public enum BuiltinSinks {
+    public static var descriptors: [StageDescriptor] { [] }
+}

@@ -1,0 +1,6 @@
+import PipelineCore
+
+/// The source stages this module provides, for the registry.
+public enum BuiltinSources {
+    public static var descriptors: [StageDescriptor] { [] }
+}
