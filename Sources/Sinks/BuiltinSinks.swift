@@ -2,5 +2,9 @@ import PipelineCore
 
 /// The sink stages this module provides, for the registry.
 public enum BuiltinSinks {
-    public static var descriptors: [StageDescriptor] { [] }
+    public static var descriptors: [StageDescriptor] {
+        [
+            FileSink.descriptor,
+        ]
+    }
 }

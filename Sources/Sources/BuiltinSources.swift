@@ -2,5 +2,9 @@ import PipelineCore
 
 /// The source stages this module provides, for the registry.
 public enum BuiltinSources {
-    public static var descriptors: [StageDescriptor] { [] }
+    public static var descriptors: [StageDescriptor] {
+        [
+            ReplaySource.descriptor,
+        ]
+    }
 }

@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Atomics
+
+/// In-memory stages and helpers for driving stages without the kernel, files
+/// or sockets: what pipelined's own tests use, and what a plugin author can
+/// use for theirs (in the spirit of swift-nio's `EmbeddedChannel`).
+public enum StageHarness {
+    /// Runs records through a filter in batches of `batchSize` and returns what passed.
+    public static func filter(_ filter: some EventFilter, _ records: [PipelineRecord], batchSize: Int = 64) -> [PipelineRecord] {
+        var out: [PipelineRecord] = []
+        var index = 0
+        while index < records.count {
+            var batch = EventBatch(Array(records[index..<min(records.count, index + batchSize)]))
+            filter.apply(&batch)
+            out += batch.records
+            index += batchSize
+        }
+        return out
+    }
+
+    /// A plan of `sources` → `sinks` (every sink reads every source) with no filters.
+    public static func plan(sources: [(String, any EventSource)], sinks: [(String, any EventSink, QueuePolicy)], settings: PipelineSettings = PipelineSettings()) -> PipelinePlan {
+        var stages: [PlannedStage] = sources.map { PlannedStage(id: $0.0, type: "memory", instance: .source($0.1)) }
+        for (id, sink, policy) in sinks {
+            stages.append(PlannedStage(id: id, type: "memory", instance: .sink(sink), inputs: sources.map(\.0), queue: policy))
+        }
+        return PipelinePlan(name: "harness", settings: settings, stages: stages)
+    }
+}
+
+/// A source that pushes a fixed list of records in batches, then either ends
+/// or (with `holdOpen`) keeps running until stopped, like a live source.
+public final class MemorySource: EventSource {
+    private let records: [PipelineRecord]
+    private let batchSize: Int
+    private let holdOpen: Bool
+    private let stopped = ManagedAtomic<Bool>(false)
+    /// Records pushed so far (the source's own count, for assertions).
+    public let pushed = ManagedAtomic<Int>(0)
+
+    public init(_ records: [PipelineRecord], batchSize: Int = 256, holdOpen: Bool = false) {
+        self.records = records
+        self.batchSize = batchSize
+        self.holdOpen = holdOpen
+    }
+
+    public func prepare(_ context: StageContext) throws {}
+
+    public func run(_ output: SourceOutput) throws {
+        var index = 0
+        while index < records.count, !stopped.load(ordering: .relaxed) {
+            let end = min(records.count, index + batchSize)
+            output.emit(EventBatch(Array(records[index..<end])))
+            pushed.wrappingIncrement(by: end - index, ordering: .relaxed)
+            index = end
+        }
+        while holdOpen, !stopped.load(ordering: .relaxed) {
+            Clock.sleep(ns: 1_000_000)
+        }
+    }
+
+    public func stop() { stopped.store(true, ordering: .relaxed) }
+}
+
+/// A sink that keeps every record it receives; optionally stalls each write
+/// until ``release()`` is called, to stand in for a slow disk or peer.
+public final class MemorySink: EventSink {
+    private let lock = ConditionLock()
+    // Guarded by `lock`.
+    private nonisolated(unsafe) var _records: [PipelineRecord] = []
+    private nonisolated(unsafe) var _closed = false
+    private nonisolated(unsafe) var stalled: Bool
+
+    public init(stalled: Bool = false) { self.stalled = stalled }
+
+    public func open(_ context: StageContext) throws {}
+
+    public func write(_ batch: EventBatch) throws {
+        lock.withLock {
+            while stalled { lock.wait() }
+            _records += batch.records
+        }
+    }
+
+    public func close() throws { lock.withLock { _closed = true } }
+
+    /// Lets stalled writes proceed.
+    public func release() {
+        lock.withLock {
+            stalled = false
+            lock.broadcast()
+        }
+    }
+
+    public var records: [PipelineRecord] { lock.withLock { _records } }
+    public var closed: Bool { lock.withLock { _closed } }
+
+    /// Events received, plus the counts carried by `lost` records.
+    public var accounted: (events: Int, lost: UInt64) {
+        lock.withLock {
+            var events = 0
+            var lost: UInt64 = 0
+            for record in _records {
+                switch record {
+                case .event: events += 1
+                case .lost(let record): lost += record.count
+                }
+            }
+            return (events, lost)
+        }
+    }
+}
+
+extension Clock {
+    /// Sleeps this thread (never call from the cooperative pool).
+    public static func sleep(ns: Int64) {
+        var request = timespec(tv_sec: Int(ns / 1_000_000_000), tv_nsec: Int(ns % 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0, errno == EINTR { request = remaining }
+    }
+}

@@ -1,0 +1,230 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import PipelineCore
+
+/// Options of the `file` sink.
+public struct FileSinkOptions: Sendable, Equatable {
+    /// The file to write, or `-` for standard output.
+    public var path: String
+    /// Rotate before a record would take the file past this many bytes.
+    public var rotateBytes: Int?
+    /// Rotate a non-empty file this long after it was opened.
+    public var rotateAgeNs: Int64?
+    /// How many rotated files to keep (oldest removed first); nil keeps all.
+    public var keepFiles: Int?
+    /// Append to an existing file (true) or truncate it at start (false).
+    public var append: Bool
+
+    public init(path: String, rotateBytes: Int? = nil, rotateAgeNs: Int64? = nil, keepFiles: Int? = nil, append: Bool = true) {
+        self.path = path
+        self.rotateBytes = rotateBytes
+        self.rotateAgeNs = rotateAgeNs
+        self.keepFiles = keepFiles
+        self.append = append
+    }
+
+    static let specs: [OptionSpec] = [
+        OptionSpec("path", "string", required: true, "file to write NDJSON to; '-' is standard output"),
+        OptionSpec("rotate_bytes", "size", "rotate before the file would pass this size (at least 4KiB)"),
+        OptionSpec("rotate_age", "duration", "rotate a non-empty file this long after it was opened (at least 1s)"),
+        OptionSpec("keep_files", "int", "rotated files to keep, oldest removed first (default: all)"),
+        OptionSpec("append", "bool", default: "true", "append to an existing file; false truncates it at start"),
+    ]
+
+    /// Reads the options; nil when the config reported a problem.
+    public init?(_ config: StageConfig) {
+        let errors = config.diagnostics.count
+        config.require("path")
+        let path = config.string("path")
+        if let path, path.isEmpty { config.error("path", "must not be empty") }
+        let rotateBytes = config.size("rotate_bytes", in: 4096...Int.max)
+        let rotateAge = config.duration("rotate_age", minimumNs: 1_000_000_000)
+        let keepFiles = config.int("keep_files", in: 1...100_000)
+        let append = config.bool("append") ?? true
+        if path == "-" {
+            for key in ["rotate_bytes", "rotate_age", "keep_files"] where config.has(key) {
+                config.error(key, "cannot be used with path '-' (standard output does not rotate)")
+            }
+        }
+        guard config.diagnostics.count == errors, let path else { return nil }
+        self.init(path: path, rotateBytes: rotateBytes, rotateAgeNs: rotateAge, keepFiles: keepFiles, append: append)
+    }
+}
+
+/// The `file` sink: NDJSON lines to a file or standard output, with rotation
+/// by size and age.
+///
+/// Rotation renames the current file to `PATH.<UTC time>` (for example
+/// `events.jsonl.20261124T163413Z`, with `-1`, `-2`, ... added if that name is
+/// taken) and starts a new, empty `PATH`. A record never spans two files.
+/// `close()` fsyncs the file so that a clean shutdown leaves it whole on disk.
+public final class FileSink: EventSink {
+    public static let descriptor = StageDescriptor(
+        type: "file", kind: .sink,
+        summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
+        options: FileSinkOptions.specs,
+        make: { config in FileSinkOptions(config).map { .sink(FileSink($0)) } }
+    )
+
+    public let options: FileSinkOptions
+    // Touched only from the sink's own thread (the EventSink contract).
+    private nonisolated(unsafe) var state = State()
+
+    private struct State {
+        var fd: Int32 = -1
+        var size = 0
+        var openedAtNs: Int64 = 0
+        var buffer: [UInt8] = []
+        var metrics: StageMetrics?
+    }
+
+    private let encoder = NDJSONEncoder()
+
+    public init(_ options: FileSinkOptions) {
+        self.options = options
+    }
+
+    public func open(_ context: StageContext) throws {
+        state.metrics = context.metrics
+        state.buffer.reserveCapacity(1 << 20)
+        if options.path == "-" {
+            state.fd = STDOUT_FILENO
+            return
+        }
+        try openFile(truncate: !options.append)
+    }
+
+    private func openFile(truncate: Bool) throws {
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND)
+        let fd = Glibc.open(options.path, flags, 0o644)
+        guard fd >= 0 else { throw SinkError.system("cannot open '\(options.path)'", errno) }
+        var info = stat()
+        fstat(fd, &info)
+        state.fd = fd
+        state.size = Int(info.st_size)
+        state.openedAtNs = Clock.wallNs()
+    }
+
+    public func write(_ batch: EventBatch) throws {
+        state.buffer.removeAll(keepingCapacity: true)
+        guard let limit = options.rotateBytes else {
+            encoder.encode(batch, into: &state.buffer)
+            try rotateIfOld(nowNs: Clock.wallNs())
+            try flush()
+            return
+        }
+        try rotateIfOld(nowNs: Clock.wallNs())
+        for record in batch.records {
+            let lineStart = state.buffer.count
+            encoder.encode(record, into: &state.buffer)
+            let used = state.size + state.buffer.count
+            if used > limit, state.size + lineStart > 0 {
+                // This line would cross the limit: flush what precedes it,
+                // rotate, and let it start the next file.
+                let line = Array(state.buffer[lineStart...])
+                state.buffer.removeSubrange(lineStart...)
+                try flush()
+                try rotate()
+                state.buffer.append(contentsOf: line)
+            }
+        }
+        try flush()
+    }
+
+    public func idle(nowNs: Int64) throws {
+        try rotateIfOld(nowNs: nowNs)
+    }
+
+    private func rotateIfOld(nowNs: Int64) throws {
+        guard let age = options.rotateAgeNs, state.size > 0, nowNs - state.openedAtNs >= age else { return }
+        try rotate()
+    }
+
+    private func flush() throws {
+        guard !state.buffer.isEmpty else { return }
+        let written = try state.buffer.withUnsafeBytes { try writeAll(state.fd, $0) }
+        state.size += written
+        if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(written)) }
+        state.buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func rotate() throws {
+        guard options.path != "-" else { return }
+        fsync(state.fd)
+        Glibc.close(state.fd)
+        state.fd = -1
+        let stamp = UTCDateTime(epochNs: Clock.wallNs()).compact
+        var target = "\(options.path).\(stamp)"
+        var suffix = 1
+        while access(target, F_OK) == 0 {
+            target = "\(options.path).\(stamp)-\(suffix)"
+            suffix += 1
+        }
+        guard rename(options.path, target) == 0 else {
+            let code = errno
+            try openFile(truncate: false)
+            throw SinkError.system("cannot rotate '\(options.path)' to '\(target)'", code)
+        }
+        try openFile(truncate: true)
+        if let keep = options.keepFiles { removeOldRotations(keep: keep) }
+    }
+
+    /// Rotated files sort by name in time order (the UTC stamp leads).
+    private func removeOldRotations(keep: Int) {
+        let (directory, base) = splitPath(options.path)
+        guard let dir = opendir(directory) else { return }
+        var rotated: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name.hasPrefix(base + "."), name.count > base.count + 1 { rotated.append(name) }
+        }
+        closedir(dir)
+        rotated.sort()
+        for name in rotated.dropLast(keep) { unlink(directory + "/" + name) }
+    }
+
+    public func close() throws {
+        try flush()
+        guard state.fd >= 0, options.path != "-" else { return }
+        fsync(state.fd)
+        Glibc.close(state.fd)
+        state.fd = -1
+    }
+}
+
+/// A sink's I/O failure, with the system's reason.
+public enum SinkError: Error, CustomStringConvertible, Sendable {
+    case system(String, Int32)
+
+    public var description: String {
+        switch self {
+        case .system(let what, let code): "\(what): \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+/// Writes every byte, retrying on EINTR and short writes; returns the count.
+@discardableResult
+func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws -> Int {
+    var offset = 0
+    while offset < bytes.count {
+        let result = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+        if result < 0 {
+            if errno == EINTR { continue }
+            throw SinkError.system("write failed", errno)
+        }
+        offset += result
+    }
+    return offset
+}
+
+func splitPath(_ path: String) -> (directory: String, base: String) {
+    guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+    let directory = String(path[..<slash])
+    return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
+}

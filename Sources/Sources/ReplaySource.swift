@@ -1,0 +1,209 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Atomics
+import Logging
+import PipelineCore
+
+/// Options of the `replay` source.
+public struct ReplaySourceOptions: Sendable, Equatable {
+    /// An NDJSON file (`-` for standard input).
+    public var path: String
+    /// Events per second; nil replays as fast as the pipeline takes them.
+    public var rate: Double?
+
+    public init(path: String, rate: Double? = nil) {
+        self.path = path
+        self.rate = rate
+    }
+
+    static let specs: [OptionSpec] = [
+        OptionSpec("path", "string", required: true, "an NDJSON event file ('-' for stdin)"),
+        OptionSpec("rate", "number", "events per second (default: as fast as possible)"),
+    ]
+
+    /// Reads the options; nil when the config reported a problem.
+    public init?(_ config: StageConfig) {
+        let errors = config.diagnostics.count
+        config.require("path")
+        let path = config.string("path")
+        let rate = config.double("rate", in: 0.001...1e9)
+        guard config.diagnostics.count == errors, let path else { return nil }
+        self.init(path: path, rate: rate)
+    }
+}
+
+/// The `replay` source: reads event records written by pipelined (NDJSON)
+/// and pushes them down the pipeline, optionally at a fixed rate. Lines that
+/// are not event records are counted as malformed and skipped.
+public final class ReplaySource: EventSource {
+    public static let descriptor = StageDescriptor(
+        type: "replay", kind: .source,
+        summary: "replay NDJSON event records from a file, optionally at a fixed rate",
+        options: ReplaySourceOptions.specs,
+        make: { config in ReplaySourceOptions(config).map { .source(ReplaySource($0)) } }
+    )
+
+    public let options: ReplaySourceOptions
+    private let stopped = ManagedAtomic<Bool>(false)
+    // Set in prepare, read in run; both on the runtime's threads in sequence.
+    private nonisolated(unsafe) var fd: Int32 = -1
+    private nonisolated(unsafe) var context: StageContext?
+
+    public init(_ options: ReplaySourceOptions) {
+        self.options = options
+    }
+
+    public func prepare(_ context: StageContext) throws {
+        self.context = context
+        if options.path == "-" {
+            fd = STDIN_FILENO
+            return
+        }
+        fd = Glibc.open(options.path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw StageStartError(stage: context.id, message: "cannot open '\(options.path)': \(String(cString: strerror(errno)))")
+        }
+    }
+
+    public func stop() {
+        stopped.store(true, ordering: .releasing)
+    }
+
+    public func run(_ output: SourceOutput) throws {
+        guard let context else { return }
+        defer {
+            if fd > STDIN_FILENO { Glibc.close(fd) }
+            fd = -1
+        }
+        var reader = LineReader(fd: fd)
+        let decoder = NDJSONDecoder()
+        var batch: [PipelineRecord] = []
+        batch.reserveCapacity(output.batchEvents)
+        var pacer = options.rate.map { Pacer(rate: $0) }
+        var lineNumber = 0
+        var reported = 0
+        let maxBatch = pacer.map { min(output.batchEvents, max(1, Int($0.rate / 20))) } ?? output.batchEvents
+
+        func flush() {
+            guard !batch.isEmpty else { return }
+            output.emit(EventBatch(batch))
+            batch.removeAll(keepingCapacity: true)
+        }
+
+        while !stopped.load(ordering: .relaxed) {
+            let more = try reader.nextLine { line in
+                lineNumber += 1
+                guard !line.isEmpty else { return }
+                context.metrics.add(context.metrics.bytes, UInt64(line.count + 1))
+                do {
+                    batch.append(try decoder.decode(line))
+                } catch {
+                    context.metrics.add(context.metrics.malformed, 1)
+                    if reported < 10 {
+                        reported += 1
+                        context.logger.warning("\(options.path):\(lineNumber): skipped: \(error)")
+                    }
+                }
+            }
+            if !more { break }
+            if batch.count >= maxBatch {
+                if pacer != nil { pacer!.wait(for: batch.count, stopped: stopped) }
+                flush()
+            }
+        }
+        if pacer != nil, !batch.isEmpty { pacer!.wait(for: batch.count, stopped: stopped) }
+        flush()
+        let malformed = context.metrics.malformed.load(ordering: .relaxed)
+        if malformed > 0 {
+            context.logger.warning("\(malformed) malformed line(s) skipped in \(options.path)")
+        }
+    }
+}
+
+/// Splits a file descriptor's bytes into lines, reading 1 MiB at a time.
+struct LineReader {
+    let fd: Int32
+    private var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    private var start = 0
+    private var end = 0
+    private var eof = false
+
+    init(fd: Int32) { self.fd = fd }
+
+    /// Calls `body` with the next line (without `\n`); false at the end of input.
+    mutating func nextLine(_ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+        while true {
+            if let newline = buffer[start..<end].firstIndex(of: UInt8(ascii: "\n")) {
+                try buffer.withUnsafeBytes { raw in
+                    try body(UnsafeRawBufferPointer(rebasing: raw[start..<newline]))
+                }
+                start = newline + 1
+                return true
+            }
+            if eof {
+                guard start < end else { return false }
+                // A last line without its newline.
+                try buffer.withUnsafeBytes { raw in try body(UnsafeRawBufferPointer(rebasing: raw[start..<end])) }
+                start = end
+                return true
+            }
+            try fill()
+        }
+    }
+
+    private mutating func fill() throws {
+        if start > 0 {
+            buffer.withUnsafeMutableBytes { raw in
+                raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
+            }
+            end -= start
+            start = 0
+        }
+        if end == buffer.count {
+            // A line longer than the buffer: grow rather than split it.
+            buffer.append(contentsOf: repeatElement(0, count: buffer.count))
+        }
+        let count = buffer.withUnsafeMutableBytes { raw in
+            Glibc.read(fd, raw.baseAddress! + end, raw.count - end)
+        }
+        if count < 0 {
+            if errno == EINTR { return }
+            throw ReplayError.read(errno)
+        }
+        if count == 0 { eof = true }
+        end += count
+    }
+}
+
+enum ReplayError: Error, CustomStringConvertible {
+    case read(Int32)
+    var description: String {
+        switch self {
+        case .read(let code): "read failed: \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+/// Spaces batches so that records leave at `rate` per second on average.
+struct Pacer {
+    let rate: Double
+    private let startNs = Clock.monotonicNs()
+    private var sent = 0
+
+    init(rate: Double) { self.rate = rate }
+
+    /// Sleeps until `count` more records may go, waking early when stopped.
+    mutating func wait(for count: Int, stopped: ManagedAtomic<Bool>) {
+        sent += count
+        let due = startNs + Int64(Double(sent) / rate * 1e9)
+        while !stopped.load(ordering: .relaxed) {
+            let remaining = due - Clock.monotonicNs()
+            if remaining <= 0 { return }
+            var spec = timespec(tv_sec: 0, tv_nsec: Int(min(remaining, 50_000_000)))
+            nanosleep(&spec, nil)
+        }
+    }
+}
