@@ -123,3 +123,51 @@ extension Clock {
         while nanosleep(&request, &remaining) != 0, errno == EINTR { request = remaining }
     }
 }
+
+extension StageHarness {
+    /// A plausible event for tests: `connect` from pid 4242 unless told otherwise.
+    public static func event(
+        _ name: String = "connect", retval: Int64 = 0, timeNs: Int64 = 1_795_000_000_000_000_000,
+        pid: UInt32 = 4242, comm: String = "test", pidNamespace: UInt32 = 0, mountNamespace: UInt32 = 0,
+        args: [Argument]? = nil
+    ) -> SyscallEvent {
+        guard let kind = EventCatalog.kind(named: name) else { preconditionFailure("unknown event \(name)") }
+        let defaults: [Argument] = kind.argTypes.map { type in
+            switch type {
+            case .int: .int(3)
+            case .string, .fileType: .string("/tmp/x")
+            case .stringArray: .strings(["x"], truncated: false)
+            case .sockaddr: .sockaddr(.inet(address: 0x7f00_0001, port: 80))
+            default: .flags(type.flagKind!, 0)
+            }
+        }
+        return SyscallEvent(
+            timeNs: timeNs, ktimeNs: 1_000, eventID: kind.id, retval: retval,
+            pid: pidNamespace == 0 ? 0 : pid, ppid: 0, hostPid: pid, hostPpid: 1, uid: 0,
+            pidNamespace: pidNamespace, mountNamespace: mountNamespace, comm: Comm(comm),
+            args: Arguments(args ?? defaults)
+        )
+    }
+
+    /// A stage config built in code, as the loader would build it from a file
+    /// named `test.yaml`; each value is a scalar or a list of scalars.
+    public static func config(_ kind: StageKind, _ type: String, specs: [OptionSpec], _ options: KeyValuePairs<String, Any>) -> StageConfig {
+        var line = 2
+        func at() -> SourceLocation {
+            line += 1
+            return SourceLocation(file: "test.yaml", line: line, column: 5)
+        }
+        var entries: [ConfigEntry] = []
+        for (key, value) in options {
+            let keyLocation = at()
+            let configValue: ConfigValue
+            if let list = value as? [Any] {
+                configValue = .sequence(list.map { .scalar("\($0)", quoted: false, at: at()) }, at: keyLocation)
+            } else {
+                configValue = .scalar("\(value)", quoted: value is String, at: SourceLocation(file: "test.yaml", line: keyLocation.line, column: 7 + key.count))
+            }
+            entries.append(ConfigEntry(key: key, keyLocation: keyLocation, value: configValue))
+        }
+        return StageConfig(id: "t", kind: kind, type: type, location: SourceLocation(file: "test.yaml", line: 2, column: 3), specs: specs, entries: entries)
+    }
+}

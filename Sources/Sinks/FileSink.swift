@@ -58,8 +58,8 @@ public struct FileSinkOptions: Sendable, Equatable {
 /// by size and age.
 ///
 /// Rotation renames the current file to `PATH.<UTC time>` (for example
-/// `events.jsonl.20261124T163413Z`, with `-1`, `-2`, ... added if that name is
-/// taken) and starts a new, empty `PATH`. A record never spans two files.
+/// `events.jsonl.20261124T163413Z`, with `-000001`, `-000002`, ... added if
+/// that name is taken, so that names sort in rotation order) and starts a new, empty `PATH`. A record never spans two files.
 /// `close()` fsyncs the file so that a clean shutdown leaves it whole on disk.
 public final class FileSink: EventSink {
     public static let descriptor = StageDescriptor(
@@ -160,7 +160,7 @@ public final class FileSink: EventSink {
         var target = "\(options.path).\(stamp)"
         var suffix = 1
         while access(target, F_OK) == 0 {
-            target = "\(options.path).\(stamp)-\(suffix)"
+            target = "\(options.path).\(stamp)-\(String(suffix).leftPadded(to: 6))"
             suffix += 1
         }
         guard rename(options.path, target) == 0 else {
@@ -221,6 +221,12 @@ func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws -> Int {
         offset += result
     }
     return offset
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
 }
 
 func splitPath(_ path: String) -> (directory: String, base: String) {

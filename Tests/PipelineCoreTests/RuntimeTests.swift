@@ -1,0 +1,175 @@
+import Atomics
+import Logging
+import PipelineCore
+import Testing
+
+/// A source that pushes numbered events until stopped, like a live kernel source.
+final class EndlessSource: EventSource {
+    let pushed = ManagedAtomic<Int>(0)
+    private let stopped = ManagedAtomic<Bool>(false)
+    func prepare(_ context: StageContext) throws {}
+    func run(_ output: SourceOutput) throws {
+        var sequence: Int64 = 0
+        while !stopped.load(ordering: .relaxed) {
+            var records: [PipelineRecord] = []
+            for _ in 0..<64 {
+                sequence += 1
+                records.append(.event(StageHarness.event(timeNs: sequence)))
+            }
+            output.emit(EventBatch(records))
+            pushed.wrappingIncrement(by: records.count, ordering: .relaxed)
+        }
+    }
+    func stop() { stopped.store(true, ordering: .relaxed) }
+}
+
+struct KeepFailures: EventFilter {
+    func includes(_ record: PipelineRecord) -> Bool {
+        if case .event(let event) = record { return event.retval < 0 }
+        return true
+    }
+}
+
+@Suite("runtime")
+struct RuntimeTests {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    private func events(_ count: Int, from start: Int = 0, retval: (Int) -> Int64 = { _ in 0 }) -> [PipelineRecord] {
+        (start..<start + count).map { .event(StageHarness.event(retval: retval($0), timeNs: Int64($0))) }
+    }
+
+    private func times(_ records: [PipelineRecord]) -> [Int64] {
+        records.compactMap { record in
+            if case .event(let event) = record { return event.timeNs }
+            return nil
+        }
+    }
+
+    @Test func fanOutDeliversACopyToEachBranch() throws {
+        let input = events(1000)
+        let a = MemorySink(), b = MemorySink()
+        let plan = StageHarness.plan(sources: [("src", MemorySource(input))], sinks: [("a", a, QueuePolicy()), ("b", b, QueuePolicy())])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        let summary = runtime.wait()
+        #expect(summary.succeeded)
+        #expect(a.records == input)
+        #expect(b.records == input)
+        #expect(a.closed && b.closed)
+        #expect(summary.metrics["a"]?.recordsIn == 1000)
+    }
+
+    @Test func fanInMergesEverySource() throws {
+        let first = events(300), second = events(500, from: 10_000)
+        let sink = MemorySink()
+        let plan = StageHarness.plan(sources: [("one", MemorySource(first)), ("two", MemorySource(second))], sinks: [("out", sink, QueuePolicy())])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        #expect(runtime.wait().succeeded)
+        #expect(sink.records.count == 800)
+        // Each source's records keep their order.
+        let received = times(sink.records)
+        #expect(received.filter { $0 < 10_000 } == times(first))
+        #expect(received.filter { $0 >= 10_000 } == times(second))
+    }
+
+    @Test func filtersRunBetweenSourceAndSink_andCountWhatPassed() throws {
+        let input = events(100) { $0 % 4 == 0 ? -111 : 0 }
+        let sink = MemorySink(), all = MemorySink()
+        let plan = PipelinePlan(name: "t", stages: [
+            PlannedStage(id: "src", type: "memory", instance: .source(MemorySource(input, batchSize: 7))),
+            PlannedStage(id: "failed", type: "retval", instance: .filter(KeepFailures()), inputs: ["src"]),
+            PlannedStage(id: "out", type: "memory", instance: .sink(sink), inputs: ["failed"]),
+            PlannedStage(id: "all", type: "memory", instance: .sink(all), inputs: ["src"]),
+        ])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        let summary = runtime.wait()
+        #expect(sink.records == input.filter { KeepFailures().includes($0) })
+        #expect(sink.records.count == 25)
+        #expect(all.records == input)
+        #expect(summary.metrics["failed"]?.recordsIn == 100)
+        #expect(summary.metrics["failed"]?.recordsOut == 25)
+    }
+
+    @Test func stopWhileEventsFlowLosesNothingAlreadyRead() throws {
+        let source = EndlessSource()
+        let sink = MemorySink()
+        let plan = StageHarness.plan(sources: [("live", source)], sinks: [("out", sink, QueuePolicy(capacityEvents: 4096, whenFull: .block))])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        while source.pushed.load(ordering: .relaxed) < 50_000 { Clock.sleep(ns: 1_000_000) }
+        runtime.stop()
+        let summary = runtime.wait()
+        #expect(summary.succeeded)
+        let pushed = source.pushed.load(ordering: .relaxed)
+        #expect(pushed >= 50_000)
+        #expect(sink.accounted.events == pushed)
+        #expect(sink.accounted.lost == 0)
+        #expect(sink.closed)
+    }
+
+    @Test func aStalledSinkSetToDropCountsExactlyWhatItDropped() throws {
+        let input = events(10_000)
+        let source = MemorySource(input, batchSize: 100)
+        let stalled = MemorySink(stalled: true)
+        let healthy = MemorySink()
+        let plan = StageHarness.plan(
+            sources: [("src", source)],
+            sinks: [("slow", stalled, QueuePolicy(capacityEvents: 1000, whenFull: .drop)), ("fast", healthy, QueuePolicy())]
+        )
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        // The source finishes although one sink is stalled: it never blocks.
+        while source.pushed.load(ordering: .relaxed) < input.count { Clock.sleep(ns: 1_000_000) }
+        stalled.release()
+        let summary = runtime.wait()
+        #expect(summary.succeeded)
+        #expect(healthy.records == input)
+        let (events, lost) = stalled.accounted
+        #expect(events + Int(lost) == input.count)
+        #expect(lost > 0)
+        #expect(summary.metrics["slow"]?.lost == lost)
+        let lostRecords = stalled.records.compactMap { record -> LostRecord? in
+            if case .lost(let lost) = record { return lost }
+            return nil
+        }
+        #expect(!lostRecords.isEmpty)
+        #expect(lostRecords.allSatisfy { $0.site == .queue && $0.cpu == nil })
+        // What was delivered is in order, with the dropped ones missing.
+        let delivered = times(stalled.records)
+        #expect(delivered == delivered.sorted())
+    }
+
+    @Test func aStalledSinkSetToBlockHoldsTheSourceBackAndLosesNothing() throws {
+        let input = events(5_000)
+        let source = MemorySource(input, batchSize: 100)
+        let stalled = MemorySink(stalled: true)
+        let plan = StageHarness.plan(sources: [("src", source)], sinks: [("slow", stalled, QueuePolicy(capacityEvents: 500, whenFull: .block))])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        Clock.sleep(ns: 100_000_000)
+        // Queue (500) plus the batch the stalled write holds: the source is held back.
+        #expect(source.pushed.load(ordering: .relaxed) < input.count)
+        stalled.release()
+        #expect(runtime.wait().succeeded)
+        #expect(stalled.records == input)
+    }
+
+    @Test func aSinkThatFailsToOpenStopsTheStartAndClosesWhatOpened() throws {
+        final class Broken: EventSink {
+            func open(_ context: StageContext) throws { throw StageStartError(stage: "?", message: "no disk", exitCode: 1) }
+            func write(_ batch: EventBatch) throws {}
+            func close() throws {}
+        }
+        let good = MemorySink()
+        let plan = StageHarness.plan(sources: [("src", MemorySource(events(10)))], sinks: [("good", good, QueuePolicy()), ("broken", Broken(), QueuePolicy())])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        #expect {
+            try runtime.start()
+        } throws: { error in
+            (error as? StageStartError)?.stage == "broken" && (error as? StageStartError)?.message == "no disk"
+        }
+        #expect(good.closed)
+    }
+}
