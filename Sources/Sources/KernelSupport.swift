@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipelineCore
+
+/// What this kernel and process can do for an eBPF source, found out before
+/// anything is loaded so that failures name their reason.
+enum KernelSupport {
+    static let capSysAdmin = 21
+    static let capPerfmon = 38
+    static let capBPF = 39
+
+    /// The effective capability set of this process, from /proc/self/status.
+    static func effectiveCapabilities() -> UInt64? {
+        guard let status = readFile("/proc/self/status") else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
+            return UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: " \t"), radix: 16)
+        }
+        return nil
+    }
+
+    /// nil when the process may load and attach tracing programs; otherwise
+    /// what is missing, in words (exit status 77).
+    static func missingPrivilege() -> String? {
+        guard let caps = effectiveCapabilities() else {
+            return geteuid() == 0 ? nil : "not running as root, and /proc/self/status is unreadable to check capabilities"
+        }
+        func has(_ bit: Int) -> Bool { caps & (1 << UInt64(bit)) != 0 }
+        if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) { return nil }
+        var missing: [String] = []
+        if !has(capBPF) { missing.append("CAP_BPF") }
+        if !has(capPerfmon) { missing.append("CAP_PERFMON") }
+        return "missing privilege: run as root, or grant CAP_BPF and CAP_PERFMON (this process lacks \(missing.joined(separator: " and ")); euid \(geteuid()))"
+    }
+
+    /// True when the kernel can attach kprobes: the kprobe PMU exists (what
+    /// libbpf uses) or tracefs offers kprobe_events.
+    static func hasKprobes() -> Bool {
+        access("/sys/bus/event_source/devices/kprobe/type", F_OK) == 0
+            || access(tracefsRoot() + "/kprobe_events", F_OK) == 0
+    }
+
+    /// Where tracefs is, mounting it at /sys/kernel/tracing when it is not
+    /// mounted yet (tracepoint attachment reads event ids from it).
+    static func tracefsRoot() -> String {
+        for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] where access(root + "/events", F_OK) == 0 {
+            return root
+        }
+        return "/sys/kernel/tracing"
+    }
+
+    /// Makes sure tracefs is reachable; returns an error message if it cannot be.
+    static func ensureTracefs() -> String? {
+        if access(tracefsRoot() + "/events", F_OK) == 0 { return nil }
+        if mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nil) == 0 { return nil }
+        let reason = String(cString: strerror(errno))
+        return "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: \(reason)"
+    }
+
+    /// True when tracefs has the syscall tracepoint `category/name`.
+    static func hasTracepoint(_ category: String, _ name: String) -> Bool {
+        access("\(tracefsRoot())/events/\(category)/\(name)/id", F_OK) == 0
+    }
+
+    static func readFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            if count <= 0 { break }
+            bytes += chunk[0..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> String {
+        var view = self
+        while let first = view.first, set.contains(first) { view.removeFirst() }
+        while let last = view.last, set.contains(last) { view.removeLast() }
+        return String(view)
+    }
+}
