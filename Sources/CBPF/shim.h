@@ -2,6 +2,7 @@
 #define PIPELINED_CBPF_SHIM_H
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <linux/perf_event.h>
 #include "../../bpf/wire.h"
 #endif
