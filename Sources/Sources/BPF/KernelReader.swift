@@ -1,0 +1,167 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CBPF
+import PipelineCore
+
+/// Reads records from the kernel program's buffer and turns them into
+/// batches: libbpf's perf buffer or ring buffer, polled on the source's own
+/// thread, each sample decoded by ``WireDecoder`` straight from the mapped
+/// buffer (no copy unless libbpf had to stitch a wrapped sample).
+///
+/// Wake-ups are the cost that matters at high rates: a perf buffer that wakes
+/// its reader on every sample spends most of the traced program's time in
+/// wake-ups. So the perf buffer is opened raw with a watermark (the reader
+/// wakes when a CPU's buffer is a quarter full) and the ring buffer is written
+/// without wake-ups; in both cases the poll times out every flush interval and
+/// the reader then drains whatever is below the watermark, so a quiet system
+/// still sees its events within that interval.
+final class KernelReader {
+    enum Transport {
+        case perf(perfArrayFD: Int32, pagesPerCPU: Int)
+        case ringbuf(ringbufFD: Int32, dropCounter: (() -> UInt64)?)
+    }
+
+    private let state: ReaderState
+    private var perf: OpaquePointer?
+    private var ring: OpaquePointer?
+    private let dropCounter: (() -> UInt64)?
+    private var reportedDrops: UInt64 = 0
+
+    init(transport: Transport, decoder: WireDecoder, output: SourceOutput, metrics: StageMetrics, batchEvents: Int) throws {
+        state = ReaderState(decoder: decoder, output: output, metrics: metrics, batchEvents: batchEvents)
+        let context = Unmanaged.passUnretained(state).toOpaque()
+        switch transport {
+        case .perf(let fd, let pages):
+            dropCounter = nil
+            var attributes = perf_event_attr()
+            attributes.type = UInt32(PERF_TYPE_SOFTWARE.rawValue)
+            attributes.size = UInt32(MemoryLayout<perf_event_attr>.size)
+            attributes.config = UInt64(PERF_COUNT_SW_BPF_OUTPUT.rawValue)
+            attributes.sample_type = UInt64(PERF_SAMPLE_RAW.rawValue)
+            attributes.watermark = 1
+            attributes.wakeup_watermark = UInt32(pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 4)
+            var options = perf_buffer_raw_opts()
+            options.sz = MemoryLayout<perf_buffer_raw_opts>.size
+            guard let buffer = perf_buffer__new_raw(fd, pages, &attributes, { context, cpu, header in
+                ReaderState.from(context).perfEvent(cpu: cpu, header: header)
+            }, context, &options), libbpf_get_error(UnsafeRawPointer(buffer)) == 0 else {
+                throw BPFError("cannot open the perf buffer (\(pages) pages per CPU)", code: errno, log: LibbpfLog.take())
+            }
+            perf = buffer
+        case .ringbuf(let fd, let drops):
+            dropCounter = drops
+            var options = ring_buffer_opts()
+            options.sz = MemoryLayout<ring_buffer_opts>.size
+            guard let buffer = ring_buffer__new(fd, { context, data, size in
+                ReaderState.from(context).sample(cpu: nil, UnsafeRawBufferPointer(start: data, count: size))
+                return 0
+            }, context, &options), libbpf_get_error(UnsafeRawPointer(buffer)) == 0 else {
+                throw BPFError("cannot open the ring buffer", code: errno, log: LibbpfLog.take())
+            }
+            ring = buffer
+        }
+    }
+
+    deinit {
+        if let perf { perf_buffer__free(perf) }
+        if let ring { ring_buffer__free(ring) }
+    }
+
+    /// Waits up to `timeoutMs` for a wake-up, drains every buffer, and pushes
+    /// what was read downstream. Returns false on a fatal poll error.
+    func pollOnce(timeoutMs: Int32) throws {
+        if let perf {
+            let result = perf_buffer__poll(perf, timeoutMs)
+            if result < 0, result != -EINTR { throw BPFError("perf buffer poll failed", code: result) }
+            // Below the watermark nothing wakes us: take what is there.
+            _ = perf_buffer__consume(perf)
+        } else if let ring {
+            let result = ring_buffer__poll(ring, timeoutMs)
+            if result < 0, result != -EINTR { throw BPFError("ring buffer poll failed", code: result) }
+            _ = ring_buffer__consume(ring)
+            if let dropCounter {
+                let total = dropCounter()
+                if total > reportedDrops {
+                    state.flush()
+                    state.output.emitLost(count: total - reportedDrops, site: .kernel, cpu: nil)
+                    reportedDrops = total
+                }
+            }
+        }
+        state.flush()
+    }
+
+    /// Reads everything left in the buffers (at shutdown, after detaching).
+    func drain() {
+        if let perf { _ = perf_buffer__consume(perf) }
+        if let ring { _ = ring_buffer__consume(ring) }
+        state.flush()
+    }
+}
+
+/// The callbacks' state: the batch being filled. Touched only by the thread
+/// that polls (libbpf calls the callbacks from inside poll/consume).
+private final class ReaderState {
+    let decoder: WireDecoder
+    let output: SourceOutput
+    let metrics: StageMetrics
+    let batchEvents: Int
+    var batch: [PipelineRecord] = []
+    var malformedLogged = 0
+
+    init(decoder: WireDecoder, output: SourceOutput, metrics: StageMetrics, batchEvents: Int) {
+        self.decoder = decoder
+        self.output = output
+        self.metrics = metrics
+        self.batchEvents = batchEvents
+        batch.reserveCapacity(batchEvents)
+    }
+
+    static func from(_ context: UnsafeMutableRawPointer?) -> ReaderState {
+        Unmanaged<ReaderState>.fromOpaque(context!).takeUnretainedValue()
+    }
+
+    /// One raw perf record: a sample, or a count of samples the kernel lost.
+    func perfEvent(cpu: Int32, header: UnsafeMutablePointer<perf_event_header>?) -> bpf_perf_event_ret {
+        guard let header else { return LIBBPF_PERF_EVENT_CONT }
+        let base = UnsafeRawPointer(header)
+        let size = Int(header.pointee.size)
+        switch header.pointee.type {
+        case UInt32(PERF_RECORD_SAMPLE.rawValue):
+            // struct { perf_event_header; u32 size; char data[size]; }
+            guard size >= 12 else { countMalformed(); break }
+            let rawSize = Int(base.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            guard rawSize <= size - 12 else { countMalformed(); break }
+            sample(cpu: cpu, UnsafeRawBufferPointer(start: base + 12, count: rawSize))
+        case UInt32(PERF_RECORD_LOST.rawValue):
+            // struct { perf_event_header; u64 id; u64 lost; }
+            guard size >= 24 else { break }
+            let lost = base.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+            flush()
+            output.emitLost(count: lost, site: .kernel, cpu: cpu)
+        default:
+            break
+        }
+        return LIBBPF_PERF_EVENT_CONT
+    }
+
+    func sample(cpu: Int32?, _ bytes: UnsafeRawBufferPointer) {
+        do {
+            batch.append(.event(try decoder.decode(bytes)))
+            if batch.count >= batchEvents { flush() }
+        } catch {
+            countMalformed()
+        }
+    }
+
+    private func countMalformed() {
+        metrics.add(metrics.malformed, 1)
+    }
+
+    func flush() {
+        guard !batch.isEmpty else { return }
+        output.emit(EventBatch(batch))
+        batch.removeAll(keepingCapacity: true)
+    }
+}
