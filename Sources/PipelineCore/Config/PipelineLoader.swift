@@ -276,18 +276,22 @@ private struct LoadSession {
 
         var stages: [ParsedStage] = []
         var seen: [String: ParsedStage] = [:]
+        // Inputs of stages rejected as duplicates still count as readers, so
+        // that one mistake does not also report its inputs as unread.
+        var readByDuplicates: Set<String> = []
         for kind in [StageKind.source, .filter, .sink] {
             for entry in sections[kind]?.entries ?? [] {
                 guard let stage = readStage(entry, kind: kind) else { continue }
                 if let earlier = seen[stage.id] {
                     error(entry.keyLocation, "\(kind.rawValue) '\(stage.id)': the id is already used by the \(earlier.kind.rawValue) at line \(earlier.idLocation.line)")
+                    readByDuplicates.formUnion(stage.inputs.map(\.id))
                     continue
                 }
                 seen[stage.id] = stage
                 stages.append(stage)
             }
         }
-        checkGraph(stages)
+        checkGraph(stages, alsoRead: readByDuplicates)
 
         let planned = stages.compactMap { stage -> PlannedStage? in
             guard let instance = stage.instance else { return nil }
@@ -440,7 +444,7 @@ private struct LoadSession {
 
     // MARK: The graph
 
-    mutating func checkGraph(_ stages: [ParsedStage]) {
+    mutating func checkGraph(_ stages: [ParsedStage], alsoRead: Set<String>) {
         let byID = Dictionary(stages.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         var readers: [String: Int] = [:]
 
@@ -474,7 +478,7 @@ private struct LoadSession {
             }
         }
 
-        for stage in stages where stage.kind != .sink && readers[stage.id] == nil {
+        for stage in stages where stage.kind != .sink && readers[stage.id] == nil && !alsoRead.contains(stage.id) {
             let what = stage.kind == .source ? "source" : "filter"
             error(stage.idLocation, "\(what) '\(stage.id)': nothing reads it; list it under 'inputs' of a filter or sink")
         }
