@@ -63,7 +63,7 @@ struct RunCommand: AsyncParsableCommand {
         let service = PipelineService(runtime: runtime)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: service)],
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
