@@ -5,13 +5,13 @@ import Testing
 @Suite("pipelined archive")
 struct ArchiveCLITests {
     /// Writes a pipeline replaying `input` into an `lz4_segments` archive at `archive`.
-    private func archivePipeline(_ scratch: URL, input: URL, archive: URL, rate: Int? = nil, extra: String = "") throws -> URL {
+    private func archivePipeline(_ scratch: URL, input: URL, archive: URL, rate: Int? = nil, segmentBytes: String = "64KiB", extra: String = "") throws -> URL {
         let pipeline = scratch.appendingPathComponent("archive.yaml")
         try """
             sources:
               recorded: {type: replay, path: "\(input.path)"\(rate.map { ", rate: \($0)" } ?? "")}
             sinks:
-              store: {type: lz4_segments, inputs: [recorded], directory: "\(archive.path)", segment_bytes: 64KiB, block_size: 64KiB\(extra)}
+              store: {type: lz4_segments, inputs: [recorded], directory: "\(archive.path)", segment_bytes: \(segmentBytes), block_size: 64KiB\(extra)}
             """.write(to: pipeline, atomically: true, encoding: .utf8)
         return pipeline
     }
@@ -159,7 +159,7 @@ struct ArchiveCLITests {
         try writeConnectLines(200_000, to: input)
         let archive = scratch.appendingPathComponent("archive")
         // Large segments: everything so far stays in one .open segment.
-        let pipeline = try archivePipeline(scratch, input: input, archive: archive, rate: 20_000, extra: ", segment_bytes: 64MiB, flush_interval: 200ms")
+        let pipeline = try archivePipeline(scratch, input: input, archive: archive, rate: 20_000, segmentBytes: "64MiB", extra: ", flush_interval: 200ms")
             .path
 
         let first = try CLI.start(["run", pipeline])
