@@ -294,6 +294,23 @@ struct ArchiveRecoveryTests {
         #expect(kept.damage?.hasPrefix("block 2") == true)
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
             == [damaged.sealedFileName, damaged.base + ".jsonl.lz4.damaged"])
+
+        // Damage in the first block: nothing to seal, the original is kept,
+        // and its sequence number stays taken.
+        let lost = SegmentName(sinkID: "a", firstTimeNs: 0, sequence: 3)
+        try writeSegment(archive.path(of: lost), groups: [numberedLines(0..<50)], finish: false)
+        var lostData = try bytes(archive.path(of: lost))
+        lostData[20] ^= 1
+        try Data(lostData).write(to: URL(fileURLWithPath: archive.path(of: lost)))
+        let recovered = try ArchiveRecovery.recover(archive, blockSize: .kib64, logger: quietLogger)
+        #expect(recovered.salvaged.map(\.keptRecords) == [0])
+        #expect(recovered.salvaged.first?.sealed == nil)
+        #expect(recovered.nextSequence == 4)
+        #expect(recovered.entries.map(\.segment) == [damaged.sealedFileName])
+        #expect(FileManager.default.fileExists(atPath: directory + "/" + lost.base + ".jsonl.lz4.damaged"))
+        let report = try ArchiveVerifier.verify(archive)
+        #expect(report.isClean)
+        #expect(report.notes.filter { $0.contains(".damaged") }.count == 2)
     }
 
     @Test func recoveryRepairsTheManifestAndContinuesTheSequence() throws {

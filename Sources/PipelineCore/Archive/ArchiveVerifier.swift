@@ -84,6 +84,10 @@ public enum ArchiveVerifier {
             actual[name.sealedFileName] = (summary, ArchiveIO.fileSize(path) ?? 0)
         }
 
+        for damaged in try directory.damagedFiles() {
+            report.notes.append("\(damaged.file): a damaged original kept by a salvage (what could be read was sealed as \(damaged.name.sealedFileName))")
+        }
+
         let manifest = ArchiveManifest(directory: directory)
         let contents: ArchiveManifest.Contents
         do {

@@ -117,6 +117,15 @@ public struct ArchiveDirectory: Sendable {
         try ArchiveIO.listDirectory(path).compactMap(SegmentName.init(fileName:)).sorted()
     }
 
+    /// Originals that a salvage found damaged and kept beside what it could
+    /// seal (`NAME.jsonl.lz4.damaged`), with the segment name each stands for.
+    public func damagedFiles() throws -> [(file: String, name: SegmentName)] {
+        try ArchiveIO.listDirectory(path).compactMap { file in
+            guard file.hasSuffix(".damaged"), let name = SegmentName(fileName: String(file.dropLast(8))) else { return nil }
+            return (file, name)
+        }.sorted { $0.name < $1.name }
+    }
+
     /// The files a crash can leave half-written beside the segments
     /// (`.salvage` and `.tmp` files); safe to delete when no sink is writing.
     public func temporaryFiles() throws -> [String] {

@@ -147,7 +147,8 @@ public enum ArchiveRecovery {
         for problem in contents.problems {
             logger.warning("\(manifest.path):\(problem.line): dropped unreadable line: \(problem.message)")
         }
-        var highest = 0
+        // A kept damaged original still holds its sequence number.
+        var highest = try directory.damagedFiles().map(\.name.sequence).max() ?? 0
         var salvaged: [SalvageOutcome] = []
         for name in try directory.segments() {
             highest = max(highest, name.sequence)
