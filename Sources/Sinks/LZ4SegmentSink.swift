@@ -103,6 +103,7 @@ public struct LZ4SegmentSinkOptions: Sendable, Equatable {
 ///
 /// `segment_bytes` is compared with the compressed bytes written, checked
 /// after every batch: a segment can pass it by one batch and one block.
+/// One writer per directory: ``open(_:)`` takes an exclusive `flock` on it.
 /// Every method runs on the sink's own thread (fsync blocks).
 public final class LZ4SegmentSink: EventSink {
     public static let descriptor = StageDescriptor(
@@ -125,6 +126,8 @@ public final class LZ4SegmentSink: EventSink {
         var nextSequence = 1
         var current: Segment?
         var buffer: [UInt8] = []
+        /// The archive directory, open and flock-ed while the sink runs.
+        var lockFD: Int32 = -1
     }
 
     /// The segment being written.
@@ -159,6 +162,7 @@ public final class LZ4SegmentSink: EventSink {
     public func open(_ context: StageContext) throws {
         state.context = context
         try ArchiveIO.makeDirectories(options.directory)
+        try lockDirectory()
         let recovered = try ArchiveRecovery.recover(directory, blockSize: options.blockSize, logger: context.logger)
         state.entries = recovered.entries
         state.nextSequence = recovered.nextSequence
@@ -206,7 +210,28 @@ public final class LZ4SegmentSink: EventSink {
     }
 
     public func close() throws {
+        defer {
+            if state.lockFD >= 0 { Glibc.close(state.lockFD) }
+            state.lockFD = -1
+        }
         if state.current != nil { try seal() }
+    }
+
+    /// Takes an exclusive lock on the directory, so that a second writer (another
+    /// sink, or another pipelined) cannot salvage this one's `.open` segment or
+    /// apply its retention to this one's files. The kernel drops the lock when
+    /// the process dies, so a crash never leaves the archive locked.
+    private func lockDirectory() throws {
+        let fd = try ArchiveIO.open(options.directory, O_RDONLY | O_DIRECTORY)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            if code == EWOULDBLOCK {
+                throw ArchiveError(path: options.directory, message: "in use by another lz4_segments writer (the directory is locked)")
+            }
+            throw ArchiveError.system(options.directory, "cannot lock", code)
+        }
+        state.lockFD = fd
     }
 
     // MARK: Segments

@@ -71,11 +71,15 @@ struct LZ4SegmentSinkTests {
         try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
     }
 
-    private func sealedSegments() throws -> [String] {
-        try ArchiveDirectory(directory).segments().filter { !$0.isOpen }.map(\.sealedFileName)
+    private func sealedSegments(_ path: String? = nil) throws -> [String] {
+        try ArchiveDirectory(path ?? directory).segments().filter { !$0.isOpen }.map(\.sealedFileName)
     }
 
     private func lz4Decompress(_ name: String) throws -> [UInt8] {
+        try lz4Decompress(directory, name)
+    }
+
+    private func lz4Decompress(_ directory: String, _ name: String) throws -> [UInt8] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["lz4", "-dc", directory + "/" + name]
@@ -88,8 +92,8 @@ struct LZ4SegmentSinkTests {
         return Array(data)
     }
 
-    private func manifestEntries() throws -> [ManifestEntry] {
-        let contents = try ArchiveManifest(directory: ArchiveDirectory(directory)).read()
+    private func manifestEntries(_ path: String? = nil) throws -> [ManifestEntry] {
+        let contents = try ArchiveManifest(directory: ArchiveDirectory(path ?? directory)).read()
         #expect(contents.problems.isEmpty)
         return contents.entries
     }
@@ -241,16 +245,22 @@ struct LZ4SegmentSinkTests {
     // MARK: Crash recovery
 
     @Test func openSalvagesWhatACrashLeftAndContinuesTheSequence() throws {
-        let options = LZ4SegmentSinkOptions(directory: directory, blockSize: .kib64)
-        let crashed = LZ4SegmentSink(options)
+        // A writer that never closes: what it left on disk is what a crash leaves.
+        let crashedDirectory = directory + "/crashed"
+        let crashed = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: crashedDirectory, blockSize: .kib64))
         try crashed.open(context())
         let before = records(3_000)
         try write(crashed, before, batch: 200)
         try crashed.idle(nowNs: Clock.wallNs())
-        // The crash: no close, and a block cut short at the end of the file.
-        let open = try #require(try ArchiveDirectory(directory).segments().first)
+        let open = try #require(try ArchiveDirectory(crashedDirectory).segments().first)
         #expect(open.isOpen)
-        let handle = try #require(FileHandle(forWritingAtPath: ArchiveDirectory(directory).path(of: open)))
+        // The crashed writer still holds its directory: restart on a copy, with
+        // a block cut short at the end of the file as a crash mid-write leaves it.
+        let archive = directory + "/archive"
+        try FileManager.default.createDirectory(atPath: archive, withIntermediateDirectories: false)
+        try FileManager.default.copyItem(atPath: ArchiveDirectory(crashedDirectory).path(of: open), toPath: ArchiveDirectory(archive).path(of: open))
+        let options = LZ4SegmentSinkOptions(directory: archive, blockSize: .kib64)
+        let handle = try #require(FileHandle(forWritingAtPath: ArchiveDirectory(archive).path(of: open)))
         handle.seekToEndOfFile()
         handle.write(Data([0x88, 0x13, 0x00, 0x00] + Array(repeating: UInt8(7), count: 100)))
         handle.closeFile()
@@ -258,20 +268,36 @@ struct LZ4SegmentSinkTests {
         let log = CapturedLog()
         let restarted = LZ4SegmentSink(options)
         try restarted.open(context(log))
-        let salvaged = try sealedSegments()
+        let salvaged = try sealedSegments(archive)
         #expect(salvaged == [open.sealedFileName])
-        #expect(try lz4Decompress(open.sealedFileName) == encoded(before))
-        #expect(try manifestEntries().map(\.events) == [3_000])
+        #expect(try lz4Decompress(archive, open.sealedFileName) == encoded(before))
+        #expect(try manifestEntries(archive).map(\.events) == [3_000])
         #expect(log.all.contains { $0.contains("salvaged \(open.openFileName): kept 3000 record(s)") && $0.contains("dropped 104 compressed byte(s)") }, "\(log.all)")
 
         let after = records(10, from: 3_000)
         try restarted.write(EventBatch(after))
         try restarted.close()
-        let sealed = try sealedSegments()
+        let sealed = try sealedSegments(archive)
         #expect(sealed.count == 2)
         #expect(SegmentName(fileName: sealed[1])?.sequence == 2)
-        #expect(try lz4Decompress(sealed[1]) == encoded(after))
-        #expect(try ArchiveVerifier.verify(ArchiveDirectory(directory)).isClean)
+        #expect(try lz4Decompress(archive, sealed[1]) == encoded(after))
+        #expect(try ArchiveVerifier.verify(ArchiveDirectory(archive)).isClean)
+    }
+
+    @Test func aSecondWriterOnTheSameDirectoryIsRefused() throws {
+        let first = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory))
+        try first.open(context())
+        try first.write(EventBatch(records(10)))
+        try first.idle(nowNs: Clock.wallNs())
+        let second = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory))
+        #expect(throws: ArchiveError.self) { try second.open(context(id: "other")) }
+        // The refused writer salvaged nothing: the first one's segment is still open.
+        #expect(try ArchiveDirectory(directory).segments().map(\.isOpen) == [true])
+        try first.close()
+        let third = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory))
+        try third.open(context())
+        try third.close()
+        #expect(try manifestEntries().map(\.events) == [10])
     }
 
     @Test func aDirectoryThatCannotBeCreatedFailsAtOpen() throws {
