@@ -25,6 +25,7 @@ public struct LZ4SegmentSinkOptions: Sendable, Equatable {
     /// `.open` segment is this fresh.
     public var flushIntervalNs: Int64
 
+    /// Options with the documented defaults for anything not given.
     public init(
         directory: String, segmentBytes: Int = 64 << 20, segmentAgeNs: Int64 = 600_000_000_000,
         blockSize: LZ4BlockSize = .mib1, retentionBytes: Int? = nil, retentionAgeNs: Int64? = nil,
@@ -153,12 +154,16 @@ public final class LZ4SegmentSink: EventSink {
         }
     }
 
+    /// A sink with these options; nothing is touched on disk until ``open(_:)``.
     public init(_ options: LZ4SegmentSinkOptions) {
         self.options = options
         directory = ArchiveDirectory(options.directory)
         manifest = ArchiveManifest(directory: directory)
     }
 
+    /// Creates and locks the directory, recovers what a crash left (salvage,
+    /// manifest repair) and applies retention. Throws when the directory
+    /// cannot be created, is locked by another writer, or recovery fails.
     public func open(_ context: StageContext) throws {
         state.context = context
         try ArchiveIO.makeDirectories(options.directory)
@@ -170,6 +175,8 @@ public final class LZ4SegmentSink: EventSink {
         try applyRetention(nowNs: Clock.wallNs())
     }
 
+    /// Appends the batch to the current segment (starting one named after the
+    /// batch's first record if needed); seals it when it is old or big enough.
     public func write(_ batch: EventBatch) throws {
         guard let first = batch.records.first else { return }
         let now = Clock.wallNs()
@@ -195,6 +202,8 @@ public final class LZ4SegmentSink: EventSink {
         }
     }
 
+    /// Seals a segment older than `segment_age`, else writes what is gathered
+    /// as a block so that readers of the `.open` file see it; applies retention by age.
     public func idle(nowNs: Int64) throws {
         if let segment = state.current {
             if nowNs - segment.startedAtNs >= options.segmentAgeNs {
@@ -209,6 +218,7 @@ public final class LZ4SegmentSink: EventSink {
         if options.retentionAgeNs != nil { try applyRetention(nowNs: nowNs) }
     }
 
+    /// Seals the current segment and releases the directory lock.
     public func close() throws {
         defer {
             if state.lockFD >= 0 { Glibc.close(state.lockFD) }

@@ -9,6 +9,7 @@ public struct ArchiveError: Error, CustomStringConvertible, Sendable, Equatable 
     public var path: String
     public var message: String
 
+    /// An error about `path`, with a message that says what went wrong.
     public init(path: String, message: String) {
         self.path = path
         self.message = message

@@ -4,6 +4,7 @@ public struct ArchiveReport: Sendable, Equatable {
     public struct Finding: Sendable, Equatable, CustomStringConvertible {
         public var file: String
         public var message: String
+        /// A problem with `file` (a file name in the archive directory).
         public init(file: String, message: String) {
             self.file = file
             self.message = message
@@ -22,6 +23,7 @@ public struct ArchiveReport: Sendable, Equatable {
     /// Things worth saying that are not damage (an `.open` segment and what it holds).
     public var notes: [String] = []
 
+    /// An empty report: nothing checked, nothing found.
     public init() {}
 
     /// True when nothing is damaged.

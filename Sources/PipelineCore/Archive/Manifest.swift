@@ -18,6 +18,7 @@ public struct ManifestEntry: Sendable, Equatable {
     public var events: Int
     public var bytes: Int
 
+    /// An entry for the sealed file `segment`; times are nanoseconds since the epoch.
     public init(segment: String, firstTimeNs: Int64, lastTimeNs: Int64, events: Int, bytes: Int) {
         self.segment = segment
         self.firstTimeNs = firstTimeNs
@@ -62,6 +63,7 @@ public struct ManifestEntry: Sendable, Equatable {
 /// A manifest line that cannot be read.
 public struct ManifestError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
+    /// A problem described by `message`.
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
@@ -77,6 +79,7 @@ public struct ArchiveManifest: Sendable {
         /// False when the file does not exist.
         public var exists = false
 
+        /// An empty, nonexistent manifest.
         public init() {}
 
         public static func == (lhs: Contents, rhs: Contents) -> Bool {
@@ -87,7 +90,9 @@ public struct ArchiveManifest: Sendable {
 
     public let path: String
 
+    /// The manifest of an archive directory.
     public init(directory: ArchiveDirectory) { path = directory.manifestPath }
+    /// A manifest at an explicit path.
     public init(path: String) { self.path = path }
 
     /// Reads the manifest; a missing file reads as empty with `exists == false`.

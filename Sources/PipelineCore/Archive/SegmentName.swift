@@ -103,6 +103,7 @@ public struct ArchiveDirectory: Sendable {
 
     public let path: String
 
+    /// The archive at `path`; nothing is read until asked.
     public init(_ path: String) { self.path = path }
 
     /// The manifest's path.

@@ -29,6 +29,7 @@ public struct SegmentReadResult: Sendable, Equatable {
     /// Decompressed bytes delivered.
     public var contentBytes: Int = 0
 
+    /// A result with the given ending and counts.
     public init(ending: Ending, blocks: Int = 0, goodBytes: Int = 0, contentBytes: Int = 0) {
         self.ending = ending
         self.blocks = blocks
@@ -54,6 +55,7 @@ public struct SegmentSummary: Sendable, Equatable {
     /// Bytes after the last newline: a line cut short, which is never delivered.
     public var partialTailBytes: Int = 0
 
+    /// A summary of a read with no records counted yet.
     public init(read: SegmentReadResult) { self.read = read }
 }
 
