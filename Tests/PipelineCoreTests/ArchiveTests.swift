@@ -279,7 +279,7 @@ struct ArchiveRecoveryTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let archive = ArchiveDirectory(directory)
         let empty = SegmentName(sinkID: "a", firstTimeNs: 0, sequence: 1)
-        FileManager.default.createFile(atPath: archive.path(of: empty), contents: Data())
+        #expect(FileManager.default.createFile(atPath: archive.path(of: empty), contents: Data()))
         let outcome = try SegmentSalvage.salvage(empty, in: archive, blockSize: .kib64)
         #expect(outcome.sealed == nil && outcome.keptRecords == 0)
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty)
@@ -334,7 +334,7 @@ struct ArchiveRecoveryTests {
         handle.closeFile()
         let open = SegmentName(sinkID: "a", firstTimeNs: 1_795_000_000_000_000_000, sequence: 6)
         try writeSegment(archive.path(of: open), groups: [numberedLines(0..<33)], finish: false)
-        FileManager.default.createFile(atPath: directory + "/a-20261118T110640Z-000004.jsonl.lz4.salvage", contents: Data([1, 2, 3]))
+        #expect(FileManager.default.createFile(atPath: directory + "/a-20261118T110640Z-000004.jsonl.lz4.salvage", contents: Data([1, 2, 3])))
 
         let recovered = try ArchiveRecovery.recover(archive, blockSize: .kib64, logger: quietLogger)
         #expect(recovered.nextSequence == 7)

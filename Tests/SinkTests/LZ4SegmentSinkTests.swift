@@ -31,8 +31,8 @@ final class CapturedLog: @unchecked Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-            log.append("\(level): \(message)")
+        func log(event: LogEvent) {
+            log.append("\(event.level): \(event.message)")
         }
     }
 }
@@ -301,7 +301,7 @@ struct LZ4SegmentSinkTests {
     }
 
     @Test func aDirectoryThatCannotBeCreatedFailsAtOpen() throws {
-        FileManager.default.createFile(atPath: directory + "/file", contents: Data())
+        #expect(FileManager.default.createFile(atPath: directory + "/file", contents: Data()))
         let sink = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory + "/file/archive"))
         #expect(throws: ArchiveError.self) { try sink.open(context()) }
     }
