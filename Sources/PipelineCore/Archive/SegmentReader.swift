@@ -106,7 +106,17 @@ public final class SegmentReader {
     /// Decompresses the frame, calling `body` with each block's content in
     /// order; `body` returns false to stop early. Damage and truncation are
     /// reported in the result, not thrown; only I/O failures throw.
-    public func read(_ body: (UnsafeRawBufferPointer) throws -> Bool) throws -> SegmentReadResult {
+    ///
+    /// `validate`, when given, sees each block's content before `body` does and
+    /// returns a reason when the content cannot be right: that block then ends
+    /// the read as damage. (The frame format leaves one hole that this closes:
+    /// a block checksum covers the stored bytes but not the size word, so a
+    /// flipped "uncompressed" bit turns a compressed block into raw bytes that
+    /// pass their checksum; only the content checksum at the very end notices.)
+    public func read(
+        validate: ((UnsafeRawBufferPointer) -> String?)? = nil,
+        _ body: (UnsafeRawBufferPointer) throws -> Bool
+    ) throws -> SegmentReadResult {
         var result = SegmentReadResult(ending: .truncated)
         var dctx: OpaquePointer?
         let created = LZ4F_createDecompressionContext(&dctx, UInt32(LZ4F_VERSION))
@@ -170,8 +180,12 @@ public final class SegmentReader {
             let count = 4 + size + (hasBlockChecksum ? 4 : 0)
             guard try ensure(count) >= count else { return result }
             var produced = 0
+            let blockOffset = inputOffset + start
             if let error = feed(dctx, count: count, deliver: &produced) {
-                return damaged(&result, "block \(blockNumber) at offset \(inputOffset + start): \(error)")
+                return damaged(&result, "block \(blockNumber) at offset \(blockOffset): \(error)")
+            }
+            if let validate, let reason = output.withUnsafeBytes({ validate(UnsafeRawBufferPointer(rebasing: $0[0..<produced])) }) {
+                return damaged(&result, "block \(blockNumber) at offset \(blockOffset): \(reason)")
             }
             result.blocks += 1
             result.goodBytes = inputOffset + start
@@ -299,6 +313,7 @@ extension SegmentReader {
     /// lines, each line ending in `\n`; a line cut short at the end of what
     /// could be read is never delivered (it is counted in
     /// ``SegmentSummary/partialTailBytes``). `body` returns false to stop.
+    /// A block whose content cannot be NDJSON text ends the read as damage.
     public func readLines(_ body: (UnsafeRawBufferPointer) throws -> Bool) throws -> SegmentSummary {
         var carry: [UInt8] = []
         var records = 0
@@ -324,7 +339,7 @@ extension SegmentReader {
             return try body(span)
         }
 
-        let result = try read { chunk in
+        let result = try read(validate: Self.ndjsonText) { chunk in
             guard let lastNewline = chunk.lastIndex(of: newline) else {
                 carry.append(contentsOf: chunk)
                 return true
@@ -350,6 +365,16 @@ extension SegmentReader {
         summary.lastTimeNs = lastLine.withUnsafeBytes { ArchiveTime.ofRecord($0) }
         summary.partialTailBytes = carry.count
         return summary
+    }
+
+    /// Checks that a block's content can be NDJSON text: JSON escapes every
+    /// control character, so no byte below 0x20 other than tab, CR and LF
+    /// appears. Raw LZ4 data (offsets, tokens) all but always has such bytes.
+    static func ndjsonText(_ content: UnsafeRawBufferPointer) -> String? {
+        for (index, byte) in content.enumerated() where byte < 0x20 && byte != 0x0A && byte != 0x09 && byte != 0x0D {
+            return "not NDJSON text (control byte 0x\(String(byte, radix: 16)) at content offset \(index))"
+        }
+        return nil
     }
 
     /// Reads the whole segment and returns what it holds, without delivering anything.
