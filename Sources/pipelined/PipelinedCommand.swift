@@ -18,6 +18,7 @@ struct PipelinedCommand: AsyncParsableCommand {
             RunCommand.self,
             ValidateCommand.self,
             PluginsCommand.self,
+            ArchiveCommand.self,
         ]
     )
 
