@@ -78,6 +78,12 @@ struct FailuresOnly: EventFilter {
         if case .event(let event) = record { return event.retval != 0 }
         return true
     }
+
+    /// In place: `removeAll(where:)` moves the kept records down without
+    /// copying them (the protocol's default builds a new array of copies).
+    func apply(_ batch: inout EventBatch) {
+        batch.records.removeAll { !includes($0) }
+    }
 }
 
 func now() -> Double {
@@ -137,8 +143,9 @@ case "chain":
     }
     let encoder = NDJSONEncoder()
     let filter = FailuresOnly()
-    var records: [PipelineRecord] = []
-    records.reserveCapacity(batchSize)
+    // One batch, reused: filled by the decoder, filtered in place, encoded, emptied.
+    var batch = EventBatch()
+    batch.records.reserveCapacity(batchSize)
     var output: [UInt8] = []
     output.reserveCapacity(1 << 21)
     var passed = 0
@@ -151,7 +158,7 @@ case "chain":
             for _ in 0..<count {
                 let record = UnsafeRawBufferPointer(rebasing: raw[pool.offsets[slot]..<pool.offsets[slot + 1]])
                 do {
-                    records.append(.event(try decoder.decode(record)))
+                    batch.records.append(.event(try decoder.decode(record)))
                 } catch {
                     malformed += 1
                 }
@@ -159,8 +166,6 @@ case "chain":
                 if slot == poolSize { slot = 0 }
             }
             produced += count
-            var batch = EventBatch(records)
-            records = []
             filter.apply(&batch)
             passed += batch.count
             encoder.encode(batch, into: &output)
@@ -169,8 +174,7 @@ case "chain":
                 bytesWritten += output.count
                 output.removeAll(keepingCapacity: true)
             }
-            records = batch.records
-            records.removeAll(keepingCapacity: true)
+            batch.records.removeAll(keepingCapacity: true)
         }
     }
     writeAll(fd, output)
