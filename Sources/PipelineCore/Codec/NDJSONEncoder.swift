@@ -178,17 +178,17 @@ final class EncoderTables: Sendable {
     func write<Records: RandomAccessCollection<PipelineRecord>>(
         _ records: Records, _ index: Records.Index, to writer: inout ByteWriter, clock: inout TimeCache
     ) {
-        let argumentCount: Int
-        let eventID: UInt32
+        let head: EventHead
         switch records[index] {
         case .lost(let lost):
             write(lost, to: &writer, clock: &clock)
             return
         case .event(let event):
-            writeHead(event, to: &writer, clock: &clock)
-            argumentCount = event.args.count
-            eventID = event.eventID
+            head = EventHead(event)
         }
+        writeHead(head, to: &writer, clock: &clock)
+        let argumentCount = head.argumentCount
+        let eventID = head.eventID
         pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             let known = eventID < 512 && eventSpans[Int(eventID)].count > 0
@@ -230,7 +230,7 @@ final class EncoderTables: Sendable {
     }
 
     /// An event line up to and including `"args":{`.
-    private func writeHead(_ event: SyscallEvent, to writer: inout ByteWriter, clock: inout TimeCache) {
+    private func writeHead(_ event: EventHead, to writer: inout ByteWriter, clock: inout TimeCache) {
         pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             writer.literal("{\"time\":\"")
@@ -270,7 +270,7 @@ final class EncoderTables: Sendable {
             writer.decimal(UInt64(event.pidNamespace))
             writer.literal(",\"mnt_ns\":")
             writer.decimal(UInt64(event.mountNamespace))
-            writer.literal(event.isContainer ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
+            writer.literal(event.pidNamespace != 0 && event.mountNamespace != 0 ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
             event.comm.withBytes { writer.escaped(repairing: $0) }
             writer.literal("\",\"args\":{")
         }
@@ -396,4 +396,33 @@ final class EncoderTables: Sendable {
 struct TimeCache {
     var second = Int64.min
     var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
+}
+
+/// The plain fields of an event (no strings, nothing to retain), copied out
+/// of a record before its line is written.
+struct EventHead {
+    var timeNs: Int64
+    var ktimeNs: UInt64
+    var eventID: UInt32
+    var retval: Int64
+    var pid, ppid, hostPid, hostPpid, uid, pidNamespace, mountNamespace: UInt32
+    var comm: Comm
+    var argumentCount: Int
+
+    @inline(__always)
+    init(_ event: SyscallEvent) {
+        timeNs = event.timeNs
+        ktimeNs = event.ktimeNs
+        eventID = event.eventID
+        retval = event.retval
+        pid = event.pid
+        ppid = event.ppid
+        hostPid = event.hostPid
+        hostPpid = event.hostPpid
+        uid = event.uid
+        pidNamespace = event.pidNamespace
+        mountNamespace = event.mountNamespace
+        comm = event.comm
+        argumentCount = event.args.count
+    }
 }

@@ -79,10 +79,24 @@ struct FailuresOnly: EventFilter {
         return true
     }
 
-    /// In place: `removeAll(where:)` moves the kept records down without
-    /// copying them (the protocol's default builds a new array of copies).
+    /// In place, by moving records: kept ones slide to the front, dropped ones
+    /// to the back, which is then removed. The protocol's default builds a new
+    /// array of copies, and `removeAll(where:)` swaps through copies; either
+    /// retains and releases every string of every record it touches.
     func apply(_ batch: inout EventBatch) {
-        batch.records.removeAll { !includes($0) }
+        var kept = 0
+        batch.records.withUnsafeMutableBufferPointer { records in
+            guard let base = records.baseAddress else { return }
+            for index in 0..<records.count where includes(records[index]) {
+                if index != kept {
+                    let record = (base + index).move()
+                    (base + index).moveInitialize(from: base + kept, count: 1)
+                    (base + kept).initialize(to: record)
+                }
+                kept += 1
+            }
+        }
+        batch.records.removeLast(batch.records.count - kept)
     }
 }
 
