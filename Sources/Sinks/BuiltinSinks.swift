@@ -5,6 +5,7 @@ public enum BuiltinSinks {
     public static var descriptors: [StageDescriptor] {
         [
             FileSink.descriptor,
+            UnixSocketSink.descriptor,
         ]
     }
 }

@@ -16,6 +16,7 @@ struct PipelinedCommand: AsyncParsableCommand {
         version: PipelineCoreInfo.version,
         subcommands: [
             PluginsCommand.self,
+            TailCommand.self,
         ]
     )
 
