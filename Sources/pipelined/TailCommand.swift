@@ -146,8 +146,11 @@ enum SignalPipe {
     /// Installs handlers for `signals`; returns the pipe's read end.
     static func install(_ signals: [Int32]) throws -> Int32 {
         var ends: [Int32] = [-1, -1]
-        guard pipe2(&ends, O_CLOEXEC | O_NONBLOCK) == 0 else {
-            throw ExitCode(ExitStatus.failure)
+        guard pipe(&ends) == 0 else { throw ExitCode(ExitStatus.failure) }
+        for end in ends {
+            // Non-blocking: a handler must never wait on a full pipe.
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
         }
         signalPipeWriteEnd = ends[1]
         for signal in signals {
