@@ -163,6 +163,12 @@ enum SignalPipe {
             action.sa_flags = 0
             sigaction(signal, &action, nil)
         }
+        // A parent may have started us with these signals blocked (a blocked
+        // mask survives exec); unblock them so that Ctrl-C still ends tail.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for signal in signals { sigaddset(&unblock, signal) }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         return ends[0]
     }
 }

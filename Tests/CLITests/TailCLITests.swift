@@ -87,7 +87,9 @@ final class Child: @unchecked Sendable {
     /// Waits for exit and for both streams to end; returns the exit status.
     func finish() -> Int32 {
         process.waitUntilExit()
-        lock.withLock { while openStreams > 0 { lock.wait() } }
+        // Bounded: a stream held open by some other child must not hang the suite.
+        let deadline = Clock.monotonicNs() + 60_000_000_000
+        lock.withLock { while openStreams > 0, Clock.monotonicNs() < deadline { lock.wait(untilMonotonicNs: Clock.monotonicNs() + 100_000_000) } }
         return process.terminationStatus
     }
 
