@@ -5,6 +5,7 @@ public enum BuiltinSinks {
     public static var descriptors: [StageDescriptor] {
         [
             FileSink.descriptor,
+            LZ4SegmentSink.descriptor,
             UnixSocketSink.descriptor,
         ]
     }

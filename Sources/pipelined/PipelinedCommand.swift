@@ -15,7 +15,10 @@ struct PipelinedCommand: AsyncParsableCommand {
         abstract: "Turn kernel syscall events into pipelines you define, filter, tail and archive.",
         version: PipelineCoreInfo.version,
         subcommands: [
+            RunCommand.self,
+            ValidateCommand.self,
             PluginsCommand.self,
+            ArchiveCommand.self,
             TailCommand.self,
         ]
     )

@@ -21,20 +21,14 @@ public struct NDJSONEncoder: Sendable {
 
     /// Appends one line, ending in `\n`, to `buffer`.
     public func encode(_ record: PipelineRecord, into buffer: inout [UInt8]) {
-        let bound: Int
-        switch record {
-        case .event(let event): bound = tables.bound(of: event)
-        case .lost: bound = 160
-        }
+        let bound = tables.bound(of: record)
         let start = buffer.count
         buffer.append(contentsOf: repeatElement(0, count: bound))
         let written = buffer.withUnsafeMutableBufferPointer { output in
             let base = output.baseAddress! + start
             var writer = ByteWriter(base)
-            switch record {
-            case .event(let event): tables.write(event, to: &writer)
-            case .lost(let lost): tables.write(lost, to: &writer)
-            }
+            var clock = TimeCache()
+            tables.write(record, to: &writer, clock: &clock)
             return writer.cursor - base
         }
         buffer.removeLast(bound - written)
@@ -47,27 +41,22 @@ public struct NDJSONEncoder: Sendable {
 
     /// Appends a line for every record of `records`, growing `buffer` once.
     public func encode(_ records: ArraySlice<PipelineRecord>, into buffer: inout [UInt8]) {
-        var bound = 0
-        for record in records {
-            switch record {
-            case .event(let event): bound += tables.bound(of: event)
-            case .lost: bound += 160
+        // Records are read in place through the slice's buffer: iterating
+        // would copy every record (and retain its strings) on the way.
+        records.withUnsafeBufferPointer { records in
+            var bound = 0
+            for index in records.indices { bound += tables.bound(of: records[index]) }
+            let start = buffer.count
+            buffer.append(contentsOf: repeatElement(0, count: bound))
+            let written = buffer.withUnsafeMutableBufferPointer { output in
+                let base = output.baseAddress! + start
+                var writer = ByteWriter(base)
+                var clock = TimeCache()
+                for index in records.indices { tables.write(records[index], to: &writer, clock: &clock) }
+                return writer.cursor - base
             }
+            buffer.removeLast(bound - written)
         }
-        let start = buffer.count
-        buffer.append(contentsOf: repeatElement(0, count: bound))
-        let written = buffer.withUnsafeMutableBufferPointer { output in
-            let base = output.baseAddress! + start
-            var writer = ByteWriter(base)
-            for record in records {
-                switch record {
-                case .event(let event): tables.write(event, to: &writer)
-                case .lost(let lost): tables.write(lost, to: &writer)
-                }
-            }
-            return writer.cursor - base
-        }
-        buffer.removeLast(bound - written)
     }
 
     /// The record's line as a `String` (with its `\n`); for tests and tools,
@@ -129,8 +118,15 @@ final class EncoderTables: Sendable {
 
     // MARK: Sizing
 
-    /// An upper bound of the bytes ``write(_:to:)`` produces for `event`.
-    func bound(of event: SyscallEvent) -> Int {
+    /// An upper bound of the bytes ``write(_:to:clock:)`` produces for `record`.
+    func bound(of record: PipelineRecord) -> Int {
+        switch record {
+        case .event(let event): bound(of: event)
+        case .lost: 160
+        }
+    }
+
+    private func bound(of event: SyscallEvent) -> Int {
         var total = fixedBound
         let args = event.args
         for index in 0..<args.count {
@@ -156,9 +152,16 @@ final class EncoderTables: Sendable {
 
     // MARK: Writing
 
-    func write(_ lost: LostRecord, to writer: inout ByteWriter) {
+    func write(_ record: PipelineRecord, to writer: inout ByteWriter, clock: inout TimeCache) {
+        switch record {
+        case .event(let event): write(event, to: &writer, clock: &clock)
+        case .lost(let lost): write(lost, to: &writer, clock: &clock)
+        }
+    }
+
+    private func write(_ lost: LostRecord, to writer: inout ByteWriter, clock: inout TimeCache) {
         writer.literal("{\"time\":\"")
-        writeTime(lost.timeNs, to: &writer)
+        writeTime(lost.timeNs, to: &writer, clock: &clock)
         writer.literal("\",\"event\":\"lost\",\"count\":")
         writer.decimal(lost.count)
         writer.literal(",\"where\":\"")
@@ -175,11 +178,11 @@ final class EncoderTables: Sendable {
         writer.literal("}\n")
     }
 
-    func write(_ event: SyscallEvent, to writer: inout ByteWriter) {
+    private func write(_ event: SyscallEvent, to writer: inout ByteWriter, clock: inout TimeCache) {
         pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             writer.literal("{\"time\":\"")
-            writeTime(event.timeNs, to: &writer)
+            writeTime(event.timeNs, to: &writer, clock: &clock)
             writer.literal("\",\"ktime_ns\":")
             writer.decimal(event.ktimeNs)
             let known = event.eventID < 512 && eventSpans[Int(event.eventID)].count > 0
@@ -312,23 +315,36 @@ final class EncoderTables: Sendable {
         writer.byte(UInt8(ascii: "\""))
     }
 
-    /// `yyyy-MM-ddTHH:mm:ss.nnnnnnnnnZ` (30 bytes).
-    private func writeTime(_ epochNs: Int64, to writer: inout ByteWriter) {
-        let time = UTCDateTime(epochNs: epochNs)
-        writer.twoDigits(time.year / 100)
-        writer.twoDigits(time.year % 100)
-        writer.byte(UInt8(ascii: "-"))
-        writer.twoDigits(time.month)
-        writer.byte(UInt8(ascii: "-"))
-        writer.twoDigits(time.day)
-        writer.byte(UInt8(ascii: "T"))
-        writer.twoDigits(time.hour)
-        writer.byte(UInt8(ascii: ":"))
-        writer.twoDigits(time.minute)
-        writer.byte(UInt8(ascii: ":"))
-        writer.twoDigits(time.second)
-        writer.byte(UInt8(ascii: "."))
-        let nanos = time.nanosecond
+    /// `yyyy-MM-ddTHH:mm:ss.nnnnnnnnnZ` (30 bytes). The text up to the
+    /// seconds is kept in `clock` and reused while records stay in one second.
+    private func writeTime(_ epochNs: Int64, to writer: inout ByteWriter, clock: inout TimeCache) {
+        var seconds = epochNs / 1_000_000_000
+        var nanos = Int(epochNs % 1_000_000_000)
+        if nanos < 0 {
+            nanos += 1_000_000_000
+            seconds -= 1
+        }
+        if seconds != clock.second {
+            clock.second = seconds
+            withUnsafeMutableBytes(of: &clock.text) { raw in
+                var text = ByteWriter(raw.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                let time = UTCDateTime(epochNs: seconds * 1_000_000_000)
+                text.twoDigits(time.year / 100)
+                text.twoDigits(time.year % 100)
+                text.byte(UInt8(ascii: "-"))
+                text.twoDigits(time.month)
+                text.byte(UInt8(ascii: "-"))
+                text.twoDigits(time.day)
+                text.byte(UInt8(ascii: "T"))
+                text.twoDigits(time.hour)
+                text.byte(UInt8(ascii: ":"))
+                text.twoDigits(time.minute)
+                text.byte(UInt8(ascii: ":"))
+                text.twoDigits(time.second)
+                text.byte(UInt8(ascii: "."))
+            }
+        }
+        withUnsafeBytes(of: clock.text) { writer.bytes(UnsafeRawBufferPointer(rebasing: $0[0..<20])) }
         writer.twoDigits(nanos / 10_000_000)
         writer.twoDigits(nanos / 100_000 % 100)
         writer.twoDigits(nanos / 1_000 % 100)
@@ -336,4 +352,11 @@ final class EncoderTables: Sendable {
         writer.byte(UInt8(truncatingIfNeeded: 48 + nanos % 10))
         writer.byte(UInt8(ascii: "Z"))
     }
+}
+
+/// The date and time text of the last second written (`yyyy-MM-ddTHH:mm:ss.`,
+/// 20 bytes), so a batch of records in one second formats its date once.
+struct TimeCache {
+    var second = Int64.min
+    var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
 }
