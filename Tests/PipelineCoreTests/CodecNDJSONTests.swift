@@ -380,6 +380,45 @@ struct CodecNDJSONTests {
         #expect(batch.count > 7 + records.count * 300)
     }
 
+    /// A batch reuses the date text of the previous second; crossing seconds,
+    /// days and going back in time must still print every time exactly.
+    @Test func batchTimesAcrossSecondsMatchSingleRecords() {
+        let times: [Int64] = [
+            specTimeNs, specTimeNs + 1, specTimeNs + 876_543_210, specTimeNs + 876_543_211, specTimeNs - 1_000_000_000,
+            86_399_999_999_999, 86_400_000_000_000, 0, -1, specTimeNs,
+        ]
+        var records: [PipelineRecord] = []
+        for (index, time) in times.enumerated() {
+            if index % 3 == 2 {
+                records.append(.lost(LostRecord(timeNs: time, count: 1, site: .queue)))
+            } else {
+                var record = event(3, retval: 0, [.int(Int32(index))])
+                record.timeNs = time
+                records.append(.event(record))
+            }
+        }
+        var batch: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &batch)
+        let lines = String(decoding: batch, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.map { $0 + "\n" } == records.map(line))
+        #expect(lines[5].hasPrefix(#"{"time":"1970-01-01T23:59:59.999999999Z""#))
+        #expect(lines[6].hasPrefix(#"{"time":"1970-01-02T00:00:00.000000000Z""#))
+        #expect(lines[8].hasPrefix(#"{"time":"1969-12-31T23:59:59.999999999Z""#))
+    }
+
+    /// The encoder's in-place flag text is the same as ``FlagKind/symbolic(_:)``.
+    @Test func encodedFlagsEqualSymbolicText() throws {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            let value = UInt32.random(in: 0...UInt32.max, using: &generator) >> UInt32.random(in: 0...31, using: &generator)
+            let mount = line(.event(event(165, retval: 0, [.null, .null, .null, .flags(.mount, value), .null])))
+            #expect(mount.contains(#""flags":"\#(FlagKind.mount.symbolic(value))","data""#))
+            let socket = line(.event(event(41, retval: 0, [.flags(.socketDomain, value), .flags(.socketType, value), .int(0)])))
+            #expect(socket.contains(
+                #""domain":"\#(FlagKind.socketDomain.symbolic(value))","type":"\#(FlagKind.socketType.symbolic(value))""#))
+        }
+    }
+
     @Test func decoderAcceptsAnyKeyOrderAndUnknownKeys() throws {
         let text = #"{"args":{"addr":{"port":1,"ip":"127.0.0.1","family":"AF_INET"},"fd":3},"comm":"python3","#
             + #""extra":{"nested":[1,2.5e3,true,false,null,"x"]},"origin":"host","mnt_ns":0,"pid_ns":0,"uid":0,"#

@@ -21,14 +21,14 @@ public struct NDJSONEncoder: Sendable {
 
     /// Appends one line, ending in `\n`, to `buffer`.
     public func encode(_ record: PipelineRecord, into buffer: inout [UInt8]) {
-        let bound = tables.bound(of: record)
+        let bound = tables.bound(CollectionOfOne(record), 0)
         let start = buffer.count
-        buffer.append(contentsOf: repeatElement(0, count: bound))
+        EncoderTables.grow(&buffer, by: bound)
         let written = buffer.withUnsafeMutableBufferPointer { output in
             let base = output.baseAddress! + start
             var writer = ByteWriter(base)
             var clock = TimeCache()
-            tables.write(record, to: &writer, clock: &clock)
+            tables.write(CollectionOfOne(record), 0, to: &writer, clock: &clock)
             return writer.cursor - base
         }
         buffer.removeLast(bound - written)
@@ -36,27 +36,26 @@ public struct NDJSONEncoder: Sendable {
 
     /// Appends a line for every record of the batch.
     public func encode(_ batch: EventBatch, into buffer: inout [UInt8]) {
-        encode(batch.records[...], into: &buffer)
+        encode(batch.records, into: &buffer)
     }
 
     /// Appends a line for every record of `records`, growing `buffer` once.
-    public func encode(_ records: ArraySlice<PipelineRecord>, into buffer: inout [UInt8]) {
-        // Records are read in place through the slice's buffer: iterating
-        // would copy every record (and retain its strings) on the way.
-        records.withUnsafeBufferPointer { records in
-            var bound = 0
-            for index in records.indices { bound += tables.bound(of: records[index]) }
-            let start = buffer.count
-            buffer.append(contentsOf: repeatElement(0, count: bound))
-            let written = buffer.withUnsafeMutableBufferPointer { output in
-                let base = output.baseAddress! + start
-                var writer = ByteWriter(base)
-                var clock = TimeCache()
-                for index in records.indices { tables.write(records[index], to: &writer, clock: &clock) }
-                return writer.cursor - base
-            }
-            buffer.removeLast(bound - written)
+    public func encode(_ records: [PipelineRecord], into buffer: inout [UInt8]) {
+        // Records are borrowed by index from the array, which keeps them
+        // alive: iterating, or reading through an unsafe pointer or a slice,
+        // makes the optimizer copy each record and retain its strings.
+        var bound = 0
+        for index in records.indices { bound += tables.bound(records, index) }
+        let start = buffer.count
+        EncoderTables.grow(&buffer, by: bound)
+        let written = buffer.withUnsafeMutableBufferPointer { output in
+            let base = output.baseAddress! + start
+            var writer = ByteWriter(base)
+            var clock = TimeCache()
+            for index in records.indices { tables.write(records, index, to: &writer, clock: &clock) }
+            return writer.cursor - base
         }
+        buffer.removeLast(bound - written)
     }
 
     /// The record's line as a `String` (with its `\n`); for tests and tools,
@@ -118,19 +117,35 @@ final class EncoderTables: Sendable {
 
     // MARK: Sizing
 
-    /// An upper bound of the bytes ``write(_:to:clock:)`` produces for `record`.
-    func bound(of record: PipelineRecord) -> Int {
-        switch record {
-        case .event(let event): bound(of: event)
-        case .lost: 160
+    /// 16 KiB of zeros, appended in pieces to grow an output buffer by a
+    /// memcpy rather than element by element.
+    private static let zeros = [UInt8](repeating: 0, count: 16_384)
+
+    /// Appends `count` zero bytes to `buffer` (room the writer then fills).
+    static func grow(_ buffer: inout [UInt8], by count: Int) {
+        var remaining = count
+        zeros.withUnsafeBufferPointer { zeros in
+            while remaining > 0 {
+                let piece = min(remaining, zeros.count)
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: zeros[0..<piece]))
+                remaining -= piece
+            }
         }
     }
 
-    private func bound(of event: SyscallEvent) -> Int {
+    /// An upper bound of the bytes ``write(_:_:to:clock:)`` produces for
+    /// `records[index]` (read piece by piece, as there).
+    func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index) -> Int {
+        let argumentCount: Int
+        switch records[index] {
+        case .lost: return 160
+        case .event(let event): argumentCount = event.args.count
+        }
         var total = fixedBound
-        let args = event.args
-        for index in 0..<args.count {
-            total += 32 + bound(of: args[index])
+        for position in 0..<argumentCount {
+            let argument: Argument
+            if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
+            total += 32 + bound(of: argument)
         }
         return total
     }
@@ -152,11 +167,47 @@ final class EncoderTables: Sendable {
 
     // MARK: Writing
 
-    func write(_ record: PipelineRecord, to writer: inout ByteWriter, clock: inout TimeCache) {
-        switch record {
-        case .event(let event): write(event, to: &writer, clock: &clock)
-        case .lost(let lost): write(lost, to: &writer, clock: &clock)
+    /// Writes `records[index]`.
+    ///
+    /// The record is read where it lies, piece by piece, never bound as a
+    /// whole across a call the optimizer cannot see into: that would make it
+    /// copy the record (about 240 bytes) and retain and release every string
+    /// in it. The head of an event line is written by code it can see
+    /// through; each argument is copied out on its own (cheap) before it is
+    /// written.
+    func write<Records: RandomAccessCollection<PipelineRecord>>(
+        _ records: Records, _ index: Records.Index, to writer: inout ByteWriter, clock: inout TimeCache
+    ) {
+        let head: EventHead
+        switch records[index] {
+        case .lost(let lost):
+            write(lost, to: &writer, clock: &clock)
+            return
+        case .event(let event):
+            head = EventHead(event)
         }
+        writeHead(head, to: &writer, clock: &clock)
+        let argumentCount = head.argumentCount
+        let eventID = head.eventID
+        pool.withUnsafeBufferPointer { pool in
+            let poolBase = pool.baseAddress!
+            let known = eventID < 512 && eventSpans[Int(eventID)].count > 0
+            for position in 0..<argumentCount {
+                if position > 0 { writer.byte(UInt8(ascii: ",")) }
+                let key = known ? argKeySpans[Int(eventID) * 6 + position] : .empty
+                if key.count > 0 {
+                    writer.bytes(poolBase + Int(key.start), Int(key.count))
+                } else {
+                    writer.literal("\"arg")
+                    writer.decimal(UInt64(position))
+                    writer.literal("\":")
+                }
+                let argument: Argument
+                if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
+                write(argument, to: &writer, pool: poolBase)
+            }
+        }
+        writer.literal("}}\n")
     }
 
     private func write(_ lost: LostRecord, to writer: inout ByteWriter, clock: inout TimeCache) {
@@ -178,15 +229,15 @@ final class EncoderTables: Sendable {
         writer.literal("}\n")
     }
 
-    private func write(_ event: SyscallEvent, to writer: inout ByteWriter, clock: inout TimeCache) {
+    /// An event line up to and including `"args":{`.
+    private func writeHead(_ event: EventHead, to writer: inout ByteWriter, clock: inout TimeCache) {
         pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             writer.literal("{\"time\":\"")
             writeTime(event.timeNs, to: &writer, clock: &clock)
             writer.literal("\",\"ktime_ns\":")
             writer.decimal(event.ktimeNs)
-            let known = event.eventID < 512 && eventSpans[Int(event.eventID)].count > 0
-            if known {
+            if event.eventID < 512 && eventSpans[Int(event.eventID)].count > 0 {
                 let span = eventSpans[Int(event.eventID)]
                 writer.bytes(poolBase + Int(span.start), Int(span.count))
             } else {
@@ -219,23 +270,9 @@ final class EncoderTables: Sendable {
             writer.decimal(UInt64(event.pidNamespace))
             writer.literal(",\"mnt_ns\":")
             writer.decimal(UInt64(event.mountNamespace))
-            writer.literal(event.isContainer ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
+            writer.literal(event.pidNamespace != 0 && event.mountNamespace != 0 ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
             event.comm.withBytes { writer.escaped(repairing: $0) }
             writer.literal("\",\"args\":{")
-            let args = event.args
-            for index in 0..<args.count {
-                if index > 0 { writer.byte(UInt8(ascii: ",")) }
-                let key = known ? argKeySpans[Int(event.eventID) * 6 + index] : .empty
-                if key.count > 0 {
-                    writer.bytes(poolBase + Int(key.start), Int(key.count))
-                } else {
-                    writer.literal("\"arg")
-                    writer.decimal(UInt64(index))
-                    writer.literal("\":")
-                }
-                write(args[index], to: &writer, pool: poolBase)
-            }
-            writer.literal("}}\n")
         }
     }
 
@@ -359,4 +396,33 @@ final class EncoderTables: Sendable {
 struct TimeCache {
     var second = Int64.min
     var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
+}
+
+/// The plain fields of an event (no strings, nothing to retain), copied out
+/// of a record before its line is written.
+struct EventHead {
+    var timeNs: Int64
+    var ktimeNs: UInt64
+    var eventID: UInt32
+    var retval: Int64
+    var pid, ppid, hostPid, hostPpid, uid, pidNamespace, mountNamespace: UInt32
+    var comm: Comm
+    var argumentCount: Int
+
+    @inline(__always)
+    init(_ event: SyscallEvent) {
+        timeNs = event.timeNs
+        ktimeNs = event.ktimeNs
+        eventID = event.eventID
+        retval = event.retval
+        pid = event.pid
+        ppid = event.ppid
+        hostPid = event.hostPid
+        hostPpid = event.hostPpid
+        uid = event.uid
+        pidNamespace = event.pidNamespace
+        mountNamespace = event.mountNamespace
+        comm = event.comm
+        argumentCount = event.args.count
+    }
 }

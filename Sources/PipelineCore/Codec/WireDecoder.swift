@@ -91,7 +91,7 @@ public struct WireDecoder: Sendable {
                 argument = .flags(kind, base.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian)
                 offset += 4
             }
-            args.append(argument)
+            args.appendTaking(argument)
         }
 
         return SyscallEvent(
@@ -256,5 +256,23 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case .typeMismatch(let index, let expected, let found):
             "argument \(index) has tag \(found.rawValue), expected \(expected.rawValue)"
         }
+    }
+}
+
+extension Arguments {
+    /// ``append(_:)`` that takes ownership of `value`: the decoder's hot path
+    /// moves each argument in instead of copying it and destroying the original.
+    @inline(__always)
+    mutating func appendTaking(_ value: consuming Argument) {
+        precondition(_count < Arguments.capacity, "more than six arguments")
+        switch _count {
+        case 0: a0 = value
+        case 1: a1 = value
+        case 2: a2 = value
+        case 3: a3 = value
+        case 4: a4 = value
+        default: a5 = value
+        }
+        _count += 1
     }
 }
