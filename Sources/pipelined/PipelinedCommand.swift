@@ -19,6 +19,7 @@ struct PipelinedCommand: AsyncParsableCommand {
             ValidateCommand.self,
             PluginsCommand.self,
             ArchiveCommand.self,
+            TailCommand.self,
         ]
     )
 
