@@ -68,7 +68,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
-            path: "Sources/Sources"
+            path: "Sources/Sources",
+            plugins: ["BPFObjectPlugin"]
+        ),
+        // Compiles bpf/pipelined.bpf.c with clang's BPF target during the build
+        // and embeds the object in EventSources.
+        .executableTarget(name: "BPFEmbed", path: "Sources/BPFEmbed"),
+        .plugin(
+            name: "BPFObjectPlugin",
+            capability: .buildTool(),
+            dependencies: ["BPFEmbed"],
+            path: "Plugins/BPFObjectPlugin"
         ),
         .executableTarget(
             name: "pipelined",

@@ -1,0 +1,92 @@
+import PipelineCore
+
+/// The kernel program (`bpf/pipelined.bpf.c`), compiled by the
+/// BPFObjectPlugin during the build and embedded in this module, plus the
+/// names the loader and the program agree on.
+enum KernelProgram {
+    /// The ELF object for the BPF target, decoded once on first use.
+    static let elf: [UInt8] = {
+        guard let bytes = Base64.decode(EmbeddedBPFObject.base64), bytes.count == EmbeddedBPFObject.byteCount else {
+            preconditionFailure("the embedded BPF object is corrupt: rebuild the package")
+        }
+        return bytes
+    }()
+
+    /// The object name libbpf reports in its messages.
+    static let objectName = "pipelined"
+
+    /// Program names: `tp_enter_connect`, `kp_exit_connect`, ...
+    static func programName(_ kind: EventKind, kprobe: Bool, exit: Bool) -> String {
+        (kprobe ? "kp_" : "tp_") + (exit ? "exit_" : "enter_") + kernelName(kind)
+    }
+
+    /// The kernel's name of the syscall: its tracepoints are
+    /// `syscalls/sys_enter_<name>` and its entry point `__x64_sys_<name>`.
+    /// umount2(2) is the kernel's `umount`, as our event name already says.
+    static func kernelName(_ kind: EventKind) -> String { kind.name }
+
+    /// The `.rodata` globals the loader sets (see the program's header).
+    enum Global {
+        static let selfTgid = "self_tgid"
+        static let skipRetvals = "skip_retvals"
+        static let skipRetvalsCount = "skip_retvals_count"
+        static let useRingbuf = "use_ringbuf"
+        static let ringbufWakeupBytes = "ringbuf_wakeup_bytes"
+    }
+
+    /// Map names.
+    enum Map {
+        static let perfEvents = "events"
+        static let ringbuf = "ringbuf"
+        static let ringbufDrops = "ringbuf_drops"
+        static let visibility = "visibility"
+    }
+
+    /// The size of the program's `skip_retvals` array.
+    static let maxSkipRetvals = 8
+}
+
+/// A strict base64 decoder for the embedded object (no Foundation in this module).
+enum Base64 {
+    private static let table: [UInt8] = {
+        var table = [UInt8](repeating: 0xFF, count: 256)
+        for (index, character) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {
+            table[Int(character)] = UInt8(index)
+        }
+        return table
+    }()
+
+    /// The decoded bytes, or nil when the text is not canonical base64.
+    static func decode(_ text: StaticString) -> [UInt8]? {
+        text.withUTF8Buffer { decode(UnsafeRawBufferPointer($0)) }
+    }
+
+    static func decode(_ text: UnsafeRawBufferPointer) -> [UInt8]? {
+        guard text.count % 4 == 0 else { return nil }
+        var padding = 0
+        if text.count >= 1, text[text.count - 1] == UInt8(ascii: "=") { padding += 1 }
+        if text.count >= 2, text[text.count - 2] == UInt8(ascii: "=") { padding += 1 }
+        let count = text.count / 4 * 3 - padding
+        var invalid = false
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
+            var written = 0
+            var index = 0
+            while index < text.count {
+                var quad: UInt32 = 0
+                for offset in 0..<4 {
+                    let character = text[index + offset]
+                    let value = character == UInt8(ascii: "=") && index + 4 == text.count && offset >= 4 - padding
+                        ? 0 : table[Int(character)]
+                    if value == 0xFF { invalid = true }
+                    quad = quad << 6 | UInt32(value & 0x3F)
+                }
+                if written < count { out[written] = UInt8(truncatingIfNeeded: quad >> 16); written += 1 }
+                if written < count { out[written] = UInt8(truncatingIfNeeded: quad >> 8); written += 1 }
+                if written < count { out[written] = UInt8(truncatingIfNeeded: quad); written += 1 }
+                index += 4
+            }
+            initialized = written
+        }
+        return invalid ? nil : bytes
+    }
+}
