@@ -1,0 +1,274 @@
+/// A cursor that writes into memory the caller has already sized.
+///
+/// The encoder computes an upper bound for a line, grows its output by that
+/// much once, and then writes through this cursor with no capacity checks; the
+/// bound is what keeps every write in range.
+struct ByteWriter {
+    var cursor: UnsafeMutablePointer<UInt8>
+
+    init(_ start: UnsafeMutablePointer<UInt8>) { cursor = start }
+
+    @inline(__always)
+    mutating func byte(_ value: UInt8) {
+        cursor.pointee = value
+        cursor += 1
+    }
+
+    @inline(__always)
+    mutating func literal(_ text: StaticString) {
+        let count = text.utf8CodeUnitCount
+        cursor.update(from: text.utf8Start, count: count)
+        cursor += count
+    }
+
+    @inline(__always)
+    mutating func bytes(_ start: UnsafePointer<UInt8>, _ count: Int) {
+        cursor.update(from: start, count: count)
+        cursor += count
+    }
+
+    @inline(__always)
+    mutating func bytes(_ buffer: UnsafeRawBufferPointer) {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        cursor.update(from: base.assumingMemoryBound(to: UInt8.self), count: buffer.count)
+        cursor += buffer.count
+    }
+
+    /// Two decimal digits, for 0...99.
+    @inline(__always)
+    mutating func twoDigits(_ value: Int) {
+        cursor[0] = UInt8(truncatingIfNeeded: 48 + value / 10)
+        cursor[1] = UInt8(truncatingIfNeeded: 48 + value % 10)
+        cursor += 2
+    }
+
+    /// An unsigned decimal number (at most 20 bytes).
+    mutating func decimal(_ value: UInt64) {
+        if value < 10 {
+            byte(UInt8(truncatingIfNeeded: 48 + value))
+            return
+        }
+        var digits = 1
+        var probe = value
+        while probe >= 10 {
+            probe /= 10
+            digits += 1
+        }
+        var rest = value
+        var position = cursor + digits
+        while rest >= 100 {
+            let pair = Int(rest % 100)
+            rest /= 100
+            position -= 2
+            position[0] = UInt8(truncatingIfNeeded: 48 + pair / 10)
+            position[1] = UInt8(truncatingIfNeeded: 48 + pair % 10)
+        }
+        if rest >= 10 {
+            position -= 2
+            position[0] = UInt8(truncatingIfNeeded: 48 + rest / 10)
+            position[1] = UInt8(truncatingIfNeeded: 48 + rest % 10)
+        } else {
+            position -= 1
+            position[0] = UInt8(truncatingIfNeeded: 48 + rest)
+        }
+        cursor += digits
+    }
+
+    /// A signed decimal number (at most 20 bytes).
+    mutating func decimal(_ value: Int64) {
+        if value < 0 {
+            byte(UInt8(ascii: "-"))
+            decimal(value.magnitude)
+        } else {
+            decimal(UInt64(value))
+        }
+    }
+
+    /// `0x` and lowercase hex digits without leading zeros (at most 10 bytes).
+    mutating func hex(_ value: UInt32) {
+        literal("0x")
+        var shift = 28
+        while shift > 0 && (value >> UInt32(shift)) & 0xF == 0 { shift -= 4 }
+        while shift >= 0 {
+            byte(ByteWriter.hexDigit(UInt8(truncatingIfNeeded: value >> UInt32(shift)) & 0xF))
+            shift -= 4
+        }
+    }
+
+    @inline(__always)
+    static func hexDigit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? 48 + nibble : 87 + nibble }
+
+    /// A dotted IPv4 address from its host-order value (at most 15 bytes).
+    mutating func ipv4(_ address: UInt32) {
+        decimal(UInt64(address >> 24))
+        byte(UInt8(ascii: "."))
+        decimal(UInt64((address >> 16) & 0xFF))
+        byte(UInt8(ascii: "."))
+        decimal(UInt64((address >> 8) & 0xFF))
+        byte(UInt8(ascii: "."))
+        decimal(UInt64(address & 0xFF))
+    }
+
+    /// An IPv6 address as glibc's `inet_ntop` writes it: the longest run of two
+    /// or more zero groups (the first of equals) as `::`, lowercase hex, and
+    /// the last 32 bits dotted for IPv4-mapped (`::ffff:a.b.c.d`) and
+    /// IPv4-compatible (`::a.b.c.d`) addresses. At most 45 bytes.
+    mutating func ipv6(_ address: IPv6Bytes) {
+        var groups: (UInt16, UInt16, UInt16, UInt16, UInt16, UInt16, UInt16, UInt16) = (0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &groups) { raw in
+            let words = raw.bindMemory(to: UInt16.self)
+            for index in 0..<4 {
+                words[index] = UInt16(truncatingIfNeeded: address.high >> UInt64(48 - 16 * index))
+                words[index + 4] = UInt16(truncatingIfNeeded: address.low >> UInt64(48 - 16 * index))
+            }
+        }
+        withUnsafeBytes(of: groups) { raw in
+            let words = raw.bindMemory(to: UInt16.self)
+            var bestStart = -1
+            var bestLength = 0
+            var runStart = -1
+            for index in 0..<8 {
+                if words[index] == 0 {
+                    if runStart < 0 { runStart = index }
+                    let length = index - runStart + 1
+                    if length > bestLength {
+                        bestLength = length
+                        bestStart = runStart
+                    }
+                } else {
+                    runStart = -1
+                }
+            }
+            if bestLength < 2 { bestStart = -1 }
+            var index = 0
+            while index < 8 {
+                if index == bestStart {
+                    byte(UInt8(ascii: ":"))
+                    index += bestLength
+                    if index == 8 { byte(UInt8(ascii: ":")) }
+                    continue
+                }
+                if index != 0 { byte(UInt8(ascii: ":")) }
+                if index == 6 && bestStart == 0
+                    && (bestLength == 6 || (bestLength == 5 && words[5] == 0xFFFF))
+                {
+                    ipv4(UInt32(words[6]) << 16 | UInt32(words[7]))
+                    return
+                }
+                let word = words[index]
+                var shift = 12
+                while shift > 0 && (word >> UInt16(shift)) & 0xF == 0 { shift -= 4 }
+                while shift >= 0 {
+                    byte(ByteWriter.hexDigit(UInt8(truncatingIfNeeded: word >> UInt16(shift)) & 0xF))
+                    shift -= 4
+                }
+                index += 1
+            }
+        }
+    }
+
+    /// The body of a JSON string (no quotes) from bytes known to be valid
+    /// UTF-8: `"` and `\` escaped, control characters as `\n`, `\t`, ... or
+    /// `\u00XX`. Writes at most 6 bytes per input byte.
+    mutating func escaped(validUTF8 text: UnsafeBufferPointer<UInt8>) {
+        guard let base = text.baseAddress else { return }
+        var runStart = 0
+        for index in 0..<text.count {
+            let value = base[index]
+            if value >= 0x20 && value != 0x22 && value != 0x5C { continue }
+            bytes(base + runStart, index - runStart)
+            escape(value)
+            runStart = index + 1
+        }
+        bytes(base + runStart, text.count - runStart)
+    }
+
+    mutating func escape(_ value: UInt8) {
+        byte(UInt8(ascii: "\\"))
+        switch value {
+        case 0x22: byte(0x22)
+        case 0x5C: byte(0x5C)
+        case 0x0A: byte(UInt8(ascii: "n"))
+        case 0x0D: byte(UInt8(ascii: "r"))
+        case 0x09: byte(UInt8(ascii: "t"))
+        case 0x08: byte(UInt8(ascii: "b"))
+        case 0x0C: byte(UInt8(ascii: "f"))
+        default:
+            literal("u00")
+            byte(ByteWriter.hexDigit(value >> 4))
+            byte(ByteWriter.hexDigit(value & 0xF))
+        }
+    }
+
+    /// The body of a JSON string from raw bytes that may not be UTF-8 (a
+    /// task's comm): each maximal invalid subsequence becomes U+FFFD, as
+    /// Swift's `String(decoding:as:)` repairs. At most 6 bytes per input byte.
+    mutating func escaped(repairing text: UnsafeRawBufferPointer) {
+        var index = 0
+        let count = text.count
+        while index < count {
+            let lead = text[index]
+            if lead < 0x80 {
+                if lead >= 0x20 && lead != 0x22 && lead != 0x5C { byte(lead) } else { escape(lead) }
+                index += 1
+                continue
+            }
+            let length = ByteWriter.validSequenceLength(text, at: index)
+            if length > 0 {
+                for offset in 0..<length { byte(text[index + offset]) }
+                index += length
+            } else {
+                // U+FFFD, then skip the maximal subpart that was valid so far.
+                byte(0xEF)
+                byte(0xBF)
+                byte(0xBD)
+                index += ByteWriter.invalidPrefixLength(text, at: index)
+            }
+        }
+    }
+
+    /// The length of the well-formed UTF-8 sequence at `index`, 0 if it is not one.
+    static func validSequenceLength(_ text: UnsafeRawBufferPointer, at index: Int) -> Int {
+        let lead = text[index]
+        let available = text.count - index
+        func continuation(_ offset: Int, _ low: UInt8 = 0x80, _ high: UInt8 = 0xBF) -> Bool {
+            offset < available && text[index + offset] >= low && text[index + offset] <= high
+        }
+        switch lead {
+        case 0xC2...0xDF: return continuation(1) ? 2 : 0
+        case 0xE0: return continuation(1, 0xA0) && continuation(2) ? 3 : 0
+        case 0xE1...0xEC, 0xEE...0xEF: return continuation(1) && continuation(2) ? 3 : 0
+        case 0xED: return continuation(1, 0x80, 0x9F) && continuation(2) ? 3 : 0
+        case 0xF0: return continuation(1, 0x90) && continuation(2) && continuation(3) ? 4 : 0
+        case 0xF1...0xF3: return continuation(1) && continuation(2) && continuation(3) ? 4 : 0
+        case 0xF4: return continuation(1, 0x80, 0x8F) && continuation(2) && continuation(3) ? 4 : 0
+        default: return 0
+        }
+    }
+
+    /// How many bytes of an ill-formed sequence at `index` one U+FFFD stands for:
+    /// the lead byte plus the continuation bytes that were still acceptable.
+    static func invalidPrefixLength(_ text: UnsafeRawBufferPointer, at index: Int) -> Int {
+        let lead = text[index]
+        let available = text.count - index
+        var ranges: [(UInt8, UInt8)]
+        switch lead {
+        case 0xC2...0xDF: ranges = [(0x80, 0xBF)]
+        case 0xE0: ranges = [(0xA0, 0xBF), (0x80, 0xBF)]
+        case 0xE1...0xEC, 0xEE...0xEF: ranges = [(0x80, 0xBF), (0x80, 0xBF)]
+        case 0xED: ranges = [(0x80, 0x9F), (0x80, 0xBF)]
+        case 0xF0: ranges = [(0x90, 0xBF), (0x80, 0xBF), (0x80, 0xBF)]
+        case 0xF1...0xF3: ranges = [(0x80, 0xBF), (0x80, 0xBF), (0x80, 0xBF)]
+        case 0xF4: ranges = [(0x80, 0x8F), (0x80, 0xBF), (0x80, 0xBF)]
+        default: return 1
+        }
+        var length = 1
+        for (low, high) in ranges {
+            guard length < available else { break }
+            let next = text[index + length]
+            guard next >= low && next <= high else { break }
+            length += 1
+        }
+        return length
+    }
+}
