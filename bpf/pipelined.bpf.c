@@ -278,17 +278,26 @@ static __always_inline int save_args(u32 id, const u64 *args)
     return 0;
 }
 
-static __always_inline int enter_tracepoint(u32 id, struct trace_event_raw_sys_enter *ctx)
+/* `nargs` is the syscall's own argument count: a tracepoint's context ends
+ * after its last argument, and attaching a program that reads past the end
+ * of the context fails (EACCES), so only the arguments that exist are read.
+ * One constant-offset context load each: the verifier also refuses a load
+ * through a context pointer that was moved (as an indexed loop emits). */
+static __always_inline int enter_tracepoint(u32 id, int nargs, struct trace_event_raw_sys_enter *ctx)
 {
-    /* One constant-offset context load each: the verifier refuses a load
-     * through a context pointer that was moved (as an indexed loop emits). */
-    u64 args[PL_MAX_ARGS];
-    args[0] = ctx->args[0];
-    args[1] = ctx->args[1];
-    args[2] = ctx->args[2];
-    args[3] = ctx->args[3];
-    args[4] = ctx->args[4];
-    args[5] = ctx->args[5];
+    u64 args[PL_MAX_ARGS] = {};
+    if (nargs > 0)
+        args[0] = ctx->args[0];
+    if (nargs > 1)
+        args[1] = ctx->args[1];
+    if (nargs > 2)
+        args[2] = ctx->args[2];
+    if (nargs > 3)
+        args[3] = ctx->args[3];
+    if (nargs > 4)
+        args[4] = ctx->args[4];
+    if (nargs > 5)
+        args[5] = ctx->args[5];
     return save_args(id, args);
 }
 
@@ -461,7 +470,12 @@ static __always_inline void put_args(struct pl_writer *w, u32 id, u64 types,
         case PL_PTRACE_REQ_T:
         case PL_MOUNT_FLAG_T:
         case PL_UMOUNT_FLAG_T:
-            put_u32(w, type, (u32)a->args[i]);
+            /* execveat(dirfd, path, argv, envp, flags): the one event whose
+             * declared args skip a raw one (envp). */
+            if (id == PL_EV_EXECVEAT && type == PL_EXEC_FLAGS_T)
+                put_u32(w, type, (u32)a->args[4]);
+            else
+                put_u32(w, type, (u32)a->args[i]);
             break;
         case PL_FILE_TYPE_T:
             if (is_exec(id)) {
@@ -553,18 +567,23 @@ done:
 /* ---- Programs: four per event -------------------------------------------- */
 
 /* `name` is the kernel's name for the syscall (sys_enter_<name>,
- * __x64_sys_<name>); the loader finds the programs by these names. */
-#define PL_EVENT(name, id, types, scope)                                                \
+ * __x64_sys_<name>); the loader finds the programs by these names. `nargs`
+ * is how many arguments the syscall itself takes. */
+#define PL_TRACEPOINT_ENTER(name, nargs, id)                                            \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                         \
     int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                          \
     {                                                                                   \
-        return enter_tracepoint(id, ctx);                                               \
-    }                                                                                   \
+        return enter_tracepoint(id, nargs, ctx);                                        \
+    }
+
+#define PL_TRACEPOINT_EXIT(name, id, types, scope)                                      \
     SEC("tracepoint/syscalls/sys_exit_" #name)                                          \
     int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                            \
     {                                                                                   \
         return trace_ret_generic(id, ctx, ctx->ret, types, scope);                      \
-    }                                                                                   \
+    }
+
+#define PL_KPROBES(name, id, types, scope)                                              \
     SEC("kprobe/__x64_sys_" #name)                                                      \
     int kp_enter_##name(struct pt_regs *ctx)                                            \
     {                                                                                   \
@@ -576,24 +595,55 @@ done:
         return trace_ret_generic(id, ctx, PT_REGS_RC(ctx), types, scope);               \
     }
 
-PL_EVENT(open, PL_EV_OPEN, PL_TYPES_OPEN, PL_SCOPE_FILE)
-PL_EVENT(openat, PL_EV_OPENAT, PL_TYPES_OPENAT, PL_SCOPE_FILE)
-PL_EVENT(close, PL_EV_CLOSE, PL_TYPES_CLOSE, PL_SCOPE_FILE)
-PL_EVENT(unlink, PL_EV_UNLINK, PL_TYPES_UNLINK, PL_SCOPE_FILE)
-PL_EVENT(unlinkat, PL_EV_UNLINKAT, PL_TYPES_UNLINKAT, PL_SCOPE_FILE)
-PL_EVENT(rmdir, PL_EV_RMDIR, PL_TYPES_RMDIR, PL_SCOPE_FILE)
-PL_EVENT(chown, PL_EV_CHOWN, PL_TYPES_CHOWN, PL_SCOPE_FILE)
-PL_EVENT(fchownat, PL_EV_FCHOWNAT, PL_TYPES_FCHOWNAT, PL_SCOPE_FILE)
-PL_EVENT(execve, PL_EV_EXECVE, PL_TYPES_EXECVE, PL_SCOPE_PROCESS)
-PL_EVENT(execveat, PL_EV_EXECVEAT, PL_TYPES_EXECVEAT, PL_SCOPE_PROCESS)
-PL_EVENT(setuid, PL_EV_SETUID, PL_TYPES_SETUID, PL_SCOPE_CAPABILITIES)
-PL_EVENT(setgid, PL_EV_SETGID, PL_TYPES_SETGID, PL_SCOPE_CAPABILITIES)
-PL_EVENT(ptrace, PL_EV_PTRACE, PL_TYPES_PTRACE, PL_SCOPE_CAPABILITIES)
-PL_EVENT(mount, PL_EV_MOUNT, PL_TYPES_MOUNT, PL_SCOPE_CAPABILITIES)
+#define PL_EVENT(name, nargs, id, types, scope)                                         \
+    PL_TRACEPOINT_ENTER(name, nargs, id)                                                \
+    PL_TRACEPOINT_EXIT(name, id, types, scope)                                          \
+    PL_KPROBES(name, id, types, scope)
+
+/* The id of the syscall this thread entered, or 0. */
+static __always_inline u32 entered_event(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct pl_saved_args *saved = bpf_map_lookup_elem(&saved_args, &tid);
+    return saved ? saved->event_id : 0;
+}
+
+/* A successful execveat(2) leaves through sys_exit_execve, not
+ * sys_exit_execveat (the syscall tracepoints look the number up again at
+ * exit, after the new image replaced the registers): so this exit completes
+ * whichever of the two the thread entered. The loader attaches it for
+ * execveat too; a failed execveat still leaves through sys_exit_execveat. */
+SEC("tracepoint/syscalls/sys_exit_execve")
+int tp_exit_execve(struct trace_event_raw_sys_exit *ctx)
+{
+    /* One context load, before the branches (two would be merged into a
+     * moved context pointer, which the verifier refuses). */
+    long ret = ctx->ret;
+    asm volatile("" : "+r"(ret));
+    if (entered_event() == PL_EV_EXECVEAT)
+        return trace_ret_generic(PL_EV_EXECVEAT, ctx, ret, PL_TYPES_EXECVEAT, PL_SCOPE_PROCESS);
+    return trace_ret_generic(PL_EV_EXECVE, ctx, ret, PL_TYPES_EXECVE, PL_SCOPE_PROCESS);
+}
+
+PL_EVENT(open, 3, PL_EV_OPEN, PL_TYPES_OPEN, PL_SCOPE_FILE)
+PL_EVENT(openat, 4, PL_EV_OPENAT, PL_TYPES_OPENAT, PL_SCOPE_FILE)
+PL_EVENT(close, 1, PL_EV_CLOSE, PL_TYPES_CLOSE, PL_SCOPE_FILE)
+PL_EVENT(unlink, 1, PL_EV_UNLINK, PL_TYPES_UNLINK, PL_SCOPE_FILE)
+PL_EVENT(unlinkat, 3, PL_EV_UNLINKAT, PL_TYPES_UNLINKAT, PL_SCOPE_FILE)
+PL_EVENT(rmdir, 1, PL_EV_RMDIR, PL_TYPES_RMDIR, PL_SCOPE_FILE)
+PL_EVENT(chown, 3, PL_EV_CHOWN, PL_TYPES_CHOWN, PL_SCOPE_FILE)
+PL_EVENT(fchownat, 5, PL_EV_FCHOWNAT, PL_TYPES_FCHOWNAT, PL_SCOPE_FILE)
+PL_TRACEPOINT_ENTER(execve, 3, PL_EV_EXECVE)
+PL_KPROBES(execve, PL_EV_EXECVE, PL_TYPES_EXECVE, PL_SCOPE_PROCESS)
+PL_EVENT(execveat, 5, PL_EV_EXECVEAT, PL_TYPES_EXECVEAT, PL_SCOPE_PROCESS)
+PL_EVENT(setuid, 1, PL_EV_SETUID, PL_TYPES_SETUID, PL_SCOPE_CAPABILITIES)
+PL_EVENT(setgid, 1, PL_EV_SETGID, PL_TYPES_SETGID, PL_SCOPE_CAPABILITIES)
+PL_EVENT(ptrace, 4, PL_EV_PTRACE, PL_TYPES_PTRACE, PL_SCOPE_CAPABILITIES)
+PL_EVENT(mount, 5, PL_EV_MOUNT, PL_TYPES_MOUNT, PL_SCOPE_CAPABILITIES)
 /* umount2(2) is the kernel's sys_umount (nr 166). */
-PL_EVENT(umount, PL_EV_UMOUNT, PL_TYPES_UMOUNT, PL_SCOPE_CAPABILITIES)
-PL_EVENT(socket, PL_EV_SOCKET, PL_TYPES_SOCKET, PL_SCOPE_NETWORK)
-PL_EVENT(connect, PL_EV_CONNECT, PL_TYPES_CONNECT, PL_SCOPE_NETWORK)
-PL_EVENT(accept, PL_EV_ACCEPT, PL_TYPES_ACCEPT, PL_SCOPE_NETWORK)
-PL_EVENT(bind, PL_EV_BIND, PL_TYPES_BIND, PL_SCOPE_NETWORK)
-PL_EVENT(listen, PL_EV_LISTEN, PL_TYPES_LISTEN, PL_SCOPE_NETWORK)
+PL_EVENT(umount, 2, PL_EV_UMOUNT, PL_TYPES_UMOUNT, PL_SCOPE_CAPABILITIES)
+PL_EVENT(socket, 3, PL_EV_SOCKET, PL_TYPES_SOCKET, PL_SCOPE_NETWORK)
+PL_EVENT(connect, 3, PL_EV_CONNECT, PL_TYPES_CONNECT, PL_SCOPE_NETWORK)
+PL_EVENT(accept, 3, PL_EV_ACCEPT, PL_TYPES_ACCEPT, PL_SCOPE_NETWORK)
+PL_EVENT(bind, 3, PL_EV_BIND, PL_TYPES_BIND, PL_SCOPE_NETWORK)
+PL_EVENT(listen, 2, PL_EV_LISTEN, PL_TYPES_LISTEN, PL_SCOPE_NETWORK)

@@ -95,6 +95,19 @@ public final class SyscallMonitorSource: EventSource {
                 let mode = try attach(kind, in: object, kprobes: useKprobes, context: context)
                 attached.append((kind, mode))
             }
+            // Extra exits (execveat's through sys_exit_execve), once each.
+            let attachedTracepoints = Set(attached.filter { $0.1 == .tracepoint }.map(\.0.id))
+            var extra = Set<UInt32>()
+            for (kind, mode) in attached where mode == .tracepoint {
+                for other in KernelProgram.extraTracepointExits(kind) where !attachedTracepoints.contains(other.id) && extra.insert(other.id).inserted {
+                    let name = KernelProgram.kernelName(other)
+                    guard let program = object.programs.first(where: { $0.name == KernelProgram.programName(other, kprobe: false, exit: true) }) else {
+                        throw BPFError("the embedded object has no exit program for \(name)")
+                    }
+                    try object.attachTracepoint(program.program, category: "syscalls", name: "sys_exit_\(name)")
+                    context.logger.info("event \(kind.name): also tracepoint syscalls/sys_exit_\(name) (a successful \(kind.name) returns through it)")
+                }
+            }
         } catch let error as BPFError {
             object.detachAll()
             throw fail("cannot attach: \(error)")
@@ -153,12 +166,16 @@ public final class SyscallMonitorSource: EventSource {
         // Only the requested events' programs, of the chosen kind, are loaded:
         // the verifier time and the kernel memory of the others are saved.
         var wanted = Set<String>()
+        // auto may fall back to tracepoints per event: then load both kinds.
+        let tracepoints = !useKprobes || options.attach == .auto
         for kind in options.events {
             for exit in [false, true] {
                 wanted.insert(KernelProgram.programName(kind, kprobe: useKprobes, exit: exit))
-                // auto may fall back to tracepoints per event: load both kinds.
-                if useKprobes, options.attach == .auto {
-                    wanted.insert(KernelProgram.programName(kind, kprobe: false, exit: exit))
+                if tracepoints { wanted.insert(KernelProgram.programName(kind, kprobe: false, exit: exit)) }
+            }
+            if tracepoints {
+                for other in KernelProgram.extraTracepointExits(kind) {
+                    wanted.insert(KernelProgram.programName(other, kprobe: false, exit: true))
                 }
             }
         }

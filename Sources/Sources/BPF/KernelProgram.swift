@@ -20,6 +20,13 @@ enum KernelProgram {
         (kprobe ? "kp_" : "tp_") + (exit ? "exit_" : "enter_") + kernelName(kind)
     }
 
+    /// Tracepoint programs an event needs besides its own pair: a successful
+    /// execveat(2) leaves through `sys_exit_execve` (see the program), so
+    /// execveat also needs execve's exit program.
+    static func extraTracepointExits(_ kind: EventKind) -> [EventKind] {
+        kind.id == 322 ? EventCatalog.kind(id: 59).map { [$0] } ?? [] : []
+    }
+
     /// The kernel's name of the syscall: its tracepoints are
     /// `syscalls/sys_enter_<name>` and its entry point `__x64_sys_<name>`.
     /// umount2(2) is the kernel's `umount`, as our event name already says.
