@@ -3,7 +3,7 @@ import PipelineCore
 /// The filter stages this module provides, for the registry.
 public enum BuiltinFilters {
     public static var descriptors: [StageDescriptor] {
-        [EventIDFilter.descriptor, ScopeFilter.descriptor]
+        [EventIDFilter.descriptor, RetvalFilter.descriptor, ScopeFilter.descriptor]
     }
 }
 

@@ -15,6 +15,8 @@ struct PipelinedCommand: AsyncParsableCommand {
         abstract: "Turn kernel syscall events into pipelines you define, filter, tail and archive.",
         version: PipelineCoreInfo.version,
         subcommands: [
+            RunCommand.self,
+            ValidateCommand.self,
             PluginsCommand.self,
         ]
     )

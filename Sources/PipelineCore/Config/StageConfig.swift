@@ -132,7 +132,11 @@ public final class StageConfig {
             return nil
         }
         if let range, !range.contains(bytes) {
-            error(key, "must be between \(Units.formatSize(range.lowerBound)) and \(Units.formatSize(range.upperBound)), not \(text)")
+            if range.upperBound == Int.max {
+                error(key, "must be at least \(Units.formatSize(range.lowerBound)), not \(text)")
+            } else {
+                error(key, "must be between \(Units.formatSize(range.lowerBound)) and \(Units.formatSize(range.upperBound)), not \(text)")
+            }
             return nil
         }
         return bytes

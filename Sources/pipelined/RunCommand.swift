@@ -1,0 +1,151 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import PipelineCore
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// `pipelined run [FILE]`: runs a pipeline until SIGINT or SIGTERM, then
+/// drains every queue, closes every sink and exits 0.
+///
+/// Order of events: the file is checked exactly as `validate` checks it (exit
+/// 78 on any problem, nothing started); sources are prepared (a missing
+/// privilege exits 77 before any sink has created a file or socket); sinks
+/// open; data flows. The first SIGINT or SIGTERM starts a graceful shutdown;
+/// the pipeline also ends by itself when every source reaches the end of its
+/// input (a `replay` of a file).
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a pipeline until SIGINT/SIGTERM, then drain and exit.",
+        discussion: "With no FILE, runs the embedded default pipeline: every supported syscall event as NDJSON on standard output."
+    )
+
+    @ArgumentParser.Argument(help: "The pipeline file (default: the embedded default pipeline).")
+    var file: String?
+
+    @Option(name: .long, help: "Log level, overriding the file's settings.log_level (trace, debug, info, notice, warning, error, critical).")
+    var logLevel: String?
+
+    func validate() throws {
+        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+
+    func run() async throws {
+        let loader = PipelineLoader(registry: Builtins.registry, environment: ProcessEnvironment.current)
+        let plan: PipelinePlan
+        do {
+            if let file {
+                plan = try loader.load(path: file)
+            } else {
+                plan = try loader.load(text: DefaultPipeline.yaml, file: "<default pipeline>")
+            }
+        } catch {
+            FileHandleStderr.write(error.description + "\n")
+            throw ExitCode(ExitStatus.invalidPipeline)
+        }
+
+        let level = Logger.Level(rawValue: logLevel ?? plan.settings.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "pipelined")
+        logger.logLevel = level
+
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        let service = PipelineService(runtime: runtime)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        logger.info("pipeline starting", metadata: [
+            "pipeline": "\(plan.name)",
+            "stages": "\(plan.stages.count)",
+        ])
+        do {
+            try await group.run()
+        } catch let error as StageStartError {
+            FileHandleStderr.write("pipelined: \(error.description)\n")
+            throw ExitCode(error.exitCode)
+        } catch let error as ServiceGroupError {
+            // A service that throws ends the group; unwrap what it threw.
+            if let start = service.startError {
+                FileHandleStderr.write("pipelined: \(start.description)\n")
+                throw ExitCode(start.exitCode)
+            }
+            FileHandleStderr.write("pipelined: \(error)\n")
+            throw ExitCode(ExitStatus.failure)
+        }
+
+        guard let summary = service.summary else {
+            if let start = service.startError {
+                FileHandleStderr.write("pipelined: \(start.description)\n")
+                throw ExitCode(start.exitCode)
+            }
+            throw ExitCode(ExitStatus.failure)
+        }
+        for stage in plan.stages {
+            guard let counts = summary.metrics[stage.id] else { continue }
+            logger.info("stage totals", metadata: [
+                "stage": "\(stage.id)",
+                "type": "\(stage.type)",
+                "in": "\(counts.recordsIn)",
+                "out": "\(counts.recordsOut)",
+                "lost": "\(counts.lost)",
+                "malformed": "\(counts.malformed)",
+                "bytes": "\(counts.bytes)",
+            ])
+        }
+        if !summary.succeeded {
+            for failure in summary.failures {
+                FileHandleStderr.write("pipelined: \(failure)\n")
+            }
+            throw ExitCode(ExitStatus.failure)
+        }
+        logger.info("pipeline stopped cleanly", metadata: ["pipeline": "\(plan.name)"])
+    }
+}
+
+/// The runtime as a swift-service-lifecycle `Service`: graceful shutdown
+/// (the first SIGINT or SIGTERM) stops the sources; `run` returns once every
+/// queue has drained and every sink is closed.
+final class PipelineService: Service, Sendable {
+    let runtime: PipelineRuntime
+    private let outcome = Mutex(Outcome())
+
+    private struct Outcome {
+        var summary: RunSummary?
+        var startError: StageStartError?
+    }
+
+    init(runtime: PipelineRuntime) {
+        self.runtime = runtime
+    }
+
+    /// How the run ended, once ``run()`` has returned normally.
+    var summary: RunSummary? { outcome.withLock { $0.summary } }
+    /// Why the pipeline did not start, if it did not.
+    var startError: StageStartError? { outcome.withLock { $0.startError } }
+
+    func run() async throws {
+        do {
+            let summary = try await cancelWhenGracefulShutdown {
+                try await self.runtime.run()
+            }
+            outcome.withLock { $0.summary = summary }
+        } catch let error as StageStartError {
+            outcome.withLock { $0.startError = error }
+            throw error
+        }
+    }
+}
