@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The codec chain benchmark: Swift (codec-bench, release) against plain C
+# (baseline.c, -O2), both decoding the same synthetic connect records, keeping
+# failures (retval != 0), encoding NDJSON and writing it; plus decode alone.
+#
+#   bench/codec/run.sh            10 million events per run
+#   EVENTS=2000000 RUNS=1 bench/codec/run.sh
+#
+# Needs /usr/bin/time (Debian package `time`) for CPU time and peak RSS.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="$root/bench/out/codec"
+events="${EVENTS:-10000000}"
+runs="${RUNS:-3}"
+mkdir -p "$out"
+
+if [ ! -x /usr/bin/time ]; then
+    echo "run.sh: /usr/bin/time is missing (apt-get install time)" >&2
+    exit 1
+fi
+
+# SwiftPM names a path package after its directory, so a checkout that is
+# itself called `codec` would collide with this package (bench/codec). Build
+# from a staged manifest (identity `codec-bench`) pointing at the same sources.
+stage="$out/codec-bench"
+mkdir -p "$stage"
+sed "s|path: \"../..\"|path: \"$root\"|" "$here/Package.swift" > "$stage/Package.swift"
+ln -sfn "$here/Sources" "$stage/Sources"
+echo "== building codec-bench (swift build -c release) and baseline (cc -O2)"
+if ! swift build -c release --package-path "$stage" > "$out/build.log" 2>&1; then
+    grep -E "error" "$out/build.log" | head -20 >&2
+    exit 1
+fi
+swift_bin="$(swift build -c release --package-path "$stage" --show-bin-path)/codec-bench"
+cc -O2 -Wall -o "$out/baseline" "$here/baseline.c"
+
+echo "== checking that both write the same bytes (200000 events)"
+"$swift_bin" chain 200000 "$out/swift.ndjson" > /dev/null
+"$out/baseline" chain 200000 "$out/c.ndjson" > /dev/null
+cmp "$out/swift.ndjson" "$out/c.ndjson"
+head -c 400 "$out/swift.ndjson"; echo "..."
+echo "   identical: $(wc -l < "$out/swift.ndjson") lines"
+
+# measure NAME MODE BINARY: the best of $runs runs by events/s; prints one row.
+measure() {
+    local name="$1" mode="$2" bin="$3" best_rate=0 best_line=""
+    for _ in $(seq "$runs"); do
+        /usr/bin/time -v "$bin" "$mode" "$events" /dev/null > "$out/stdout" 2> "$out/time"
+        local rate user sys rss
+        rate=$(sed -n 's/.*events_per_s=\([0-9]*\).*/\1/p' "$out/stdout")
+        user=$(sed -n 's/.*User time (seconds): //p' "$out/time")
+        sys=$(sed -n 's/.*System time (seconds): //p' "$out/time")
+        rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/time")
+        if [ "$rate" -gt "$best_rate" ]; then
+            best_rate=$rate
+            best_line=$(awk -v n="$name" -v m="$mode" -v r="$rate" -v u="$user" -v s="$sys" -v k="$rss" -v e="$events" \
+                'BEGIN { printf "%-7s %-7s %14d %12.1f %10.1f\n", n, m, r, (u + s) * 1e9 / e, k / 1024 }')
+        fi
+    done
+    echo "$best_line"
+    eval "rate_${name}_${mode}=$best_rate"
+}
+
+echo "== $events events per run, best of $runs"
+printf "%-7s %-7s %14s %12s %10s\n" program mode "events/s" "CPU ns/event" "RSS MiB"
+measure swift chain "$swift_bin"
+measure c chain "$out/baseline"
+measure swift decode "$swift_bin"
+measure c decode "$out/baseline"
+awk -v sc="$rate_swift_chain" -v cc="$rate_c_chain" -v sd="$rate_swift_decode" -v cd="$rate_c_decode" \
+    'BEGIN { printf "ratio to C: chain %.2fx, decode %.2fx\n", sc / cc, sd / cd }'
