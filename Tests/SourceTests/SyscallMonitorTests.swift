@@ -155,6 +155,49 @@ struct SyscallMonitorKernelTests {
         #expect(records.events(of: run.pid).map(\.expectedForm) == expected)
     }
 
+    /// Inside new pid and mount namespaces (`unshare`), events carry the
+    /// namespace's pids and ids: a container's view.
+    @Test func namespacePidsAndIdsInsideNewNamespaces() throws {
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!]))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["unshare", "--pid", "--mount", "--fork", Driver.path, "fork-connect"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let (records, _) = session.finish()
+        let run = Driver.Run(pid: process.processIdentifier, status: process.terminationStatus, output: data)
+        #expect(run.status == 0)
+
+        let ns = try #require(run.comments.first { $0.hasPrefix("# ns ") }).split(separator: " ").compactMap { UInt32($0) }
+        let child = try #require(run.comments.first { $0.hasPrefix("# child ") }.flatMap { UInt32($0.split(separator: " ").last!) })
+        try #require(ns.count == 2)
+        #expect(run.comments.contains("# pid 1"))
+        // unshare forks the driver: the driver's parent is unshare.
+        let driver = records.compactMap { record -> SyscallEvent? in
+            if case .event(let event) = record, event.hostPpid == UInt32(process.processIdentifier), event.comm.description == "driver" { return event }
+            return nil
+        }
+        let driverPid = try #require(driver.first?.hostPid)
+        let childEvents = records.compactMap { record -> SyscallEvent? in
+            if case .event(let event) = record, event.hostPpid == driverPid { return event }
+            return nil
+        }
+        #expect(driver.map(\.expectedForm) == [try run.expected()[0]])
+        #expect(childEvents.map(\.expectedForm) == [try run.expected()[1]])
+        for event in driver + childEvents {
+            #expect(event.pidNamespace == ns[0])
+            #expect(event.mountNamespace == ns[1])
+            #expect(event.isContainer)
+        }
+        #expect(driver.first?.pid == 1)
+        #expect(driver.first?.ppid == 0)  // unshare is outside the namespace
+        #expect(childEvents.first?.pid == child)
+        #expect(childEvents.first?.ppid == 1)
+    }
+
     @Test func hiddenNetworkScopeDropsSuccessfulConnectsOnly() throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static long ret(long value)
@@ -299,6 +300,27 @@ static void scenario_after_execveat(const char *dir, const char *self)
     exit(76);
 }
 
+/* A UDP connect here, then one in a forked child: run inside new pid and
+ * mount namespaces, the events carry namespace pids (1 here, the child's
+ * own with ppid 1) and the namespace ids printed at start. */
+static void scenario_fork_connect(void)
+{
+    char detail[256];
+    struct sockaddr_in udp = { .sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    snprintf(detail, sizeof(detail), "%d\tAF_INET 127.0.0.1 9", fd);
+    report("connect", do_connect(fd, &udp, sizeof(udp)), detail);
+    pid_t child = fork();
+    if (child == 0) {
+        report("connect", do_connect(fd, &udp, sizeof(udp)), detail);
+        _exit(0);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    printf("# child %d\n", (int)child);
+    close(fd);
+}
+
 /* N failing ptrace(PTRACE_ATTACH) calls pinned to one CPU, then a failing
  * ptrace(PTRACE_DETACH) per line read on stdin, then the total on exit. A
  * perf buffer writes its pending count of lost samples just before the next
@@ -332,7 +354,10 @@ int main(int argc, char **argv)
         return 64;
     const char *scenario = argv[1];
     const char *dir = argc > 2 ? argv[2] : "/tmp";
+    struct stat pid_ns, mnt_ns;
     printf("# pid %d\n", getpid());
+    if (stat("/proc/self/ns/pid", &pid_ns) == 0 && stat("/proc/self/ns/mnt", &mnt_ns) == 0)
+        printf("# ns %lu %lu\n", (unsigned long)pid_ns.st_ino, (unsigned long)mnt_ns.st_ino);
     fflush(stdout);
     if (!strcmp(scenario, "connect"))
         scenario_connect(dir);
@@ -346,6 +371,8 @@ int main(int argc, char **argv)
         scenario_after_execveat(dir, argv[3]);
     else if (!strcmp(scenario, "done"))
         ;
+    else if (!strcmp(scenario, "fork-connect"))
+        scenario_fork_connect();
     else if (!strcmp(scenario, "burst"))
         scenario_burst(argc > 2 ? argv[2] : "1000");
     else
