@@ -80,7 +80,7 @@ public final class SyscallMonitorSource: EventSource {
 
         let object: BPFObject
         do {
-            object = try BPFObject(elf: KernelProgram.elf, name: KernelProgram.objectName)
+            object = try BPFObject(elf: KernelProgram.elf(), name: KernelProgram.objectName)
             try configure(object, useKprobes: useKprobes)
             try object.load()
             try setVisibility(object)

@@ -7,7 +7,7 @@ import Testing
 @Suite("embedded BPF object")
 struct EmbeddedObjectTests {
     @Test func theEmbeddedObjectIsABPFELF() {
-        let elf = KernelProgram.elf
+        let elf = KernelProgram.elf()
         #expect(elf.count == EmbeddedBPFObject.byteCount)
         #expect(Array(elf.prefix(4)) == [0x7F, 0x45, 0x4C, 0x46])  // "\x7fELF"
         #expect(elf.count > 64 && elf[4] == 2)  // ELFCLASS64
@@ -27,7 +27,7 @@ struct EmbeddedObjectTests {
     }
 
     @Test func everyEventHasItsFourPrograms() throws {
-        let object = try BPFObject(elf: KernelProgram.elf, name: "check")
+        let object = try BPFObject(elf: KernelProgram.elf(), name: "check")
         let names = Set(object.programs.map(\.name))
         for kind in EventCatalog.all {
             for kprobe in [false, true] {

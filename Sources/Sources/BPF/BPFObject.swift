@@ -81,7 +81,9 @@ final class BPFObject {
     let object: OpaquePointer
     private var links: [OpaquePointer] = []
 
-    /// Opens an object from its ELF bytes (the embedded program).
+    /// Opens an object from its ELF bytes (the embedded program). libbpf
+    /// parses the ELF during open and keeps no pointer into `elf` after it
+    /// (the tests load an object whose bytes are gone by then).
     init(elf: [UInt8], name: String) throws {
         LibbpfLog.install()
         _ = LibbpfLog.take()

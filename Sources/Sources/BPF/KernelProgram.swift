@@ -1,16 +1,38 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PipelineCore
 
 /// The kernel program (`bpf/pipelined.bpf.c`), compiled by the
 /// BPFObjectPlugin during the build and embedded in this module, plus the
 /// names the loader and the program agree on.
 enum KernelProgram {
-    /// The ELF object for the BPF target, decoded once on first use.
-    static let elf: [UInt8] = {
+    /// The ELF object for the BPF target, decoded from the embedded text.
+    /// Not cached: libbpf is done with the bytes once the object is open, so
+    /// the caller drops them then, and the text's pages (read once) are
+    /// handed back to the kernel: together about a megabyte less resident
+    /// while the kernel's BTF is being parsed for the load, the peak.
+    static func elf() -> [UInt8] {
         guard let bytes = Base64.decode(EmbeddedBPFObject.base64), bytes.count == EmbeddedBPFObject.byteCount else {
             preconditionFailure("the embedded BPF object is corrupt: rebuild the package")
         }
+        releasePages(of: EmbeddedBPFObject.base64)
         return bytes
-    }()
+    }
+
+    /// Drops the resident pages that lie wholly inside `text` (read-only
+    /// data of this binary: a later read faults them in again from the
+    /// file). Pages shared with other data are left alone.
+    private static func releasePages(of text: StaticString) {
+        text.withUTF8Buffer { buffer in
+            guard let base = buffer.baseAddress else { return }
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let start = (Int(bitPattern: base) + page - 1) & ~(page - 1)
+            let end = (Int(bitPattern: base) + buffer.count) & ~(page - 1)
+            guard end > start, let pointer = UnsafeMutableRawPointer(bitPattern: start) else { return }
+            _ = madvise(pointer, end - start, MADV_DONTNEED)
+        }
+    }
 
     /// The object name libbpf reports in its messages.
     static let objectName = "pipelined"
