@@ -45,14 +45,10 @@ public protocol EventFilter: Sendable {
 extension EventFilter {
     @inlinable
     public func apply(_ batch: inout EventBatch) {
-        // Leave the storage untouched (no copy) when every record passes.
-        guard let first = batch.records.firstIndex(where: { !includes($0) }) else { return }
-        var kept = Array(batch.records[..<first])
-        kept.reserveCapacity(batch.records.count)
-        for record in batch.records[(first + 1)...] where includes(record) {
-            kept.append(record)
-        }
-        batch.records = kept
+        // Leave the storage untouched (no copy) when every record passes;
+        // otherwise compact in place, keeping the order of what passes.
+        guard batch.records.contains(where: { !includes($0) }) else { return }
+        batch.records.removeAll { !includes($0) }
     }
 }
 

@@ -162,10 +162,12 @@ struct TailCLITests {
         let expected = encoded(input)
         // Each line is printed as it arrives, before the stream ends.
         #expect(tail.waitForOutput(bytes: expected.count))
-        #expect(tail.stdout == expected)
+        let same = tail.stdout == expected  // A Bool, not `==` inside #expect: a failing comparison of megabytes would make the test library diff them for minutes.
+        #expect(same, "tail printed \(tail.stdout.count) bytes, expected \(expected.count)")
         kill(tail.process.processIdentifier, SIGINT)
         #expect(tail.finish() == 0)
-        #expect(tail.stdout == expected)
+        let sameAfterStop = tail.stdout == expected
+        #expect(sameAfterStop, "tail printed \(tail.stdout.count) bytes, expected \(expected.count)")
         try sink.close()
     }
 

@@ -504,7 +504,8 @@ struct UnixSocketSinkTests {
         let expected = encoded(input)
         for client in clients {
             #expect(client.waitForEnd())
-            #expect(client.bytes == expected)
+            let same = client.bytes == expected  // A Bool, not `==` inside #expect: a failing comparison of megabytes would make the test library diff them for minutes.
+            #expect(same, "client got \(client.bytes.count) bytes, expected \(expected.count)")
         }
         #expect(metrics.recordsOut.load(ordering: .relaxed) == 50 * 20_000)
         #expect(metrics.bytes.load(ordering: .relaxed) == UInt64(50 * expected.count))
@@ -531,7 +532,8 @@ struct UnixSocketSinkTests {
         try sink.close()
         for tool in tools {
             #expect(tool.finish() == 0, "\(tool.arguments)")
-            #expect(tool.output == expected, "\(tool.arguments)")
+            let same = tool.output == expected  // A Bool, not `==` inside #expect: a failing comparison of megabytes would make the test library diff them for minutes.
+            #expect(same, "\(tool.arguments): got \(tool.output.count) bytes, expected \(expected.count)")
         }
     }
 

@@ -209,7 +209,18 @@ public final class PipelineRuntime: Sendable {
     /// is cancelled (graceful shutdown). Throws a ``StageStartError`` if the
     /// pipeline cannot start.
     public func run() async throws -> RunSummary {
-        try start()
+        // Preparing sources (loading an eBPF program) and opening sinks
+        // block: do it on a thread of its own, not the cooperative pool.
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            _ = RuntimeThread(name: "pipeline-start") { [self] in
+                do {
+                    try self.start()
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<RunSummary, Never>) in
                 _ = RuntimeThread(name: "pipeline-wait") { [self] in
