@@ -34,7 +34,7 @@ import PipelineCore
 /// - A client whose peer uid (SO_PEERCRED) is not in `allow_uids` is closed
 ///   before it is sent anything; the log names its uid and pid.
 /// - ``close()`` stops accepting, lets clients take what is already buffered
-///   for them for up to `close_timeout`, closes them and removes the socket file.
+///   for them (closing one that takes nothing for `close_timeout`), closes them and removes the socket file.
 public final class UnixSocketSink: EventSink {
     public static let descriptor = StageDescriptor(
         type: "unix_socket", kind: .sink,
@@ -249,6 +249,8 @@ final class ClientHub: @unchecked Sendable {
         /// What the client's next `lost` record will say.
         var pendingLost: UInt64 = 0
         var closing = false
+        /// At shutdown: `inFlight` at the last progress check.
+        var closeMark = 0
         /// Completes when everything written so far has reached the kernel.
         var lastWrite: EventLoopFuture<Void>?
 
@@ -411,8 +413,9 @@ final class ClientHub: @unchecked Sendable {
 
     // MARK: Shutdown
 
-    /// Tells every client its losses, lets it take what is buffered for it
-    /// for up to `timeoutNs`, then closes it. Completes when all are closed.
+    /// Tells every client its losses and lets it take what is buffered for
+    /// it; a client that takes nothing for `timeoutNs` is closed at once.
+    /// Completes when all are closed.
     func shutdown(earlier: Drops, timeoutNs: Int64) -> EventLoopFuture<Void> {
         shuttingDown = true
         let open = Array(clients.values)
@@ -427,11 +430,18 @@ final class ClientHub: @unchecked Sendable {
             let channel = client.channel
             (client.lastWrite ?? loop.makeSucceededFuture(())).whenComplete { _ in channel.close(promise: nil) }
         }
-        let deadline = loop.scheduleTask(in: .nanoseconds(timeoutNs)) {
+        // A client that keeps reading may take as long as it needs; one that
+        // takes nothing for `timeoutNs` is closed (checked every `timeoutNs`).
+        for client in open { client.closeMark = client.inFlight }
+        let deadline = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(timeoutNs), delay: .nanoseconds(max(timeoutNs, 1_000_000))) { _ in
             for client in self.clients.values where client.channel.isActive {
+                if client.inFlight < client.closeMark {
+                    client.closeMark = client.inFlight
+                    continue
+                }
                 // Whatever it has not taken by now is lost to it.
                 self.metrics.add(self.metrics.lost, UInt64(max(0, client.inFlightEvents)))
-                self.logger.warning("closing a client that did not take its buffered events in time", metadata: [
+                self.logger.warning("closing a client that took none of its buffered events in time", metadata: [
                     "uid": "\(client.peer.uid)", "pid": "\(client.peer.pid)", "events": "\(client.inFlightEvents)",
                 ])
                 client.channel.close(promise: nil)

@@ -26,8 +26,8 @@ public struct UnixSocketSinkOptions: Sendable, Equatable {
     /// Events held per client before ``whenFull`` applies.
     public var clientBuffer: Int
     public var whenFull: WhenFull
-    /// How long ``UnixSocketSink/close()`` lets clients take what is already
-    /// buffered for them before closing them anyway.
+    /// How long ``UnixSocketSink/close()`` lets a client go without taking
+    /// any of what is buffered for it before closing it anyway.
     public var closeTimeoutNs: Int64
 
     /// The longest path a `sockaddr_un` holds (108 bytes with the NUL).
@@ -60,7 +60,7 @@ public struct UnixSocketSinkOptions: Sendable, Equatable {
         OptionSpec("allow_uids", "[uid or user name]", default: "[owner, root]", "peer uids (SO_PEERCRED) allowed to connect; others are closed at once and logged"),
         OptionSpec("client_buffer", "int", default: "65536", "events held per client before when_full applies (1-16777216)"),
         OptionSpec("when_full", "drop|disconnect", default: "drop", "a full client: drop its events and count them (a 'lost' record with where=client), or disconnect it"),
-        OptionSpec("close_timeout", "duration", default: "2s", "at shutdown, how long clients may take what is already buffered for them"),
+        OptionSpec("close_timeout", "duration", default: "2s", "at shutdown, how long a client may take none of what is buffered for it before it is closed"),
     ]
 
     /// Reads the options; nil when the config reported a problem.
