@@ -72,6 +72,25 @@ struct SyscallMonitorKernelTests {
         }
     }
 
+    /// A few events stay far below the perf buffer's wake-up watermark: the
+    /// reader must still hand them on while running (every flush
+    /// interval), not only when the source stops.
+    @Test(arguments: [SyscallMonitorOptions.Transport.perf, .ringbuf])
+    func quietTrafficIsDeliveredWhileRunning(transport: SyscallMonitorOptions.Transport) throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], transport: transport))
+        let run = try Driver.run(["connect", directory.path])
+        let expected = try run.expected()
+        let deadline = Date().addingTimeInterval(20)
+        while session.sink.records.events(of: run.pid).count < expected.count, Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let whileRunning = session.sink.records.events(of: run.pid).map(\.expectedForm)
+        _ = session.finish()
+        #expect(whileRunning == expected)
+    }
+
     @Test func socketBindListenAcceptAndConnectArgs() throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
