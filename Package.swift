@@ -118,7 +118,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore"],
+            dependencies: ["PipelineCore", "EventSinks"],
             path: "Tests/CLITests"
         ),
     ],

@@ -13,6 +13,9 @@ public final class StageMetrics: Sendable {
     public let malformed = ManagedAtomic<UInt64>(0)
     /// Bytes written (sinks) or read (sources).
     public let bytes = ManagedAtomic<UInt64>(0)
+    /// Consumers the stage dropped: `unix_socket` clients disconnected because
+    /// their buffer was full (`when_full: disconnect`).
+    public let clientsDropped = ManagedAtomic<UInt64>(0)
 
     public init() {}
 
@@ -27,11 +30,12 @@ public final class StageMetrics: Sendable {
             recordsOut: recordsOut.load(ordering: .relaxed),
             lost: lost.load(ordering: .relaxed),
             malformed: malformed.load(ordering: .relaxed),
-            bytes: bytes.load(ordering: .relaxed)
+            bytes: bytes.load(ordering: .relaxed),
+            clientsDropped: clientsDropped.load(ordering: .relaxed)
         )
     }
 
     public struct Snapshot: Sendable, Equatable {
-        public var recordsIn, recordsOut, lost, malformed, bytes: UInt64
+        public var recordsIn, recordsOut, lost, malformed, bytes, clientsDropped: UInt64
     }
 }

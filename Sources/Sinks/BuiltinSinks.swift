@@ -5,6 +5,8 @@ public enum BuiltinSinks {
     public static var descriptors: [StageDescriptor] {
         [
             FileSink.descriptor,
+            LZ4SegmentSink.descriptor,
+            UnixSocketSink.descriptor,
         ]
     }
 }

@@ -9,7 +9,9 @@ import PipelineCore
 
 /// Options of the `replay` source.
 public struct ReplaySourceOptions: Sendable, Equatable {
-    /// An NDJSON file (`-` for standard input).
+    /// An NDJSON file (`-` for standard input), an `lz4_segments` segment
+    /// (`.jsonl.lz4`, or a `.jsonl.lz4.open` up to its last complete block), or
+    /// an archive directory, whose segments are read oldest first.
     public var path: String
     /// Events per second; nil replays as fast as the pipeline takes them.
     public var rate: Double?
@@ -20,7 +22,7 @@ public struct ReplaySourceOptions: Sendable, Equatable {
     }
 
     static let specs: [OptionSpec] = [
-        OptionSpec("path", "string", required: true, "an NDJSON event file ('-' for stdin)"),
+        OptionSpec("path", "string", required: true, "an NDJSON event file ('-' for stdin), an lz4_segments segment, or an archive directory (oldest segment first)"),
         OptionSpec("rate", "number", "events per second (default: as fast as possible)"),
     ]
 
@@ -35,13 +37,15 @@ public struct ReplaySourceOptions: Sendable, Equatable {
     }
 }
 
-/// The `replay` source: reads event records written by pipelined (NDJSON)
-/// and pushes them down the pipeline, optionally at a fixed rate. Lines that
-/// are not event records are counted as malformed and skipped.
+/// The `replay` source: reads event records written by pipelined (NDJSON,
+/// plain or in `lz4_segments` segments) and pushes them down the pipeline,
+/// optionally at a fixed rate. Lines that are not event records are counted as
+/// malformed and skipped; a damaged segment is read up to the damage, logged,
+/// and the next one follows.
 public final class ReplaySource: EventSource {
     public static let descriptor = StageDescriptor(
         type: "replay", kind: .source,
-        summary: "replay NDJSON event records from a file, optionally at a fixed rate",
+        summary: "replay NDJSON event records from a file, a segment or an archive directory, optionally at a fixed rate",
         options: ReplaySourceOptions.specs,
         make: { config in ReplaySourceOptions(config).map { .source(ReplaySource($0)) } }
     )
@@ -51,6 +55,8 @@ public final class ReplaySource: EventSource {
     // Set in prepare, read in run; both on the runtime's threads in sequence.
     private nonisolated(unsafe) var fd: Int32 = -1
     private nonisolated(unsafe) var context: StageContext?
+    /// The segment files to read, oldest first; nil for plain NDJSON on `fd`.
+    private nonisolated(unsafe) var segments: [String]?
 
     public init(_ options: ReplaySourceOptions) {
         self.options = options
@@ -62,9 +68,24 @@ public final class ReplaySource: EventSource {
             fd = STDIN_FILENO
             return
         }
+        if ArchiveIO.isDirectory(options.path) {
+            let archive = ArchiveDirectory(options.path)
+            do {
+                segments = try archive.segments().map { archive.path(of: $0) }
+            } catch {
+                throw StageStartError(stage: context.id, message: "\(error)")
+            }
+            if segments!.isEmpty { context.logger.warning("\(options.path): no segments to replay") }
+            return
+        }
         fd = Glibc.open(options.path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw StageStartError(stage: context.id, message: "cannot open '\(options.path)': \(String(cString: strerror(errno)))")
+        }
+        if SegmentReader.isSegment(path: options.path) {
+            Glibc.close(fd)
+            fd = -1
+            segments = [options.path]
         }
     }
 
@@ -78,7 +99,6 @@ public final class ReplaySource: EventSource {
             if fd > STDIN_FILENO { Glibc.close(fd) }
             fd = -1
         }
-        var reader = LineReader(fd: fd)
         let decoder = NDJSONDecoder()
         var batch: [PipelineRecord] = []
         batch.reserveCapacity(output.batchEvents)
@@ -93,10 +113,13 @@ public final class ReplaySource: EventSource {
             batch.removeAll(keepingCapacity: true)
         }
 
-        while !stopped.load(ordering: .relaxed) {
-            let more = try reader.nextLine { line in
-                lineNumber += 1
-                guard !line.isEmpty else { return }
+        var currentPath = options.path
+
+        /// Decodes one line into the batch, and sends the batch when full;
+        /// false once the source is asked to stop.
+        func handle(_ line: UnsafeRawBufferPointer) -> Bool {
+            lineNumber += 1
+            if !line.isEmpty {
                 context.metrics.add(context.metrics.bytes, UInt64(line.count + 1))
                 do {
                     batch.append(try decoder.decode(line))
@@ -104,14 +127,41 @@ public final class ReplaySource: EventSource {
                     context.metrics.add(context.metrics.malformed, 1)
                     if reported < 10 {
                         reported += 1
-                        context.logger.warning("\(options.path):\(lineNumber): skipped: \(error)")
+                        context.logger.warning("\(currentPath):\(lineNumber): skipped: \(error)")
                     }
                 }
             }
-            if !more { break }
             if batch.count >= maxBatch {
                 if pacer != nil { pacer!.wait(for: batch.count, stopped: stopped) }
                 flush()
+            }
+            return !stopped.load(ordering: .relaxed)
+        }
+
+        if let segments {
+            for path in segments where !stopped.load(ordering: .relaxed) {
+                currentPath = path
+                lineNumber = 0
+                let summary: SegmentSummary
+                do {
+                    summary = try SegmentReader(path: path).forEachLine(handle)
+                } catch {
+                    // A segment retention removed meanwhile, or unreadable: go on.
+                    context.logger.error("\(error)")
+                    continue
+                }
+                if let damage = summary.read.damage {
+                    context.logger.error("\(path): damaged: \(damage); replayed the \(summary.records) record(s) before it")
+                } else if summary.read.ending == .truncated, !path.hasSuffix(SegmentName.openSuffix) {
+                    context.logger.error("\(path): cut short; replayed the \(summary.records) record(s) of its complete blocks")
+                }
+            }
+        } else {
+            var reader = LineReader(fd: fd)
+            while !stopped.load(ordering: .relaxed) {
+                var keepGoing = true
+                let more = try reader.nextLine { line in keepGoing = handle(line) }
+                if !more || !keepGoing { break }
             }
         }
         if pacer != nil, !batch.isEmpty { pacer!.wait(for: batch.count, stopped: stopped) }

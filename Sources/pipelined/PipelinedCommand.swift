@@ -18,6 +18,8 @@ struct PipelinedCommand: AsyncParsableCommand {
             RunCommand.self,
             ValidateCommand.self,
             PluginsCommand.self,
+            ArchiveCommand.self,
+            TailCommand.self,
         ]
     )
 

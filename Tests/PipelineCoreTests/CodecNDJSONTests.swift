@@ -343,7 +343,10 @@ struct CodecNDJSONTests {
                             address: IPv6Bytes(high: .random(in: 0...UInt64.max) & 0xFFFF_0000_FFFF_0000, low: .random(in: 0...3)),
                             port: .random(in: 0...UInt16.max))))
                     case 2: args.append(.sockaddr(.unix(path: "@" + texts.randomElement(using: &generator)!)))
-                    default: args.append(.sockaddr(.other(family: .random(in: 0...200))))
+                    default:
+                        // 1, 2 and 10 always decode to their own shapes, never to `.other`.
+                        let family = [0, 3, 16, 17, 38, 45, 46, 200, 65535].randomElement(using: &generator)!
+                        args.append(.sockaddr(.other(family: UInt16(family))))
                     }
                 default:
                     args.append(.flags(type.flagKind!, .random(in: 0...UInt32.max, using: &generator)))
@@ -375,6 +378,79 @@ struct CodecNDJSONTests {
         for record in records { NDJSONEncoder().encode(record, into: &single) }
         #expect(batch == single)
         #expect(batch.count > 7 + records.count * 300)
+    }
+
+    /// A batch reuses the date text of the previous second; crossing seconds,
+    /// days and going back in time must still print every time exactly.
+    @Test func batchTimesAcrossSecondsMatchSingleRecords() {
+        let times: [Int64] = [
+            specTimeNs, specTimeNs + 1, specTimeNs + 876_543_210, specTimeNs + 876_543_211, specTimeNs - 1_000_000_000,
+            86_399_999_999_999, 86_400_000_000_000, 0, -1, specTimeNs,
+        ]
+        var records: [PipelineRecord] = []
+        for (index, time) in times.enumerated() {
+            if index % 3 == 2 {
+                records.append(.lost(LostRecord(timeNs: time, count: 1, site: .queue)))
+            } else {
+                var record = event(3, retval: 0, [.int(Int32(index))])
+                record.timeNs = time
+                records.append(.event(record))
+            }
+        }
+        var batch: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &batch)
+        let lines = String(decoding: batch, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.map { $0 + "\n" } == records.map(line))
+        #expect(lines[5].hasPrefix(#"{"time":"1970-01-01T23:59:59.999999999Z""#))
+        #expect(lines[6].hasPrefix(#"{"time":"1970-01-02T00:00:00.000000000Z""#))
+        #expect(lines[8].hasPrefix(#"{"time":"1969-12-31T23:59:59.999999999Z""#))
+    }
+
+    /// Batches bigger than the encoder's chunk, with lines of very different
+    /// sizes (records that do not fit are moved to the next chunk), come out
+    /// exactly as record-by-record encoding.
+    @Test func largeBatchesSpanChunks() throws {
+        var generator = SystemRandomNumberGenerator()
+        var records: [PipelineRecord] = []
+        for index in 0..<3000 {
+            switch index % 5 {
+            case 0:
+                let path = String(repeating: "\u{01}/é", count: Int.random(in: 0...1500, using: &generator))
+                records.append(.event(event(87, retval: -2, [.string(path)])))
+            case 1:
+                let argv = (0..<20).map { _ in String(repeating: "\"", count: Int.random(in: 0...300, using: &generator)) }
+                records.append(.event(event(59, retval: 0, [.string("/bin/x"), .strings(argv, truncated: true)])))
+            case 2:
+                records.append(.lost(LostRecord(timeNs: Int64(index), count: UInt64(index), site: .kernel, cpu: 1)))
+            default:
+                records.append(.event(event(42, retval: -111, [.int(3), .sockaddr(.unix(path: "@" + String(repeating: "\\", count: 107)))])))
+            }
+        }
+        var batch: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &batch)
+        var single: [UInt8] = []
+        for record in records { NDJSONEncoder().encode(record, into: &single) }
+        #expect(batch.count > 4 * 256 * 1024)
+        #expect(batch == single)
+        let decoder = NDJSONDecoder()
+        let lines = batch.split(separator: UInt8(ascii: "\n"))
+        #expect(lines.count == records.count)
+        for (record, text) in zip(records, lines) {
+            #expect(try decoder.decode(Array(text)) == record)
+        }
+    }
+
+    /// The encoder's in-place flag text is the same as ``FlagKind/symbolic(_:)``.
+    @Test func encodedFlagsEqualSymbolicText() throws {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            let value = UInt32.random(in: 0...UInt32.max, using: &generator) >> UInt32.random(in: 0...31, using: &generator)
+            let mount = line(.event(event(165, retval: 0, [.null, .null, .null, .flags(.mount, value), .null])))
+            #expect(mount.contains(#""flags":"\#(FlagKind.mount.symbolic(value))","data""#))
+            let socket = line(.event(event(41, retval: 0, [.flags(.socketDomain, value), .flags(.socketType, value), .int(0)])))
+            #expect(socket.contains(
+                #""domain":"\#(FlagKind.socketDomain.symbolic(value))","type":"\#(FlagKind.socketType.symbolic(value))""#))
+        }
     }
 
     @Test func decoderAcceptsAnyKeyOrderAndUnknownKeys() throws {

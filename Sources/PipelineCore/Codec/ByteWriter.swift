@@ -16,14 +16,40 @@ struct ByteWriter {
 
     @inline(__always)
     mutating func literal(_ text: StaticString) {
-        let count = text.utf8CodeUnitCount
-        cursor.update(from: text.utf8Start, count: count)
-        cursor += count
+        bytes(text.utf8Start, text.utf8CodeUnitCount)
     }
 
+    /// Copies `count` bytes. Lines are made of many short pieces (keys,
+    /// names, numbers), so short copies are done with overlapping word moves
+    /// instead of a call to `memmove`; neither side is touched out of range.
     @inline(__always)
     mutating func bytes(_ start: UnsafePointer<UInt8>, _ count: Int) {
-        cursor.update(from: start, count: count)
+        let source = UnsafeRawPointer(start)
+        let target = UnsafeMutableRawPointer(cursor)
+        if count >= 8 && count <= 16 {
+            let head = source.loadUnaligned(as: UInt64.self)
+            let tail = source.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+            target.storeBytes(of: head, as: UInt64.self)
+            target.storeBytes(of: tail, toByteOffset: count - 8, as: UInt64.self)
+        } else if count > 16 && count <= 32 {
+            let a = source.loadUnaligned(as: UInt64.self)
+            let b = source.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+            let c = source.loadUnaligned(fromByteOffset: count - 16, as: UInt64.self)
+            let d = source.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+            target.storeBytes(of: a, as: UInt64.self)
+            target.storeBytes(of: b, toByteOffset: 8, as: UInt64.self)
+            target.storeBytes(of: c, toByteOffset: count - 16, as: UInt64.self)
+            target.storeBytes(of: d, toByteOffset: count - 8, as: UInt64.self)
+        } else if count >= 4 && count < 8 {
+            let head = source.loadUnaligned(as: UInt32.self)
+            let tail = source.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
+            target.storeBytes(of: head, as: UInt32.self)
+            target.storeBytes(of: tail, toByteOffset: count - 4, as: UInt32.self)
+        } else if count < 4 {
+            for index in 0..<count { cursor[index] = start[index] }
+        } else {
+            cursor.update(from: start, count: count)
+        }
         cursor += count
     }
 
@@ -34,42 +60,54 @@ struct ByteWriter {
         cursor += buffer.count
     }
 
+    /// "00" to "99": two digits of a number below 100 are one 2-byte load.
+    static var digitPairs: StaticString {
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
+    }
+
     /// Two decimal digits, for 0...99.
     @inline(__always)
     mutating func twoDigits(_ value: Int) {
-        cursor[0] = UInt8(truncatingIfNeeded: 48 + value / 10)
-        cursor[1] = UInt8(truncatingIfNeeded: 48 + value % 10)
+        let pair = UnsafeRawPointer(ByteWriter.digitPairs.utf8Start).loadUnaligned(fromByteOffset: 2 * value, as: UInt16.self)
+        UnsafeMutableRawPointer(cursor).storeBytes(of: pair, as: UInt16.self)
         cursor += 2
+    }
+
+    /// The number of decimal digits of `value`.
+    @inline(__always)
+    static func digitCount(_ value: UInt64) -> Int {
+        var digits = 1
+        var limit: UInt64 = 10
+        while digits < 20 && value >= limit {
+            digits += 1
+            limit = limit &* 10
+        }
+        return digits
     }
 
     /// An unsigned decimal number (at most 20 bytes).
     mutating func decimal(_ value: UInt64) {
         if value < 10 {
-            byte(UInt8(truncatingIfNeeded: 48 + value))
+            cursor.pointee = UInt8(truncatingIfNeeded: 48 + value)
+            cursor += 1
             return
         }
-        var digits = 1
-        var probe = value
-        while probe >= 10 {
-            probe /= 10
-            digits += 1
-        }
+        let digits = ByteWriter.digitCount(value)
+        let pairs = UnsafeRawPointer(ByteWriter.digitPairs.utf8Start)
         var rest = value
-        var position = cursor + digits
+        var position = UnsafeMutableRawPointer(cursor + digits)
         while rest >= 100 {
             let pair = Int(rest % 100)
             rest /= 100
             position -= 2
-            position[0] = UInt8(truncatingIfNeeded: 48 + pair / 10)
-            position[1] = UInt8(truncatingIfNeeded: 48 + pair % 10)
+            position.storeBytes(of: pairs.loadUnaligned(fromByteOffset: 2 * pair, as: UInt16.self), as: UInt16.self)
         }
         if rest >= 10 {
             position -= 2
-            position[0] = UInt8(truncatingIfNeeded: 48 + rest / 10)
-            position[1] = UInt8(truncatingIfNeeded: 48 + rest % 10)
+            position.storeBytes(of: pairs.loadUnaligned(fromByteOffset: 2 * Int(rest), as: UInt16.self), as: UInt16.self)
         } else {
             position -= 1
-            position[0] = UInt8(truncatingIfNeeded: 48 + rest)
+            position.storeBytes(of: UInt8(truncatingIfNeeded: 48 + rest), as: UInt8.self)
         }
         cursor += digits
     }

@@ -8,9 +8,9 @@
 /// bad sequence replaced by U+FFFD. Flags print symbolically (see
 /// ``FlagKind/symbolic(_:)``), an unreadable argument as `null`.
 ///
-/// The encoder appends to the caller's buffer: it grows it once per record by
-/// an upper bound of the line's size and writes in place, so encoding costs no
-/// allocation of its own. An event whose id is not in ``EventCatalog`` (only
+/// The encoder appends to the caller's buffer: it grows it by a chunk, writes
+/// lines in place while an upper bound of each line's size still fits, and
+/// trims the rest, so encoding costs no allocation of its own. An event whose id is not in ``EventCatalog`` (only
 /// possible for a hand-built record) prints `"event":"unknown"`, scope
 /// `"unknown"` and arguments named `arg0`, `arg1`, ...
 public struct NDJSONEncoder: Sendable {
@@ -21,53 +21,55 @@ public struct NDJSONEncoder: Sendable {
 
     /// Appends one line, ending in `\n`, to `buffer`.
     public func encode(_ record: PipelineRecord, into buffer: inout [UInt8]) {
-        let bound: Int
-        switch record {
-        case .event(let event): bound = tables.bound(of: event)
-        case .lost: bound = 160
-        }
-        let start = buffer.count
-        buffer.append(contentsOf: repeatElement(0, count: bound))
-        let written = buffer.withUnsafeMutableBufferPointer { output in
-            let base = output.baseAddress! + start
-            var writer = ByteWriter(base)
-            switch record {
-            case .event(let event): tables.write(event, to: &writer)
-            case .lost(let lost): tables.write(lost, to: &writer)
-            }
-            return writer.cursor - base
-        }
-        buffer.removeLast(bound - written)
+        encode(CollectionOfOne(record), into: &buffer)
     }
 
     /// Appends a line for every record of the batch.
     public func encode(_ batch: EventBatch, into buffer: inout [UInt8]) {
-        encode(batch.records[...], into: &buffer)
+        encode(batch.records, into: &buffer)
     }
 
-    /// Appends a line for every record of `records`, growing `buffer` once.
-    public func encode(_ records: ArraySlice<PipelineRecord>, into buffer: inout [UInt8]) {
-        var bound = 0
-        for record in records {
-            switch record {
-            case .event(let event): bound += tables.bound(of: event)
-            case .lost: bound += 160
-            }
-        }
-        let start = buffer.count
-        buffer.append(contentsOf: repeatElement(0, count: bound))
-        let written = buffer.withUnsafeMutableBufferPointer { output in
-            let base = output.baseAddress! + start
-            var writer = ByteWriter(base)
-            for record in records {
-                switch record {
-                case .event(let event): tables.write(event, to: &writer)
-                case .lost(let lost): tables.write(lost, to: &writer)
+    /// Appends a line for every record of `records`.
+    public func encode(_ records: [PipelineRecord], into buffer: inout [UInt8]) {
+        encode(records[...] as ArraySlice, into: &buffer)
+    }
+
+    /// Grows `buffer` by a chunk of room, writes records into it while each
+    /// still fits (a record that does not is rolled back and starts the next
+    /// chunk, sized to hold it), then trims what was not used.
+    ///
+    /// Records are borrowed by index from the collection, which keeps them
+    /// alive: iterating, or reading through an unsafe pointer, makes the
+    /// optimizer copy each record and retain its strings.
+    private func encode<Records: RandomAccessCollection<PipelineRecord>>(
+        _ records: Records, into buffer: inout [UInt8]
+    ) {
+        var index = records.startIndex
+        var clock = TimeCache()
+        var stalled = false
+        while index != records.endIndex {
+            let start = buffer.count
+            // Room for about the records left (600 bytes is a generous line),
+            // at most a chunk, and at least the next record's bound.
+            let left = records.distance(from: index, to: records.endIndex)
+            var room = Swift.max(Swift.min(EncoderTables.chunkBytes, left * 600), tables.bound(records, index))
+            // The bound is exact by construction; should it ever be short, grow
+            // instead of looping without progress.
+            if stalled { room *= 4 }
+            EncoderTables.grow(&buffer, by: room)
+            let before = index
+            let written = buffer.withUnsafeMutableBufferPointer { output in
+                let base = output.baseAddress! + start
+                var writer = ByteWriter(base)
+                let limit = base + room
+                while index != records.endIndex, tables.write(records, index, to: &writer, limit: limit, clock: &clock) {
+                    records.formIndex(after: &index)
                 }
+                return writer.cursor - base
             }
-            return writer.cursor - base
+            buffer.removeLast(room - written)
+            stalled = index == before
         }
-        buffer.removeLast(bound - written)
     }
 
     /// The record's line as a `String` (with its `\n`); for tests and tools,
@@ -101,8 +103,13 @@ final class EncoderTables: Sendable {
     let errnoSpans: [Span]
     /// Indexed by address family.
     let familySpans: [Span]
-    /// Upper bound of a line's bytes that do not depend on its strings or arguments.
+    /// Upper bound of an event line up to `"args":{` (473 bytes with a comm
+    /// of 16 bytes that each escape to six).
     let fixedBound = 480
+    /// Upper bound of a lost record's line.
+    static let lostBound = 160
+    /// The room an encode call adds to its buffer at a time.
+    static let chunkBytes = 256 * 1024
 
     private init() {
         var pool: [UInt8] = []
@@ -129,12 +136,35 @@ final class EncoderTables: Sendable {
 
     // MARK: Sizing
 
-    /// An upper bound of the bytes ``write(_:to:)`` produces for `event`.
-    func bound(of event: SyscallEvent) -> Int {
+    /// 16 KiB of zeros, appended in pieces to grow an output buffer by a
+    /// memcpy rather than element by element.
+    private static let zeros = [UInt8](repeating: 0, count: 16_384)
+
+    /// Appends `count` zero bytes to `buffer` (room the writer then fills).
+    static func grow(_ buffer: inout [UInt8], by count: Int) {
+        var remaining = count
+        zeros.withUnsafeBufferPointer { zeros in
+            while remaining > 0 {
+                let piece = min(remaining, zeros.count)
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: zeros[0..<piece]))
+                remaining -= piece
+            }
+        }
+    }
+
+    /// An upper bound of the bytes ``write(_:_:to:clock:)`` produces for
+    /// `records[index]` (read piece by piece, as there).
+    func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index) -> Int {
+        let argumentCount: Int
+        switch records[index] {
+        case .lost: return EncoderTables.lostBound
+        case .event(let event): argumentCount = event.args.count
+        }
         var total = fixedBound
-        let args = event.args
-        for index in 0..<args.count {
-            total += 32 + bound(of: args[index])
+        for position in 0..<argumentCount {
+            let argument: Argument
+            if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
+            total += 32 + bound(of: argument)
         }
         return total
     }
@@ -156,9 +186,64 @@ final class EncoderTables: Sendable {
 
     // MARK: Writing
 
-    func write(_ lost: LostRecord, to writer: inout ByteWriter) {
+    /// Writes `records[index]` if an upper bound of its line fits before
+    /// `limit`; otherwise leaves `writer` where it was and returns false.
+    ///
+    /// The record is read where it lies, piece by piece, never bound as a
+    /// whole across a call the optimizer cannot see into: that would make it
+    /// copy the record (about 240 bytes) and retain and release every string
+    /// in it. The head of an event line is written from its plain fields;
+    /// each argument is copied out on its own (cheap) before it is written.
+    func write<Records: RandomAccessCollection<PipelineRecord>>(
+        _ records: Records, _ index: Records.Index, to writer: inout ByteWriter,
+        limit: UnsafeMutablePointer<UInt8>, clock: inout TimeCache
+    ) -> Bool {
+        let lineStart = writer.cursor
+        let head: EventHead
+        switch records[index] {
+        case .lost(let lost):
+            guard limit - writer.cursor >= EncoderTables.lostBound else { return false }
+            write(lost, to: &writer, clock: &clock)
+            return true
+        case .event(let event):
+            head = EventHead(event)
+        }
+        guard limit - writer.cursor >= fixedBound else { return false }
+        writeHead(head, to: &writer, clock: &clock)
+        let argumentCount = head.argumentCount
+        let eventID = head.eventID
+        let fits = pool.withUnsafeBufferPointer { pool in
+            let poolBase = pool.baseAddress!
+            let known = eventID < 512 && eventSpans[Int(eventID)].count > 0
+            for position in 0..<argumentCount {
+                let argument: Argument
+                if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
+                // The key, its separator and the closing `}}\n` are within the 32.
+                guard limit - writer.cursor >= 32 + bound(of: argument) else { return false }
+                if position > 0 { writer.byte(UInt8(ascii: ",")) }
+                let key = known ? argKeySpans[Int(eventID) * 6 + position] : .empty
+                if key.count > 0 {
+                    writer.bytes(poolBase + Int(key.start), Int(key.count))
+                } else {
+                    writer.literal("\"arg")
+                    writer.decimal(UInt64(position))
+                    writer.literal("\":")
+                }
+                write(argument, to: &writer, pool: poolBase)
+            }
+            return true
+        }
+        guard fits else {
+            writer.cursor = lineStart
+            return false
+        }
+        writer.literal("}}\n")
+        return true
+    }
+
+    private func write(_ lost: LostRecord, to writer: inout ByteWriter, clock: inout TimeCache) {
         writer.literal("{\"time\":\"")
-        writeTime(lost.timeNs, to: &writer)
+        writeTime(lost.timeNs, to: &writer, clock: &clock)
         writer.literal("\",\"event\":\"lost\",\"count\":")
         writer.decimal(lost.count)
         writer.literal(",\"where\":\"")
@@ -175,15 +260,15 @@ final class EncoderTables: Sendable {
         writer.literal("}\n")
     }
 
-    func write(_ event: SyscallEvent, to writer: inout ByteWriter) {
+    /// An event line up to and including `"args":{`.
+    private func writeHead(_ event: EventHead, to writer: inout ByteWriter, clock: inout TimeCache) {
         pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             writer.literal("{\"time\":\"")
-            writeTime(event.timeNs, to: &writer)
+            writeTime(event.timeNs, to: &writer, clock: &clock)
             writer.literal("\",\"ktime_ns\":")
             writer.decimal(event.ktimeNs)
-            let known = event.eventID < 512 && eventSpans[Int(event.eventID)].count > 0
-            if known {
+            if event.eventID < 512 && eventSpans[Int(event.eventID)].count > 0 {
                 let span = eventSpans[Int(event.eventID)]
                 writer.bytes(poolBase + Int(span.start), Int(span.count))
             } else {
@@ -216,23 +301,9 @@ final class EncoderTables: Sendable {
             writer.decimal(UInt64(event.pidNamespace))
             writer.literal(",\"mnt_ns\":")
             writer.decimal(UInt64(event.mountNamespace))
-            writer.literal(event.isContainer ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
+            writer.literal(event.pidNamespace != 0 && event.mountNamespace != 0 ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
             event.comm.withBytes { writer.escaped(repairing: $0) }
             writer.literal("\",\"args\":{")
-            let args = event.args
-            for index in 0..<args.count {
-                if index > 0 { writer.byte(UInt8(ascii: ",")) }
-                let key = known ? argKeySpans[Int(event.eventID) * 6 + index] : .empty
-                if key.count > 0 {
-                    writer.bytes(poolBase + Int(key.start), Int(key.count))
-                } else {
-                    writer.literal("\"arg")
-                    writer.decimal(UInt64(index))
-                    writer.literal("\":")
-                }
-                write(args[index], to: &writer, pool: poolBase)
-            }
-            writer.literal("}}\n")
         }
     }
 
@@ -312,28 +383,77 @@ final class EncoderTables: Sendable {
         writer.byte(UInt8(ascii: "\""))
     }
 
-    /// `yyyy-MM-ddTHH:mm:ss.nnnnnnnnnZ` (30 bytes).
-    private func writeTime(_ epochNs: Int64, to writer: inout ByteWriter) {
-        let time = UTCDateTime(epochNs: epochNs)
-        writer.twoDigits(time.year / 100)
-        writer.twoDigits(time.year % 100)
-        writer.byte(UInt8(ascii: "-"))
-        writer.twoDigits(time.month)
-        writer.byte(UInt8(ascii: "-"))
-        writer.twoDigits(time.day)
-        writer.byte(UInt8(ascii: "T"))
-        writer.twoDigits(time.hour)
-        writer.byte(UInt8(ascii: ":"))
-        writer.twoDigits(time.minute)
-        writer.byte(UInt8(ascii: ":"))
-        writer.twoDigits(time.second)
-        writer.byte(UInt8(ascii: "."))
-        let nanos = time.nanosecond
+    /// `yyyy-MM-ddTHH:mm:ss.nnnnnnnnnZ` (30 bytes). The text up to the
+    /// seconds is kept in `clock` and reused while records stay in one second.
+    private func writeTime(_ epochNs: Int64, to writer: inout ByteWriter, clock: inout TimeCache) {
+        var seconds = epochNs / 1_000_000_000
+        var nanos = Int(epochNs % 1_000_000_000)
+        if nanos < 0 {
+            nanos += 1_000_000_000
+            seconds -= 1
+        }
+        if seconds != clock.second {
+            clock.second = seconds
+            withUnsafeMutableBytes(of: &clock.text) { raw in
+                var text = ByteWriter(raw.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                let time = UTCDateTime(epochNs: seconds * 1_000_000_000)
+                text.twoDigits(time.year / 100)
+                text.twoDigits(time.year % 100)
+                text.byte(UInt8(ascii: "-"))
+                text.twoDigits(time.month)
+                text.byte(UInt8(ascii: "-"))
+                text.twoDigits(time.day)
+                text.byte(UInt8(ascii: "T"))
+                text.twoDigits(time.hour)
+                text.byte(UInt8(ascii: ":"))
+                text.twoDigits(time.minute)
+                text.byte(UInt8(ascii: ":"))
+                text.twoDigits(time.second)
+                text.byte(UInt8(ascii: "."))
+            }
+        }
+        withUnsafeBytes(of: clock.text) { writer.bytes(UnsafeRawBufferPointer(rebasing: $0[0..<20])) }
         writer.twoDigits(nanos / 10_000_000)
         writer.twoDigits(nanos / 100_000 % 100)
         writer.twoDigits(nanos / 1_000 % 100)
         writer.twoDigits(nanos / 10 % 100)
         writer.byte(UInt8(truncatingIfNeeded: 48 + nanos % 10))
         writer.byte(UInt8(ascii: "Z"))
+    }
+}
+
+/// The date and time text of the last second written (`yyyy-MM-ddTHH:mm:ss.`,
+/// 20 bytes), so a batch of records in one second formats its date once.
+struct TimeCache {
+    var second = Int64.min
+    var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
+}
+
+/// The plain fields of an event (no strings, nothing to retain), copied out
+/// of a record before its line is written.
+struct EventHead {
+    var timeNs: Int64
+    var ktimeNs: UInt64
+    var eventID: UInt32
+    var retval: Int64
+    var pid, ppid, hostPid, hostPpid, uid, pidNamespace, mountNamespace: UInt32
+    var comm: Comm
+    var argumentCount: Int
+
+    @inline(__always)
+    init(_ event: SyscallEvent) {
+        timeNs = event.timeNs
+        ktimeNs = event.ktimeNs
+        eventID = event.eventID
+        retval = event.retval
+        pid = event.pid
+        ppid = event.ppid
+        hostPid = event.hostPid
+        hostPpid = event.hostPpid
+        uid = event.uid
+        pidNamespace = event.pidNamespace
+        mountNamespace = event.mountNamespace
+        comm = event.comm
+        argumentCount = event.args.count
     }
 }

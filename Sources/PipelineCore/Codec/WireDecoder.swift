@@ -60,22 +60,7 @@ public struct WireDecoder: Sendable {
             throw .argumentCount(expected: declared, found: Int(argnum))
         }
 
-        var event = SyscallEvent(
-            timeNs: Int64(truncatingIfNeeded: ts) &+ wallOffsetNs,
-            ktimeNs: ts,
-            eventID: eventID,
-            retval: base.loadUnaligned(fromByteOffset: 44, as: Int64.self).littleEndian,
-            pid: base.loadUnaligned(fromByteOffset: 28, as: UInt32.self).littleEndian,
-            ppid: base.loadUnaligned(fromByteOffset: 24, as: UInt32.self).littleEndian,
-            hostPid: base.loadUnaligned(fromByteOffset: 20, as: UInt32.self).littleEndian,
-            hostPpid: base.loadUnaligned(fromByteOffset: 16, as: UInt32.self).littleEndian,
-            uid: base.loadUnaligned(fromByteOffset: 32, as: UInt32.self).littleEndian,
-            pidNamespace: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian,
-            mountNamespace: base.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian,
-            comm: Comm(raw: UnsafeRawBufferPointer(start: base + 52, count: 16)),
-            args: Arguments()
-        )
-
+        var args = Arguments()
         var offset = WireDecoder.headerSize
         for index in 0..<declared {
             guard offset < size else { throw .shortArgument(index: index) }
@@ -84,7 +69,7 @@ public struct WireDecoder: Sendable {
             let expected = UInt8(truncatingIfNeeded: layout >> (8 * UInt64(index)))
             guard tag == expected else {
                 guard let type = ArgType(rawValue: tag) else { throw .unknownTag(tag) }
-                throw .typeMismatch(index: index, expected: ArgType(rawValue: expected)!, found: type)
+                throw .typeMismatch(index: index, expected: ArgType(rawValue: expected) ?? .int, found: type)
             }
             let argument: Argument
             switch tag {
@@ -106,9 +91,49 @@ public struct WireDecoder: Sendable {
                 argument = .flags(kind, base.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian)
                 offset += 4
             }
-            event.args.append(argument)
+            args.appendTaking(argument)
         }
-        return event
+
+        return SyscallEvent(
+            timeNs: Int64(truncatingIfNeeded: ts) &+ wallOffsetNs,
+            ktimeNs: ts,
+            eventID: eventID,
+            retval: base.loadUnaligned(fromByteOffset: 44, as: Int64.self).littleEndian,
+            pid: base.loadUnaligned(fromByteOffset: 28, as: UInt32.self).littleEndian,
+            ppid: base.loadUnaligned(fromByteOffset: 24, as: UInt32.self).littleEndian,
+            hostPid: base.loadUnaligned(fromByteOffset: 20, as: UInt32.self).littleEndian,
+            hostPpid: base.loadUnaligned(fromByteOffset: 16, as: UInt32.self).littleEndian,
+            uid: base.loadUnaligned(fromByteOffset: 32, as: UInt32.self).littleEndian,
+            pidNamespace: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian,
+            mountNamespace: base.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian,
+            comm: WireDecoder.comm(base + 52),
+            args: args
+        )
+    }
+
+    /// The 16 `comm` bytes as two words, everything from the first NUL on
+    /// cleared (what ``Comm/init(raw:)`` does, without a byte loop).
+    @inline(__always)
+    static func comm(_ start: UnsafeRawPointer) -> Comm {
+        var low = start.loadUnaligned(as: UInt64.self)
+        var high = start.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        if let nul = firstZeroByte(low) {
+            low &= nul == 0 ? 0 : (UInt64(1) << UInt64(8 * nul)) &- 1
+            high = 0
+        } else if let nul = firstZeroByte(high) {
+            high &= nul == 0 ? 0 : (UInt64(1) << UInt64(8 * nul)) &- 1
+        }
+        var comm = Comm()
+        comm.bytes = (low, high)
+        return comm
+    }
+
+    /// The index of the lowest zero byte of a little-endian word, if any.
+    @inline(__always)
+    static func firstZeroByte(_ word: UInt64) -> Int? {
+        // Exact for the lowest zero byte: borrows only propagate upwards.
+        let marks = (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
+        return marks == 0 ? nil : marks.trailingZeroBitCount / 8
     }
 
     /// A `STR_T` payload after its tag: nil for a size of 0 or less (the
@@ -231,5 +256,23 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case .typeMismatch(let index, let expected, let found):
             "argument \(index) has tag \(found.rawValue), expected \(expected.rawValue)"
         }
+    }
+}
+
+extension Arguments {
+    /// ``append(_:)`` that takes ownership of `value`: the decoder's hot path
+    /// moves each argument in instead of copying it and destroying the original.
+    @inline(__always)
+    mutating func appendTaking(_ value: consuming Argument) {
+        precondition(_count < Arguments.capacity, "more than six arguments")
+        switch _count {
+        case 0: a0 = value
+        case 1: a1 = value
+        case 2: a2 = value
+        case 3: a3 = value
+        case 4: a4 = value
+        default: a5 = value
+        }
+        _count += 1
     }
 }

@@ -78,6 +78,26 @@ struct FailuresOnly: EventFilter {
         if case .event(let event) = record { return event.retval != 0 }
         return true
     }
+
+    /// In place, by moving records: kept ones slide to the front, dropped ones
+    /// to the back, which is then removed. The protocol's default builds a new
+    /// array of copies, and `removeAll(where:)` swaps through copies; either
+    /// retains and releases every string of every record it touches.
+    func apply(_ batch: inout EventBatch) {
+        var kept = 0
+        batch.records.withUnsafeMutableBufferPointer { records in
+            guard let base = records.baseAddress else { return }
+            for index in 0..<records.count where includes(records[index]) {
+                if index != kept {
+                    let record = (base + index).move()
+                    (base + index).moveInitialize(from: base + kept, count: 1)
+                    (base + kept).initialize(to: record)
+                }
+                kept += 1
+            }
+        }
+        batch.records.removeLast(batch.records.count - kept)
+    }
 }
 
 func now() -> Double {
@@ -137,8 +157,9 @@ case "chain":
     }
     let encoder = NDJSONEncoder()
     let filter = FailuresOnly()
-    var records: [PipelineRecord] = []
-    records.reserveCapacity(batchSize)
+    // One batch, reused: filled by the decoder, filtered in place, encoded, emptied.
+    var batch = EventBatch()
+    batch.records.reserveCapacity(batchSize)
     var output: [UInt8] = []
     output.reserveCapacity(1 << 21)
     var passed = 0
@@ -151,7 +172,7 @@ case "chain":
             for _ in 0..<count {
                 let record = UnsafeRawBufferPointer(rebasing: raw[pool.offsets[slot]..<pool.offsets[slot + 1]])
                 do {
-                    records.append(.event(try decoder.decode(record)))
+                    batch.records.append(.event(try decoder.decode(record)))
                 } catch {
                     malformed += 1
                 }
@@ -159,8 +180,6 @@ case "chain":
                 if slot == poolSize { slot = 0 }
             }
             produced += count
-            var batch = EventBatch(records)
-            records = []
             filter.apply(&batch)
             passed += batch.count
             encoder.encode(batch, into: &output)
@@ -169,8 +188,7 @@ case "chain":
                 bytesWritten += output.count
                 output.removeAll(keepingCapacity: true)
             }
-            records = batch.records
-            records.removeAll(keepingCapacity: true)
+            batch.records.removeAll(keepingCapacity: true)
         }
     }
     writeAll(fd, output)

@@ -1,0 +1,351 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Logging
+import PipelineCore
+
+/// Options of the `lz4_segments` sink.
+public struct LZ4SegmentSinkOptions: Sendable, Equatable {
+    /// The archive directory (created if missing).
+    public var directory: String
+    /// Seal a segment once its file reaches this many (compressed) bytes.
+    public var segmentBytes: Int
+    /// Seal a non-empty segment this long after it was started.
+    public var segmentAgeNs: Int64
+    /// The LZ4 block size: the unit a crash can lose and a reader can skip.
+    public var blockSize: LZ4BlockSize
+    /// Remove the oldest sealed segments while the archive is larger than this.
+    public var retentionBytes: Int?
+    /// Remove sealed segments whose last record is older than this.
+    public var retentionAgeNs: Int64?
+    /// While records arrive, write a partial block at least this often, so
+    /// that a crash loses no more than this much and `archive cat` of the
+    /// `.open` segment is this fresh.
+    public var flushIntervalNs: Int64
+
+    /// Options with the documented defaults for anything not given.
+    public init(
+        directory: String, segmentBytes: Int = 64 << 20, segmentAgeNs: Int64 = 600_000_000_000,
+        blockSize: LZ4BlockSize = .mib1, retentionBytes: Int? = nil, retentionAgeNs: Int64? = nil,
+        flushIntervalNs: Int64 = 1_000_000_000
+    ) {
+        self.directory = directory
+        self.segmentBytes = segmentBytes
+        self.segmentAgeNs = segmentAgeNs
+        self.blockSize = blockSize
+        self.retentionBytes = retentionBytes
+        self.retentionAgeNs = retentionAgeNs
+        self.flushIntervalNs = flushIntervalNs
+    }
+
+    static let specs: [OptionSpec] = [
+        OptionSpec("directory", "string", required: true, "archive directory: segments NAME.jsonl.lz4 and manifest.jsonl (created if missing)"),
+        OptionSpec("segment_bytes", "size", default: "64MiB", "seal a segment once its file reaches this size (at least 4KiB)"),
+        OptionSpec("segment_age", "duration", default: "10m", "seal a non-empty segment this long after it was started (at least 1s)"),
+        OptionSpec("block_size", "64KiB|256KiB|1MiB|4MiB", default: "1MiB", "LZ4 block size: a block is written when full"),
+        OptionSpec("retention_bytes", "size", "remove the oldest sealed segments while the archive is larger (at least segment_bytes)"),
+        OptionSpec("retention_age", "duration", "remove sealed segments whose last event is older than this (at least 1s)"),
+        OptionSpec("flush_interval", "duration", default: "1s", "write a partial block at least this often while events arrive (at least 10ms)"),
+    ]
+
+    /// Reads the options; nil when the config reported a problem.
+    public init?(_ config: StageConfig) {
+        let errors = config.diagnostics.count
+        config.require("directory")
+        let directory = config.string("directory")
+        if let directory, directory.isEmpty { config.error("directory", "must not be empty") }
+        let segmentBytes = config.size("segment_bytes", in: 4096...Int.max) ?? (64 << 20)
+        let segmentAge = config.duration("segment_age", minimumNs: 1_000_000_000) ?? 600_000_000_000
+        var blockSize = LZ4BlockSize.mib1
+        if let bytes = config.size("block_size") {
+            if let size = LZ4BlockSize(rawValue: bytes) {
+                blockSize = size
+            } else {
+                config.error("block_size", "must be one of 64KiB, 256KiB, 1MiB, 4MiB, not \(config.string("block_size") ?? String(bytes))")
+            }
+        }
+        let retentionBytes = config.size("retention_bytes", in: 4096...Int.max)
+        if let retentionBytes, retentionBytes < segmentBytes {
+            config.error("retention_bytes", "must be at least segment_bytes (\(Units.formatSize(segmentBytes))), not \(Units.formatSize(retentionBytes))")
+        }
+        let retentionAge = config.duration("retention_age", minimumNs: 1_000_000_000)
+        let flushInterval = config.duration("flush_interval", minimumNs: 10_000_000) ?? 1_000_000_000
+        guard config.diagnostics.count == errors, let directory else { return nil }
+        self.init(
+            directory: directory, segmentBytes: segmentBytes, segmentAgeNs: segmentAge, blockSize: blockSize,
+            retentionBytes: retentionBytes, retentionAgeNs: retentionAge, flushIntervalNs: flushInterval
+        )
+    }
+}
+
+/// The `lz4_segments` sink: an archive of LZ4-compressed NDJSON segments with
+/// a manifest (SPEC section 5).
+///
+/// ```
+///  write(batch) ─▶ NDJSON ─▶ LZ4 frame (independent blocks, block + content checksums)
+///                               │ a block is written when full, or on idle / flush_interval
+///                               ▼
+///   DIR/<id>-<first time>-<seq>.jsonl.lz4.open
+///                               │ seal (size, age, close): end mark + checksum, fsync,
+///                               ▼ rename, fsync DIR, then a manifest line (fsynced)
+///   DIR/<id>-<first time>-<seq>.jsonl.lz4   +   DIR/manifest.jsonl
+///                               │ retention (bytes, age): manifest rewritten first
+///                               ▼ (atomically), then the oldest files removed
+/// ```
+///
+/// A segment is started by the first record after the previous one was sealed
+/// and named after that record's time; the sequence continues after the
+/// highest one in the directory. On ``open(_:)`` the directory is recovered:
+/// each `.open` segment a crash left is salvaged (every whole record of every
+/// complete block, into a new valid frame), sealed and logged, and sealed
+/// segments a crash kept out of the manifest are added to it.
+///
+/// `segment_bytes` is compared with the compressed bytes written, checked
+/// after every batch: a segment can pass it by one batch and one block.
+/// One writer per directory: ``open(_:)`` takes an exclusive `flock` on it.
+/// Every method runs on the sink's own thread (fsync blocks).
+public final class LZ4SegmentSink: EventSink {
+    public static let descriptor = StageDescriptor(
+        type: "lz4_segments", kind: .sink,
+        summary: "archive NDJSON in LZ4-framed segments with a manifest, rotation and retention",
+        options: LZ4SegmentSinkOptions.specs,
+        make: { config in LZ4SegmentSinkOptions(config).map { .sink(LZ4SegmentSink($0)) } }
+    )
+
+    public let options: LZ4SegmentSinkOptions
+    private let directory: ArchiveDirectory
+    private let manifest: ArchiveManifest
+    private let encoder = NDJSONEncoder()
+    // Touched only from the sink's own thread (the EventSink contract), one call at a time.
+    private nonisolated(unsafe) var state = State()
+
+    private struct State {
+        var context: StageContext?
+        var entries: [ManifestEntry] = []
+        var nextSequence = 1
+        var current: Segment?
+        var buffer: [UInt8] = []
+        /// The archive directory, open and flock-ed while the sink runs.
+        var lockFD: Int32 = -1
+    }
+
+    /// The segment being written.
+    private final class Segment {
+        let name: SegmentName
+        let fd: Int32
+        let writer: LZ4FrameWriter
+        let startedAtNs: Int64
+        let firstTimeNs: Int64
+        var lastTimeNs: Int64
+        var records = 0
+        var lastBlockAtNs: Int64
+        var reportedBytes = 0
+
+        init(name: SegmentName, fd: Int32, writer: LZ4FrameWriter, startedAtNs: Int64, firstTimeNs: Int64) {
+            self.name = name
+            self.fd = fd
+            self.writer = writer
+            self.startedAtNs = startedAtNs
+            self.firstTimeNs = firstTimeNs
+            self.lastTimeNs = firstTimeNs
+            self.lastBlockAtNs = startedAtNs
+        }
+    }
+
+    /// A sink with these options; nothing is touched on disk until ``open(_:)``.
+    public init(_ options: LZ4SegmentSinkOptions) {
+        self.options = options
+        directory = ArchiveDirectory(options.directory)
+        manifest = ArchiveManifest(directory: directory)
+    }
+
+    /// Creates and locks the directory, recovers what a crash left (salvage,
+    /// manifest repair) and applies retention. Throws when the directory
+    /// cannot be created, is locked by another writer, or recovery fails.
+    public func open(_ context: StageContext) throws {
+        state.context = context
+        try ArchiveIO.makeDirectories(options.directory)
+        try lockDirectory()
+        let recovered = try ArchiveRecovery.recover(directory, blockSize: options.blockSize, logger: context.logger)
+        state.entries = recovered.entries
+        state.nextSequence = recovered.nextSequence
+        state.buffer.reserveCapacity(1 << 20)
+        try applyRetention(nowNs: Clock.wallNs())
+    }
+
+    /// Appends the batch to the current segment (starting one named after the
+    /// batch's first record if needed); seals it when it is old or big enough.
+    public func write(_ batch: EventBatch) throws {
+        guard let first = batch.records.first else { return }
+        let now = Clock.wallNs()
+        if let segment = state.current, now - segment.startedAtNs >= options.segmentAgeNs {
+            try seal()
+        }
+        let segment = try state.current ?? startSegment(firstTimeNs: first.timeNs, nowNs: now)
+        state.buffer.removeAll(keepingCapacity: true)
+        encoder.encode(batch, into: &state.buffer)
+        let blocksBefore = segment.writer.bytesWritten
+        try segment.writer.append(state.buffer)
+        segment.records += batch.count
+        segment.lastTimeNs = batch.records[batch.count - 1].timeNs
+        if segment.writer.bytesWritten != blocksBefore {
+            segment.lastBlockAtNs = now
+        } else if now - segment.lastBlockAtNs >= options.flushIntervalNs {
+            try segment.writer.flush()
+            segment.lastBlockAtNs = now
+        }
+        report(segment)
+        if segment.writer.bytesWritten >= options.segmentBytes {
+            try seal()
+        }
+    }
+
+    /// Seals a segment older than `segment_age`, else writes what is gathered
+    /// as a block so that readers of the `.open` file see it; applies retention by age.
+    public func idle(nowNs: Int64) throws {
+        if let segment = state.current {
+            if nowNs - segment.startedAtNs >= options.segmentAgeNs {
+                try seal(nowNs: nowNs)
+            } else if segment.writer.pendingBytes > 0 {
+                // Nothing is arriving: make what is gathered readable in the .open file.
+                try segment.writer.flush()
+                segment.lastBlockAtNs = nowNs
+                report(segment)
+            }
+        }
+        if options.retentionAgeNs != nil { try applyRetention(nowNs: nowNs) }
+    }
+
+    /// Seals the current segment and releases the directory lock.
+    public func close() throws {
+        defer {
+            if state.lockFD >= 0 { Glibc.close(state.lockFD) }
+            state.lockFD = -1
+        }
+        if state.current != nil { try seal() }
+    }
+
+    /// Takes an exclusive lock on the directory, so that a second writer (another
+    /// sink, or another pipelined) cannot salvage this one's `.open` segment or
+    /// apply its retention to this one's files. The kernel drops the lock when
+    /// the process dies, so a crash never leaves the archive locked.
+    private func lockDirectory() throws {
+        let fd = try ArchiveIO.open(options.directory, O_RDONLY | O_DIRECTORY)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            if code == EWOULDBLOCK {
+                throw ArchiveError(path: options.directory, message: "in use by another lz4_segments writer (the directory is locked)")
+            }
+            throw ArchiveError.system(options.directory, "cannot lock", code)
+        }
+        state.lockFD = fd
+    }
+
+    // MARK: Segments
+
+    private func startSegment(firstTimeNs: Int64, nowNs: Int64) throws -> Segment {
+        var attempts = 0
+        while true {
+            let name = SegmentName(sinkID: state.context?.id ?? "archive", firstTimeNs: firstTimeNs, sequence: state.nextSequence)
+            state.nextSequence += 1
+            let path = directory.path(of: name)
+            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if fd < 0 {
+                // Someone else's file with this sequence: take the next one.
+                if errno == EEXIST, attempts < 1000 {
+                    attempts += 1
+                    continue
+                }
+                throw ArchiveError.system(path, "cannot create segment", errno)
+            }
+            do {
+                let writer = try LZ4FrameWriter(fd: fd, path: path, blockSize: options.blockSize)
+                let segment = Segment(name: name, fd: fd, writer: writer, startedAtNs: nowNs, firstTimeNs: firstTimeNs)
+                state.current = segment
+                report(segment)
+                return segment
+            } catch {
+                Glibc.close(fd)
+                throw error
+            }
+        }
+    }
+
+    /// Ends the frame, fsyncs, renames to the sealed name, fsyncs the
+    /// directory, then appends the manifest line: a crash at any point leaves
+    /// either an `.open` segment (salvaged on the next start) or a sealed one
+    /// that recovery adds to the manifest.
+    private func seal(nowNs: Int64 = Clock.wallNs()) throws {
+        guard let segment = state.current else { return }
+        state.current = nil
+        let openPath = directory.path(of: segment.name)
+        let sealedName = segment.name.sealed
+        do {
+            try segment.writer.finish()
+            report(segment)
+            try ArchiveIO.fsync(segment.fd, path: openPath)
+        } catch {
+            Glibc.close(segment.fd)
+            throw error
+        }
+        Glibc.close(segment.fd)
+        try ArchiveIO.rename(openPath, directory.path(of: sealedName))
+        try ArchiveIO.syncDirectory(directory.path)
+        let entry = ManifestEntry(
+            segment: sealedName.sealedFileName, firstTimeNs: segment.firstTimeNs, lastTimeNs: segment.lastTimeNs,
+            events: segment.records, bytes: segment.writer.bytesWritten
+        )
+        try manifest.append(entry)
+        state.entries.append(entry)
+        state.context?.logger.debug("sealed \(entry.segment): \(entry.events) records, \(entry.bytes) bytes")
+        try applyRetention(nowNs: nowNs)
+    }
+
+    /// Counts newly written compressed bytes in the stage's metrics.
+    private func report(_ segment: Segment) {
+        let written = segment.writer.bytesWritten
+        if let metrics = state.context?.metrics, written > segment.reportedBytes {
+            metrics.add(metrics.bytes, UInt64(written - segment.reportedBytes))
+        }
+        segment.reportedBytes = written
+    }
+
+    // MARK: Retention
+
+    /// Removes the oldest sealed segments while the archive (sealed segments
+    /// plus the one being written) is over `retention_bytes`, and every sealed
+    /// segment whose last record is older than `retention_age`. The manifest is
+    /// rewritten first, so that it never lists a file that is gone; a crash
+    /// before the files are removed leaves unlisted segments, which the next
+    /// start adds back (and retention then removes again).
+    private func applyRetention(nowNs: Int64) throws {
+        guard options.retentionBytes != nil || options.retentionAgeNs != nil, !state.entries.isEmpty else { return }
+        var removed: [ManifestEntry] = []
+        var kept = state.entries
+        if let age = options.retentionAgeNs {
+            let cutoff = nowNs - age
+            removed += kept.filter { $0.lastTimeNs < cutoff }
+            kept.removeAll { $0.lastTimeNs < cutoff }
+        }
+        if let limit = options.retentionBytes {
+            var total = kept.reduce(state.current?.writer.bytesWritten ?? 0) { $0 + $1.bytes }
+            while total > limit, !kept.isEmpty {
+                let oldest = kept.removeFirst()
+                total -= oldest.bytes
+                removed.append(oldest)
+            }
+        }
+        guard !removed.isEmpty else { return }
+        try manifest.write(kept)
+        state.entries = kept
+        for entry in removed {
+            try ArchiveIO.unlink(directory.path + "/" + entry.segment)
+        }
+        try ArchiveIO.syncDirectory(directory.path)
+        let bytes = removed.reduce(0) { $0 + $1.bytes }
+        state.context?.logger.info("retention removed \(removed.count) segment(s), \(bytes) bytes")
+    }
+}

@@ -1,0 +1,583 @@
+import Atomics
+import EventSinks
+import Foundation
+import Logging
+import PipelineCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real client of a unix socket: connects at once, and reads on a thread of
+/// its own (started now, or later for a client that stalls first), keeping a
+/// tally of the event lines and `lost` records it received.
+final class SocketClient: @unchecked Sendable {
+    // `@unchecked Sendable`: `fd` never changes; everything else is guarded by `lock`.
+    let fd: Int32
+    private let lock = ConditionLock()
+    private var data: [UInt8] = []
+    private var partial: [UInt8] = []
+    private var tally = Tally()
+    private var ended = false
+    private let keepBytes: Bool
+
+    struct Tally: Equatable {
+        var events = 0
+        var lost: UInt64 = 0
+        var lostRecords = 0
+        /// Every lost record said `"where":"client"`.
+        var lostSitesOK = true
+        /// Event times (the `time` strings sort chronologically) never went back.
+        var inOrder = true
+        var lastTime = ""
+    }
+
+    init(path: String, keepBytes: Bool = false) throws {
+        switch UnixSocketPath.connect(path) {
+        case .success(let fd): self.fd = fd
+        case .failure(let error): throw error
+        }
+        self.keepBytes = keepBytes
+    }
+
+    deinit { close(fd) }
+
+    /// Starts reading until end of stream.
+    func startReading() {
+        _ = RuntimeThread(name: "test-client") { [self] in
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count < 0, errno == EINTR { continue }
+                if count <= 0 { break }
+                lock.withLock { take(buffer[0..<count]) }
+                lock.broadcast()
+            }
+            lock.withLock { ended = true }
+            lock.broadcast()
+        }
+    }
+
+    private func take(_ chunk: ArraySlice<UInt8>) {
+        if keepBytes { data += chunk }
+        partial += chunk
+        var start = partial.startIndex
+        while let newline = partial[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let line = String(decoding: partial[start..<newline], as: UTF8.self)
+            if line.contains("\"event\":\"lost\"") {
+                tally.lostRecords += 1
+                tally.lost += UInt64(Self.field("count", in: line) ?? "") ?? 0
+                if !line.contains("\"where\":\"client\"") { tally.lostSitesOK = false }
+            } else {
+                tally.events += 1
+                let time = Self.field("time", in: line) ?? ""
+                if time < tally.lastTime { tally.inOrder = false }
+                tally.lastTime = time
+            }
+            start = newline + 1
+        }
+        partial.removeSubrange(..<start)
+    }
+
+    /// The raw value of `"key":` in a line: a number, or a string without quotes.
+    static func field(_ key: String, in line: String) -> String? {
+        guard let range = line.range(of: "\"\(key)\":") else { return nil }
+        var value = line[range.upperBound...]
+        if value.hasPrefix("\"") {
+            value = value.dropFirst()
+            return String(value.prefix { $0 != "\"" })
+        }
+        return String(value.prefix { $0.isNumber || $0 == "-" })
+    }
+
+    /// Waits (generously) until `condition` holds; false if it never did.
+    @discardableResult
+    func wait(seconds: Int64 = 60, until condition: (Tally, Bool) -> Bool) -> Bool {
+        let deadline = Clock.monotonicNs() + seconds * 1_000_000_000
+        return lock.withLock {
+            while !condition(tally, ended) {
+                if Clock.monotonicNs() >= deadline { return false }
+                lock.wait(untilMonotonicNs: min(deadline, Clock.monotonicNs() + 100_000_000))
+            }
+            return true
+        }
+    }
+
+    /// Waits for end of stream.
+    @discardableResult
+    func waitForEnd(seconds: Int64 = 60) -> Bool { wait(seconds: seconds) { $1 } }
+
+    var counts: Tally { lock.withLock { tally } }
+    var bytes: [UInt8] { lock.withLock { data } }
+    var isEnded: Bool { lock.withLock { ended } }
+}
+
+/// Waits, polling, until `condition` holds or a generous deadline passes.
+@discardableResult
+func eventually(seconds: Int64 = 60, _ condition: () -> Bool) -> Bool {
+    let deadline = Clock.monotonicNs() + seconds * 1_000_000_000
+    while !condition() {
+        if Clock.monotonicNs() >= deadline { return false }
+        Clock.sleep(ns: 2_000_000)
+    }
+    return true
+}
+
+/// A source that waits for ``release()`` (so that clients can connect first),
+/// pushes its records, then runs until stopped like a live source.
+final class GatedSource: EventSource {
+    private let records: [PipelineRecord]
+    private let gate = ConditionLock()
+    private nonisolated(unsafe) var open = false  // guarded by `gate`
+    private let stopped = ManagedAtomic<Bool>(false)
+
+    init(_ records: [PipelineRecord]) { self.records = records }
+
+    func prepare(_ context: StageContext) throws {}
+
+    func run(_ output: SourceOutput) throws {
+        gate.withLock { while !open, !stopped.load(ordering: .relaxed) { gate.wait(untilMonotonicNs: Clock.monotonicNs() + 10_000_000) } }
+        var index = 0
+        while index < records.count, !stopped.load(ordering: .relaxed) {
+            let end = min(records.count, index + 500)
+            output.emit(EventBatch(Array(records[index..<end])))
+            index = end
+        }
+        while !stopped.load(ordering: .relaxed) { Clock.sleep(ns: 1_000_000) }
+    }
+
+    func release() {
+        gate.withLock { open = true }
+        gate.broadcast()
+    }
+
+    func stop() { stopped.store(true, ordering: .relaxed) }
+}
+
+/// A client tool (socat, nc) run as a child process: its stdin stays open
+/// and silent, its stdout is collected as it arrives.
+final class ToolProcess: @unchecked Sendable {
+    // `@unchecked Sendable`: `collected` and `ended` are guarded by `lock`.
+    let arguments: [String]
+    let process = Process()
+    private let stdin = Pipe()
+    private let lock = ConditionLock()
+    private var collected: [UInt8] = []
+    private var ended = false
+
+    init(_ arguments: [String]) throws {
+        self.arguments = arguments
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        let stdout = Pipe()
+        process.standardOutput = stdout
+        process.standardInput = stdin
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let handle = stdout.fileHandleForReading
+        _ = RuntimeThread(name: "tool-output") { [self] in
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(handle.fileDescriptor, $0.baseAddress, $0.count) }
+                if count < 0, errno == EINTR { continue }
+                if count <= 0 { break }
+                lock.withLock { collected += buffer[0..<count] }
+                lock.broadcast()
+            }
+            lock.withLock { ended = true }
+            lock.broadcast()
+        }
+    }
+
+    func waitForOutput(bytes count: Int) -> Bool {
+        let deadline = Clock.monotonicNs() + 60_000_000_000
+        return lock.withLock {
+            while collected.count < count {
+                if Clock.monotonicNs() >= deadline { return false }
+                lock.wait(untilMonotonicNs: min(deadline, Clock.monotonicNs() + 100_000_000))
+            }
+            return true
+        }
+    }
+
+    /// Waits for the tool to exit and its output to end; its exit status.
+    func finish() -> Int32 {
+        process.waitUntilExit()
+        let deadline = Clock.monotonicNs() + 60_000_000_000
+        lock.withLock { while !ended, Clock.monotonicNs() < deadline { lock.wait(untilMonotonicNs: Clock.monotonicNs() + 100_000_000) } }
+        return process.terminationStatus
+    }
+
+    var output: [UInt8] { lock.withLock { collected } }
+}
+
+@Suite("unix_socket sink")
+struct UnixSocketSinkTests {
+    let directory: String
+
+    init() throws {
+        // Short (sun_path holds 107 bytes) and reachable by other uids (0755).
+        directory = "/tmp/pl-sock-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+    }
+
+    private func context(_ log: CapturedLog? = nil, metrics: StageMetrics = StageMetrics()) -> StageContext {
+        StageContext(id: "live", logger: log?.logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), metrics: metrics)
+    }
+
+    private func events(_ count: Int, from start: Int = 0) -> [PipelineRecord] {
+        (start..<start + count).map { .event(StageHarness.event("connect", retval: -111, timeNs: 1_795_000_000_000_000_000 + Int64($0))) }
+    }
+
+    private func encoded(_ records: [PipelineRecord]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &bytes)
+        return bytes
+    }
+
+    private func write(_ records: [PipelineRecord], to sink: UnixSocketSink, batch: Int = 500) throws {
+        var index = 0
+        while index < records.count {
+            let end = min(records.count, index + batch)
+            try sink.write(EventBatch(Array(records[index..<end])))
+            index = end
+        }
+    }
+
+    private func fileType(_ path: String) -> (exists: Bool, socket: Bool, mode: UInt32) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return (false, false, 0) }
+        return (true, info.st_mode & S_IFMT == S_IFSOCK, UInt32(info.st_mode & 0o7777))
+    }
+
+    /// A socket file left behind by a process that is gone: bound, then closed.
+    private func makeStaleSocket(_ path: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8))
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        close(fd)
+        try #require(result == 0)
+    }
+
+    // MARK: The socket file
+
+    @Test(arguments: ["0600", "0660", "0666", "0640"])
+    func socketFileHasTheConfiguredMode(mode: String) throws {
+        let path = directory + "/m.sock"
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, mode: try #require(UnixSocketSinkOptions.parseMode(mode))))
+        try sink.open(context())
+        let file = fileType(path)
+        #expect(file.socket)
+        #expect(file.mode == UInt32(mode, radix: 8))
+        // The private directory it was bound in is gone.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["m.sock"])
+        try sink.close()
+    }
+
+    @Test func theSocketFileIsRemovedOnClose() throws {
+        let path = directory + "/r.sock"
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        try sink.open(context())
+        #expect(fileType(path).socket)
+        try sink.close()
+        #expect(!fileType(path).exists)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty)
+    }
+
+    @Test func aStaleSocketFileIsReplaced() throws {
+        let path = directory + "/stale.sock"
+        try makeStaleSocket(path)
+        #expect(fileType(path).socket)
+        let log = CapturedLog()
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        try sink.open(context(log))
+        #expect(log.all.contains { $0.contains("stale") })
+        let client = try SocketClient(path: path, keepBytes: true)
+        client.startReading()
+        #expect(eventually { sink.clients.connected.load(ordering: .relaxed) == 1 })
+        let input = events(10)
+        try write(input, to: sink)
+        try sink.close()
+        #expect(client.waitForEnd())
+        #expect(client.bytes == encoded(input))
+    }
+
+    @Test func aLiveSocketIsRefused_andKeepsServing() throws {
+        let path = directory + "/live.sock"
+        let first = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        try first.open(context())
+        let second = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        let error = #expect(throws: UnixSocketError.self) { try second.open(context()) }
+        #expect(error?.description.contains("in use") == true)
+        #expect(error?.description.contains(path) == true)
+        // The first sink still serves on its file.
+        let client = try SocketClient(path: path, keepBytes: true)
+        client.startReading()
+        #expect(eventually { first.clients.connected.load(ordering: .relaxed) == 1 })
+        try write(events(3), to: first)
+        try first.close()
+        #expect(client.waitForEnd())
+        #expect(client.bytes == encoded(events(3)))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty)
+    }
+
+    @Test func aFileThatIsNotASocketIsAnError_andIsLeftAlone() throws {
+        let path = directory + "/plain"
+        try Data("keep me\n".utf8).write(to: URL(fileURLWithPath: path))
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        let error = #expect(throws: UnixSocketError.self) { try sink.open(context()) }
+        #expect(error?.description.contains("is not a socket") == true)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data("keep me\n".utf8))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["plain"])
+    }
+
+    @Test func aMissingDirectoryIsAnError() {
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: directory + "/no/such/dir/s.sock"))
+        let error = #expect(throws: UnixSocketError.self) { try sink.open(context()) }
+        #expect(error?.description.contains("No such file or directory") == true)
+    }
+
+    // MARK: Clients
+
+    /// 100k events through the runtime: a reading client, a client that
+    /// stalls and then catches up, and one that never reads, beside a file sink.
+    @Test func aStalledClientNeverSlowsThePipelineOrTheOthers() throws {
+        let total = 100_000
+        let input = events(total)
+        let socketPath = directory + "/busy.sock"
+        let filePath = directory + "/events.jsonl"
+        let socketSink = UnixSocketSink(UnixSocketSinkOptions(path: socketPath, clientBuffer: 2048, closeTimeoutNs: 200_000_000))
+        let fileSink = FileSink(FileSinkOptions(path: filePath))
+        let source = GatedSource(input)
+        let plan = StageHarness.plan(
+            sources: [("src", source)],
+            sinks: [("live", socketSink, QueuePolicy()), ("file", fileSink, QueuePolicy())]
+        )
+        let runtime = PipelineRuntime(plan: plan, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try runtime.start()
+
+        let reader = try SocketClient(path: socketPath)
+        let stalled = try SocketClient(path: socketPath)
+        let neverReads = try SocketClient(path: socketPath)
+        reader.startReading()
+        try #require(eventually { socketSink.clients.connected.load(ordering: .relaxed) == 3 })
+        source.release()
+
+        // The file sink gets everything while two clients do not read.
+        let liveMetrics = try #require(runtime.metrics["live"])
+        #expect(eventually { runtime.metrics["file"]?.recordsIn.load(ordering: .relaxed) == UInt64(total) })
+        #expect(eventually { liveMetrics.recordsIn.load(ordering: .relaxed) == UInt64(total) })
+        // The reader accounts for every event.
+        #expect(reader.wait { tally, _ in UInt64(tally.events) + tally.lost == UInt64(total) })
+        // Drops were counted for the stalled clients.
+        #expect(liveMetrics.lost.load(ordering: .relaxed) > 0)
+
+        // The stalled client catches up and is told what it lost.
+        stalled.startReading()
+        #expect(stalled.wait { tally, _ in UInt64(tally.events) + tally.lost == UInt64(total) })
+
+        runtime.stop()
+        let summary = runtime.wait()
+        #expect(summary.succeeded)
+        #expect(reader.waitForEnd())
+        #expect(stalled.waitForEnd())
+
+        let readerTally = reader.counts, stalledTally = stalled.counts
+        #expect(UInt64(readerTally.events) + readerTally.lost == UInt64(total))
+        #expect(UInt64(stalledTally.events) + stalledTally.lost == UInt64(total))
+        #expect(stalledTally.lost > 0)
+        #expect(stalledTally.lostRecords >= 1)
+        #expect(readerTally.inOrder && stalledTally.inOrder)
+        #expect(readerTally.lostSitesOK && stalledTally.lostSitesOK)
+        // Every event the sink dropped is in some client's count; the client
+        // that never read accounts for the rest.
+        let lost = liveMetrics.lost.load(ordering: .relaxed)
+        #expect(lost > readerTally.lost + stalledTally.lost)
+
+        // The one that never read: what the kernel held for it, then the end.
+        neverReads.startReading()
+        #expect(neverReads.waitForEnd())
+        #expect(neverReads.counts.events < total)
+        #expect(neverReads.counts.inOrder)
+
+        let file = try Data(contentsOf: URL(fileURLWithPath: filePath))
+        #expect(Array(file) == encoded(input))
+        #expect(!fileType(socketPath).exists)
+    }
+
+    @Test func whenFullDisconnectClosesTheStalledClientOnly() throws {
+        let path = directory + "/d.sock"
+        let metrics = StageMetrics()
+        let log = CapturedLog()
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, clientBuffer: 4096, whenFull: .disconnect))
+        try sink.open(context(log, metrics: metrics))
+        let reader = try SocketClient(path: path)
+        let stalled = try SocketClient(path: path)
+        reader.startReading()
+        try #require(eventually { sink.clients.connected.load(ordering: .relaxed) == 2 })
+
+        // Write at the reader's pace until the stalled client is disconnected.
+        var written = 0
+        while sink.clients.disconnected.load(ordering: .relaxed) == 0, written < 1_000_000 {
+            try write(events(256, from: written), to: sink, batch: 256)
+            written += 256
+            let expected = written
+            #expect(reader.wait { tally, _ in tally.events == expected })
+        }
+        #expect(sink.clients.disconnected.load(ordering: .relaxed) == 1)
+        #expect(metrics.clientsDropped.load(ordering: .relaxed) == 1)
+        #expect(eventually { sink.clients.connected.load(ordering: .relaxed) == 1 })
+        #expect(log.all.contains { $0.contains("disconnecting") && $0.contains("pid=\(getpid())") })
+
+        // The stalled client finds the end of its stream, short of everything.
+        stalled.startReading()
+        #expect(stalled.waitForEnd())
+        #expect(stalled.counts.events < written)
+        #expect(stalled.counts.lostRecords == 0)
+
+        // The reader goes on receiving everything.
+        try write(events(1000, from: written), to: sink)
+        try sink.close()
+        #expect(reader.waitForEnd())
+        #expect(reader.counts.events == written + 1000)
+        #expect(reader.counts.lost == 0)
+        #expect(metrics.lost.load(ordering: .relaxed) == 0)
+    }
+
+    @Test func aUidOutsideAllowUIDsIsRefused_andReceivesNothing() throws {
+        guard geteuid() == 0 else {
+            print("skipped: running a client as uid 65534 needs root")
+            return
+        }
+        let path = directory + "/uid.sock"
+        let log = CapturedLog()
+        // World-writable, so that only the peer-credential check stands in the way.
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, mode: 0o666, allowUIDs: [0]))
+        try sink.open(context(log))
+
+        let outsider = Process()
+        outsider.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        outsider.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "socat", "-u", "UNIX-CONNECT:" + path, "-"]
+        let output = Pipe(), errors = Pipe()
+        outsider.standardOutput = output
+        outsider.standardError = errors
+        outsider.standardInput = FileHandle.nullDevice
+        try outsider.run()
+        let insider = try SocketClient(path: path, keepBytes: true)
+        insider.startReading()
+
+        #expect(eventually { sink.clients.refused.load(ordering: .relaxed) == 1 })
+        #expect(eventually { sink.clients.connected.load(ordering: .relaxed) == 1 })
+        let input = events(100)
+        try write(input, to: sink)
+        #expect(insider.wait { tally, _ in tally.events == 100 })
+
+        let refusedOutput = output.fileHandleForReading.readDataToEndOfFile()
+        outsider.waitUntilExit()
+        #expect(refusedOutput.isEmpty)
+        #expect(sink.clients.accepted.load(ordering: .relaxed) == 1)
+        // The log says who: uid and pid (setpriv execs socat in place).
+        #expect(log.all.contains { $0.contains("refused") && $0.contains("uid=65534") && $0.contains("pid=\(outsider.processIdentifier)") })
+        try sink.close()
+        #expect(insider.waitForEnd())
+        #expect(insider.bytes == encoded(input))
+    }
+
+    @Test func fiftyClientsAtOnceEachGetTheFullStream() throws {
+        let path = directory + "/many.sock"
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        let metrics = StageMetrics()
+        try sink.open(context(metrics: metrics))
+        let clients = try (0..<50).map { _ in try SocketClient(path: path, keepBytes: true) }
+        clients.forEach { $0.startReading() }
+        try #require(eventually { sink.clients.connected.load(ordering: .relaxed) == 50 })
+        let input = events(20_000)
+        try write(input, to: sink)
+        try sink.close()
+        let expected = encoded(input)
+        for client in clients {
+            #expect(client.waitForEnd())
+            #expect(client.bytes == expected)
+        }
+        #expect(metrics.recordsOut.load(ordering: .relaxed) == 50 * 20_000)
+        #expect(metrics.bytes.load(ordering: .relaxed) == UInt64(50 * expected.count))
+        #expect(metrics.lost.load(ordering: .relaxed) == 0)
+    }
+
+    @Test func socatAndNetcatAreClients() throws {
+        let path = directory + "/tools.sock"
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        try sink.open(context())
+        let tools = try [
+            ["/usr/bin/socat", "-u", "UNIX-CONNECT:" + path, "-"],
+            ["/usr/bin/socat", "-", "UNIX-CONNECT:" + path],
+            ["/usr/bin/nc", "-U", path],
+        ].map { try ToolProcess($0) }
+        try #require(eventually { sink.clients.connected.load(ordering: .relaxed) == 3 })
+        let input = events(2000)
+        try write(input, to: sink)
+        let expected = encoded(input)
+        // Each tool prints the whole stream while the sink still runs.
+        for tool in tools {
+            #expect(tool.waitForOutput(bytes: expected.count), "\(tool.arguments)")
+        }
+        try sink.close()
+        for tool in tools {
+            #expect(tool.finish() == 0, "\(tool.arguments)")
+            #expect(tool.output == expected, "\(tool.arguments)")
+        }
+    }
+
+    // MARK: Options
+
+    @Test func optionsHaveTheDocumentedDefaults() throws {
+        let config = StageHarness.config(.sink, "unix_socket", specs: UnixSocketSink.descriptor.options, ["path": "/run/x.sock"])
+        let options = try #require(UnixSocketSinkOptions(config))
+        #expect(options.mode == 0o600)
+        #expect(options.allowUIDs.contains(UInt32(geteuid())))
+        #expect(options.allowUIDs.contains(0))
+        #expect(options.clientBuffer == 65_536)
+        #expect(options.whenFull == .drop)
+    }
+
+    @Test func optionsAreRead() throws {
+        let config = StageHarness.config(.sink, "unix_socket", specs: UnixSocketSink.descriptor.options, [
+            "path": "/run/x.sock", "mode": "0660", "allow_uids": ["root", 1000], "client_buffer": 128, "when_full": "disconnect", "close_timeout": "500ms",
+        ])
+        let options = try #require(UnixSocketSinkOptions(config))
+        #expect(options == UnixSocketSinkOptions(path: "/run/x.sock", mode: 0o660, allowUIDs: [0, 1000], clientBuffer: 128, whenFull: .disconnect, closeTimeoutNs: 500_000_000))
+    }
+
+    @Test func badOptionsAreReportedWithTheirKeys() {
+        let config = StageHarness.config(.sink, "unix_socket", specs: UnixSocketSink.descriptor.options, [
+            "path": "/" + String(repeating: "p", count: 120), "mode": "0999", "allow_uids": ["no-such-user-here", -1],
+            "client_buffer": 0, "when_full": "dropp",
+        ])
+        #expect(UnixSocketSinkOptions(config) == nil)
+        let messages = config.diagnostics.map(\.message)
+        #expect(messages == [
+            "sink 't': 'path' is 121 bytes long; a unix socket path holds at most 107",
+            "sink 't': 'mode' must be octal permission bits such as \"0600\" or \"0660\" (at most 0777), not '0999'",
+            "sink 't': 'allow_uids' items must be uids (0-4294967294) or user names, not 'no-such-user-here'",
+            "sink 't': 'allow_uids' items must be uids (0-4294967294) or user names, not '-1'",
+            "sink 't': 'client_buffer' must be between 1 and 16777216, not 0",
+            "sink 't': 'when_full' must be one of drop, disconnect, not 'dropp' (did you mean 'drop'?)",
+        ])
+    }
+
+    @Test func modesParseAsOctal() {
+        #expect(UnixSocketSinkOptions.parseMode("0600") == 0o600)
+        #expect(UnixSocketSinkOptions.parseMode("660") == 0o660)
+        #expect(UnixSocketSinkOptions.parseMode("0o644") == 0o644)
+        #expect(UnixSocketSinkOptions.parseMode("4755") == nil)
+        #expect(UnixSocketSinkOptions.parseMode("rw-------") == nil)
+        #expect(UnixSocketSinkOptions.parseMode("") == nil)
+    }
+}
