@@ -502,6 +502,38 @@ struct CodecNDJSONTests {
         #expect(failure(#"{"time":"2026-11-24T16:34:13Z","event":"close","comm":"a"#)?.message == "unterminated string")
     }
 
+    /// Every strict prefix of every golden line is rejected, read from a
+    /// buffer that ends at a guard page; corrupted lines decode or throw, and
+    /// never crash or read past their end.
+    @Test func truncatedAndCorruptedLinesAreRejectedSafely() {
+        let decoder = NDJSONDecoder()
+        var lines = goldens.map { Array(line(.event($0.0)).utf8.dropLast()) }
+        lines.append(Array(line(.lost(LostRecord(timeNs: 5, count: 9, site: .client, cpu: 3))).utf8.dropLast()))
+        for bytes in lines {
+            #expect(withGuardedBytes(bytes) { (try? decoder.decode($0)) != nil })
+            for length in 0..<bytes.count {
+                let decoded = withGuardedBytes(Array(bytes.prefix(length))) { (try? decoder.decode($0)) != nil }
+                if decoded { Issue.record("a \(length)-byte prefix decoded: \(String(decoding: bytes.prefix(length), as: UTF8.self))") }
+            }
+        }
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array(#"{}[]":,\-0123456789aeflnrstuE. "#.utf8) + [0x00, 0x1F, 0xC3, 0xFF]
+        var rejected = 0
+        for _ in 0..<3000 {
+            var bytes = lines.randomElement(using: &generator)!
+            for _ in 0..<Int.random(in: 1...3, using: &generator) {
+                let index = Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: bytes[index] = alphabet.randomElement(using: &generator)!
+                case 1: bytes.remove(at: index)
+                default: bytes.insert(alphabet.randomElement(using: &generator)!, at: index)
+                }
+            }
+            if withGuardedBytes(bytes, { (try? decoder.decode($0)) == nil }) { rejected += 1 }
+        }
+        #expect(rejected > 1000)
+    }
+
     @Test func escapedStringsDecode() throws {
         let text = #"{"time":"2026-11-24T16:34:13Z","event":"unlink","args":{"path":"\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00"}}"#
         guard case .event(let unlink) = try NDJSONDecoder().decode(text) else {

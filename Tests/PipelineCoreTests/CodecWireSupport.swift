@@ -131,12 +131,12 @@ struct WireRecord {
     }
 }
 
-/// Decodes `record` placed at the very end of a readable page followed by an
-/// inaccessible one: a read past the record's last byte faults, so a decoder
-/// that over-reads crashes the test instead of passing.
-func decodeGuarded(_ record: [UInt8], wallOffsetNs: Int64 = 0) -> Result<SyscallEvent, WireError> {
+/// Calls `body` with `bytes` placed at the very end of a readable page that
+/// is followed by an inaccessible one: a read past the last byte faults, so
+/// code that over-reads crashes the test instead of passing.
+func withGuardedBytes<R>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) -> R) -> R {
     let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-    let pages = (record.count + page - 1) / page + 1
+    let pages = (bytes.count + page - 1) / page + 1
     let length = (pages + 1) * page
     guard let map = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
         map != MAP_FAILED
@@ -144,12 +144,17 @@ func decodeGuarded(_ record: [UInt8], wallOffsetNs: Int64 = 0) -> Result<Syscall
     defer { munmap(map, length) }
     let guardPage = map + pages * page
     precondition(mprotect(guardPage, page, PROT_NONE) == 0)
-    let start = guardPage - record.count
-    record.withUnsafeBytes { raw in
-        if let base = raw.baseAddress { start.copyMemory(from: base, byteCount: record.count) }
+    let start = guardPage - bytes.count
+    bytes.withUnsafeBytes { raw in
+        if let base = raw.baseAddress { start.copyMemory(from: base, byteCount: bytes.count) }
     }
+    return body(UnsafeRawBufferPointer(start: start, count: bytes.count))
+}
+
+/// Decodes `record` from a guarded buffer (see ``withGuardedBytes(_:_:)``).
+func decodeGuarded(_ record: [UInt8], wallOffsetNs: Int64 = 0) -> Result<SyscallEvent, WireError> {
     let decoder = WireDecoder(wallOffsetNs: wallOffsetNs)
-    return Result { () throws(WireError) -> SyscallEvent in
-        try decoder.decode(UnsafeRawBufferPointer(start: start, count: record.count))
+    return withGuardedBytes(record) { bytes in
+        Result { () throws(WireError) -> SyscallEvent in try decoder.decode(bytes) }
     }
 }

@@ -32,14 +32,20 @@ struct ByteWriter {
             target.storeBytes(of: head, as: UInt64.self)
             target.storeBytes(of: tail, toByteOffset: count - 8, as: UInt64.self)
         } else if count > 16 && count <= 32 {
-            let a = source.loadUnaligned(as: UInt64.self)
-            let b = source.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-            let c = source.loadUnaligned(fromByteOffset: count - 16, as: UInt64.self)
-            let d = source.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
-            target.storeBytes(of: a, as: UInt64.self)
-            target.storeBytes(of: b, toByteOffset: 8, as: UInt64.self)
-            target.storeBytes(of: c, toByteOffset: count - 16, as: UInt64.self)
-            target.storeBytes(of: d, toByteOffset: count - 8, as: UInt64.self)
+            let head = source.loadUnaligned(as: SIMD16<UInt8>.self)
+            let tail = source.loadUnaligned(fromByteOffset: count - 16, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: head, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: tail, toByteOffset: count - 16, as: SIMD16<UInt8>.self)
+        } else if count > 32 && count <= 64 {
+            // The constant run of an event line (`,"event":...,"retval":`) is 40-65 bytes.
+            let a = source.loadUnaligned(as: SIMD16<UInt8>.self)
+            let b = source.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt8>.self)
+            let c = source.loadUnaligned(fromByteOffset: count - 32, as: SIMD16<UInt8>.self)
+            let d = source.loadUnaligned(fromByteOffset: count - 16, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: a, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: b, toByteOffset: 16, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: c, toByteOffset: count - 32, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: d, toByteOffset: count - 16, as: SIMD16<UInt8>.self)
         } else if count >= 4 && count < 8 {
             let head = source.loadUnaligned(as: UInt32.self)
             let tail = source.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)

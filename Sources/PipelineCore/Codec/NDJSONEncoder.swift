@@ -103,7 +103,7 @@ final class EncoderTables: Sendable {
     let errnoSpans: [Span]
     /// Indexed by address family.
     let familySpans: [Span]
-    /// Upper bound of an event line up to `"args":{` (473 bytes with a comm
+    /// Upper bound of an event line up to `"args":{` (466 bytes with a comm
     /// of 16 bytes that each escape to six).
     let fixedBound = 480
     /// Upper bound of a lost record's line.
@@ -152,7 +152,7 @@ final class EncoderTables: Sendable {
         }
     }
 
-    /// An upper bound of the bytes ``write(_:_:to:clock:)`` produces for
+    /// An upper bound of the bytes ``write(_:_:to:limit:clock:)`` produces for
     /// `records[index]` (read piece by piece, as there).
     func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index) -> Int {
         let argumentCount: Int

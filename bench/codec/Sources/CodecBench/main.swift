@@ -79,24 +79,30 @@ struct FailuresOnly: EventFilter {
         return true
     }
 
-    /// In place, by moving records: kept ones slide to the front, dropped ones
-    /// to the back, which is then removed. The protocol's default builds a new
-    /// array of copies, and `removeAll(where:)` swaps through copies; either
-    /// retains and releases every string of every record it touches.
+    /// In place, by moving records: a dropped record is destroyed, each kept
+    /// one moves down into the first hole, and the holes left at the end are
+    /// filled with a plain placeholder before they are removed. The
+    /// protocol's default builds a new array of copies, and
+    /// `removeAll(where:)` swaps through copies; both retain and release
+    /// every string of every record they touch.
     func apply(_ batch: inout EventBatch) {
         var kept = 0
+        let count = batch.records.count
         batch.records.withUnsafeMutableBufferPointer { records in
             guard let base = records.baseAddress else { return }
-            for index in 0..<records.count where includes(records[index]) {
-                if index != kept {
-                    let record = (base + index).move()
-                    (base + index).moveInitialize(from: base + kept, count: 1)
-                    (base + kept).initialize(to: record)
+            for index in 0..<count {
+                if includes(records[index]) {
+                    if index != kept { (base + kept).moveInitialize(from: base + index, count: 1) }
+                    kept += 1
+                } else {
+                    (base + index).deinitialize(count: 1)
                 }
-                kept += 1
             }
+            // The array still counts the slots past `kept`; give them a value
+            // that owns nothing, so removing them below is cheap and sound.
+            (base + kept).initialize(repeating: .lost(LostRecord(timeNs: 0, count: 0, site: .queue)), count: count - kept)
         }
-        batch.records.removeLast(batch.records.count - kept)
+        batch.records.removeLast(count - kept)
     }
 }
 
