@@ -34,6 +34,7 @@ public final class SyscallMonitorSource: EventSource {
         case kprobe
     }
 
+    /// The options this source was built with.
     public let options: SyscallMonitorOptions
     private let stopped = ManagedAtomic<Bool>(false)
     private let lock = ConditionLock()

@@ -15,12 +15,15 @@
 #
 #   bench/connect/run.sh
 #   EVENTS_PER_PROCESS=200000 PROCESSES=2 bench/connect/run.sh
+#   TRANSPORT=ringbuf bench/connect/run.sh     (default settings otherwise)
+#   RUNS=5 bench/connect/run.sh                 (medians over 5 runs; default 3)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="$root/bench/out/connect"
 per_process="${EVENTS_PER_PROCESS:-500000}"
 processes="${PROCESSES:-2}"
+runs="${RUNS:-3}"
 generated=$((per_process * processes))
 mkdir -p "$out"
 rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/*.time
@@ -39,7 +42,8 @@ name: bench-connect
 sources:
   kernel:
     type: syscall_monitor
-    events: [connect]
+    events: [connect]${TRANSPORT:+
+    transport: $TRANSPORT}
 sinks:
   log:
     type: file
@@ -81,48 +85,70 @@ tracer_pid() {
     return 1
 }
 
-echo "== untraced"
-untraced="$(load)"
+run_pipelined() {
+    /usr/bin/time -v -o "$out/pipelined.time" "$pipelined" run "$out/pipeline.yaml" > /dev/null 2> "$out/pipelined.log" &
+    local time_pid=$!
+    wait_for "$out/pipelined.log" "pipeline started"
+    local rate
+    rate="$(load)"
+    kill -INT "$(tracer_pid "$time_pid")"
+    wait "$time_pid"
+    local delivered lost
+    delivered="$(grep -c '"comm":"loadgen"' "$out/pipelined.jsonl" || true)"
+    lost="$({ grep '"event":"lost"' "$out/pipelined.jsonl" || true; } | sed -n 's/.*"count":\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')"
+    echo "$rate $delivered $lost $(cpu_seconds "$out/pipelined.time") $(peak_rss_kib "$out/pipelined.time")"
+    rm -f "$out/pipelined.jsonl"
+}
 
-echo "== traced by pipelined"
-/usr/bin/time -v -o "$out/pipelined.time" "$pipelined" run "$out/pipeline.yaml" 2> "$out/pipelined.log" &
-time_pid=$!
-wait_for "$out/pipelined.log" "pipeline started"
-traced_pipelined="$(load)"
-kill -INT "$(tracer_pid "$time_pid")"
-wait "$time_pid"
-delivered_pipelined="$(grep -c '"comm":"loadgen"' "$out/pipelined.jsonl" || true)"
-lost_pipelined="$({ grep '"event":"lost"' "$out/pipelined.jsonl" || true; } | sed -n 's/.*"count":\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')"
-
-echo "== traced by bpftrace"
-/usr/bin/time -v -o "$out/bpftrace.time" bpftrace -o "$out/bpftrace.txt" -e '
+run_bpftrace() {
+    /usr/bin/time -v -o "$out/bpftrace.time" bpftrace -o "$out/bpftrace.txt" -e '
 tracepoint:syscalls:sys_enter_connect { @fd[tid] = args->fd; }
 tracepoint:syscalls:sys_exit_connect /@fd[tid]/ {
     printf("%llu %d %d %s %d %d\n", nsecs, pid, tid, comm, @fd[tid], args->ret);
     delete(@fd[tid]);
-}' 2> "$out/bpftrace.log" &
-time_pid=$!
-wait_for "$out/bpftrace.txt" "Attaching"
-traced_bpftrace="$(load)"
-kill -INT "$(tracer_pid "$time_pid")"
-wait "$time_pid" || true
-delivered_bpftrace="$(grep -c ' loadgen ' "$out/bpftrace.txt" || true)"
-lost_bpftrace="$({ grep -ho 'Lost [0-9]* events' "$out/bpftrace.txt" "$out/bpftrace.log" || true; } | awk '{ s += $2 } END { print s + 0 }')"
-
-report() {
-    local name="$1" rate="$2" delivered="$3" lost="$4" timefile="$5"
-    local cpu rss
-    cpu="$(cpu_seconds "$timefile")"
-    rss="$(peak_rss_kib "$timefile")"
-    awk -v n="$name" -v r="$rate" -v u="$untraced" -v d="$delivered" -v g="$generated" -v l="$lost" -v c="$cpu" -v m="$rss" 'BEGIN {
-        printf "%-10s rate %9d/s  ratio %.3f  delivered %d/%d (%.4f)  lost(reported) %d  cpu %.2fs = %.3f s/M events  peak RSS %.1f MiB\n",
-            n, r, r / u, d, g, d / g, l, c, (d > 0 ? c / d * 1e6 : 0), m / 1024 }'
+}' > /dev/null 2> "$out/bpftrace.log" &
+    local time_pid=$!
+    wait_for "$out/bpftrace.txt" "Attaching"
+    local rate
+    rate="$(load)"
+    kill -INT "$(tracer_pid "$time_pid")"
+    wait "$time_pid" || true
+    local delivered lost
+    delivered="$(grep -c ' loadgen ' "$out/bpftrace.txt" || true)"
+    lost="$({ grep -ho 'Lost [0-9]* events' "$out/bpftrace.txt" "$out/bpftrace.log" || true; } | awk '{ s += $2 } END { print s + 0 }')"
+    echo "$rate $delivered $lost $(cpu_seconds "$out/bpftrace.time") $(peak_rss_kib "$out/bpftrace.time")"
+    rm -f "$out/bpftrace.txt"
 }
 
+# Each run measures the three side by side, so that each ratio compares
+# rates taken moments apart on a machine whose load may change.
+: > "$out/runs.txt"
+for run in $(seq 1 "$runs"); do
+    echo "== run $run/$runs: untraced"
+    untraced="$(load)"
+    echo "== run $run/$runs: traced by pipelined"
+    pipelined_result="$(run_pipelined)"
+    echo "== run $run/$runs: traced by bpftrace"
+    bpftrace_result="$(run_bpftrace)"
+    echo "$untraced $pipelined_result $bpftrace_result" >> "$out/runs.txt"
+done
+
+# runs.txt: untraced | rate delivered lost cpu rss (pipelined) | the same (bpftrace)
+awk -v g="$generated" -v n="$runs" -v p="$processes" -v e="$per_process" '
+function median(a, k,   i, j, t) {
+    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+}
 {
-    echo "generated per run: $generated connects ($processes processes x $per_process)"
-    printf "%-10s rate %9d/s\n" untraced "$untraced"
-    report pipelined "$traced_pipelined" "$delivered_pipelined" "$lost_pipelined" "$out/pipelined.time"
-    report bpftrace "$traced_bpftrace" "$delivered_bpftrace" "$lost_bpftrace" "$out/bpftrace.time"
-    awk -v p="$traced_pipelined" -v b="$traced_bpftrace" 'BEGIN { printf "pipelined ratio / bpftrace ratio: %.2f\n", p / b }'
-} | tee "$out/results.txt"
+    u[NR] = $1
+    pr[NR] = $2 / $1; pd[NR] = $3; pl[NR] = $4; pc[NR] = ($3 > 0 ? $5 / $3 * 1e6 : 0); pm[NR] = $6 / 1024
+    br[NR] = $7 / $1; bd[NR] = $8; bl[NR] = $9; bc[NR] = ($8 > 0 ? $10 / $8 * 1e6 : 0); bm[NR] = $11 / 1024
+    q[NR] = ($7 > 0 ? $2 / $7 : 0)
+    printf "run %d: untraced %d/s | pipelined %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB | bpftrace %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB\n", NR, $1, $2, pr[NR], $3, $4, $5, pm[NR], $7, br[NR], $8, $9, $10, bm[NR]
+}
+END {
+    printf "\n%d runs of %d connects (%d processes x %d); medians:\n", n, g, p, e
+    printf "%-10s traced/untraced rate %.3f  delivered/generated %.4f (+%d reported lost)  CPU %.3f s per million events  peak RSS %.1f MiB\n", "pipelined", median(pr, n), median(pd, n) / g, median(pl, n), median(pc, n), median(pm, n)
+    printf "%-10s traced/untraced rate %.3f  delivered/generated %.4f (+%d reported lost)  CPU %.3f s per million events  peak RSS %.1f MiB\n", "bpftrace", median(br, n), median(bd, n) / g, median(bl, n), median(bc, n), median(bm, n)
+    printf "pipelined ratio / bpftrace ratio: %.2f\n", median(q, n)
+}' "$out/runs.txt" | tee "$out/results.txt"
