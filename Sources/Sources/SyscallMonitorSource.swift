@@ -70,6 +70,10 @@ public final class SyscallMonitorSource: EventSource {
         if !useKprobes, let problem = KernelSupport.ensureTracefs() {
             throw fail("the syscall tracepoints need tracefs: \(problem)")
         }
+        if useKprobes, options.attach == .auto, let problem = KernelSupport.ensureTracefs() {
+            // Only needed if a kprobe fails and an event falls back.
+            context.logger.warning("no tracefs, so no fallback to tracepoints: \(problem)")
+        }
         if !useKprobes {
             for kind in options.events {
                 let name = KernelProgram.kernelName(kind)
