@@ -24,11 +24,16 @@ enum KernelTests {
 
     /// The condition of `.enabled(if:)` on every kernel test.
     static var enabled: Bool {
-        guard let reason = unavailableReason else { return true }
+        guard unavailableReason != nil else { return true }
         if required { return true }
-        print("skipping eBPF test: \(reason) (set PIPELINED_REQUIRE_BPF=1 to fail instead)")
+        skipNotice
         return false
     }
+
+    /// Printed once, however many tests are skipped.
+    private static let skipNotice: Void = {
+        print("skipping the eBPF tests: \(unavailableReason ?? "") (set PIPELINED_REQUIRE_BPF=1 to fail instead)")
+    }()
 
     static let logger = Logger(label: "kernel-test", factory: { _ in SwiftLogNoOpLogHandler() })
 }
