@@ -73,7 +73,7 @@ let package = Package(
         ),
         // Compiles bpf/pipelined.bpf.c with clang's BPF target during the build
         // and embeds the object in EventSources.
-        .executableTarget(name: "BPFEmbed", path: "Sources/BPFEmbed"),
+        .executableTarget(name: "BPFEmbed", path: "Plugins/BPFEmbed"),
         .plugin(
             name: "BPFObjectPlugin",
             capability: .buildTool(),
