@@ -1,12 +1,14 @@
 /*
  * connect() load for the kernel source benchmark: P processes (default 2,
- * one per core here) each make N connect calls as fast as they can,
- * alternating a UDP connect to 127.0.0.1 (succeeds: it only sets the peer)
- * and a TCP connect to a bound but not listening 127.0.0.1 port (refused,
- * -111). Each call is one traced event; none is skipped by the default
+ * one per core here) each make N connect calls as fast as they can. MODE
+ * `mixed` (default) alternates a UDP connect to 127.0.0.1 (succeeds: it only
+ * sets the peer) and a TCP connect to a bound but not listening 127.0.0.1
+ * port (refused, -111); `udp` makes only the UDP connects (the fastest
+ * storm, where a tracer's per-event cost shows most); `tcp` only the refused
+ * ones. Each call is one traced event; none is skipped by the default
  * skip_retvals. Prints what it generated and how fast:
  *
- *     loadgen [N per process] [P]
+ *     loadgen [N per process] [P] [mixed|udp|tcp]
  *     generated=2000000 seconds=1.234 rate=1620745 refused=1000000 ok=1000000 other=0
  */
 #define _GNU_SOURCE
@@ -15,6 +17,7 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -32,7 +35,9 @@ struct counts {
     long ok, refused, other;
 };
 
-static struct counts work(long n, int pipe_fd)
+enum mode { MIXED, UDP_ONLY, TCP_ONLY };
+
+static struct counts work(long n, int pipe_fd, enum mode mode)
 {
     struct counts c = { 0, 0, 0 };
     /* The refused port: bound, never listening, held for the whole run. */
@@ -46,7 +51,8 @@ static struct counts work(long n, int pipe_fd)
     int tcp = socket(AF_INET, SOCK_STREAM, 0);
     for (long i = 0; i < n; i++) {
         long r;
-        if (i & 1) {
+        int use_tcp = mode == TCP_ONLY || (mode == MIXED && (i & 1));
+        if (use_tcp) {
             r = syscall(SYS_connect, tcp, &closed, sizeof(closed));
         } else {
             r = syscall(SYS_connect, udp, &udp_peer, sizeof(udp_peer));
@@ -67,13 +73,25 @@ int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 1000000;
     int processes = argc > 2 ? atoi(argv[2]) : 2;
+    const char *mode_name = argc > 3 ? argv[3] : "mixed";
+    enum mode mode;
+    if (!strcmp(mode_name, "mixed"))
+        mode = MIXED;
+    else if (!strcmp(mode_name, "udp"))
+        mode = UDP_ONLY;
+    else if (!strcmp(mode_name, "tcp"))
+        mode = TCP_ONLY;
+    else {
+        fprintf(stderr, "loadgen: mode must be mixed, udp or tcp\n");
+        return 64;
+    }
     int fds[2];
     if (pipe(fds))
         return 1;
     double start = now();
     for (int p = 0; p < processes; p++) {
         if (fork() == 0) {
-            work(n, fds[1]);
+            work(n, fds[1], mode);
             _exit(0);
         }
     }

@@ -4,7 +4,8 @@
 # and refused TCP connects, alternating), measured side by side in one run:
 #
 #   untraced     loadgen alone
-#   pipelined    traced by `pipelined run` (release build, default settings,
+#   pipelined    traced by `pipelined run` (the README's release build:
+#                `swift build -c release --static-swift-stdlib`; default settings,
 #                events [connect], file sink to a file)
 #   bpftrace     traced by bpftrace on the same tracepoints, printing a line
 #                per event into a file
@@ -16,7 +17,10 @@
 #   bench/connect/run.sh
 #   EVENTS_PER_PROCESS=200000 PROCESSES=2 bench/connect/run.sh
 #   TRANSPORT=ringbuf bench/connect/run.sh     (default settings otherwise)
+#   TRANSPORT=ringbuf RINGBUF_BYTES=4MiB bench/connect/run.sh
 #   RUNS=5 bench/connect/run.sh                 (medians over 5 runs; default 3)
+#   MODE=udp bench/connect/run.sh               (only UDP connects: the storm;
+#                                                MODE=tcp only refused TCP; default mixed)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -24,6 +28,7 @@ out="$root/bench/out/connect"
 per_process="${EVENTS_PER_PROCESS:-500000}"
 processes="${PROCESSES:-2}"
 runs="${RUNS:-3}"
+mode="${MODE:-mixed}"
 generated=$((per_process * processes))
 mkdir -p "$out"
 rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/*.time
@@ -32,9 +37,9 @@ for tool in /usr/bin/time bpftrace cc; do
     command -v "$tool" > /dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
 done
 
-echo "== building pipelined (swift build -c release) and loadgen (cc -O2)"
-(cd "$root" && swift build -c release --product pipelined > "$out/build.log" 2>&1) || { tail -20 "$out/build.log" >&2; exit 1; }
-pipelined="$(cd "$root" && swift build -c release --show-bin-path)/pipelined"
+echo "== building pipelined (swift build -c release --static-swift-stdlib) and loadgen (cc -O2)"
+(cd "$root" && swift build -c release --static-swift-stdlib --product pipelined > "$out/build.log" 2>&1) || { tail -20 "$out/build.log" >&2; exit 1; }
+pipelined="$(cd "$root" && swift build -c release --static-swift-stdlib --show-bin-path)/pipelined"
 cc -O2 -Wall -o "$out/loadgen" "$here/loadgen.c"
 
 cat > "$out/pipeline.yaml" <<YAML
@@ -43,7 +48,8 @@ sources:
   kernel:
     type: syscall_monitor
     events: [connect]${TRANSPORT:+
-    transport: $TRANSPORT}
+    transport: $TRANSPORT}${RINGBUF_BYTES:+
+    ringbuf_bytes: $RINGBUF_BYTES}
 sinks:
   log:
     type: file
@@ -65,7 +71,7 @@ wait_for() {
 # `rate=` of a loadgen run; fails the benchmark if a connect went wrong.
 load() {
     local result
-    result="$("$out/loadgen" "$per_process" "$processes")"
+    result="$("$out/loadgen" "$per_process" "$processes" "$mode")"
     echo "   loadgen: $result" >&2
     sed -n 's/.*rate=\([0-9]*\).*/\1/p' <<< "$result"
 }
@@ -134,7 +140,7 @@ for run in $(seq 1 "$runs"); do
 done
 
 # runs.txt: untraced | rate delivered lost cpu rss (pipelined) | the same (bpftrace)
-awk -v g="$generated" -v n="$runs" -v p="$processes" -v e="$per_process" '
+awk -v g="$generated" -v n="$runs" -v p="$processes" -v e="$per_process" -v m="$mode" '
 function median(a, k,   i, j, t) {
     for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
@@ -147,7 +153,7 @@ function median(a, k,   i, j, t) {
     printf "run %d: untraced %d/s | pipelined %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB | bpftrace %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB\n", NR, $1, $2, pr[NR], $3, $4, $5, pm[NR], $7, br[NR], $8, $9, $10, bm[NR]
 }
 END {
-    printf "\n%d runs of %d connects (%d processes x %d); medians:\n", n, g, p, e
+    printf "\n%d runs of %d connects (%d processes x %d, mode %s); medians:\n", n, g, p, e, m
     printf "%-10s traced/untraced rate %.3f  delivered/generated %.4f (+%d reported lost)  CPU %.3f s per million events  peak RSS %.1f MiB\n", "pipelined", median(pr, n), median(pd, n) / g, median(pl, n), median(pc, n), median(pm, n)
     printf "%-10s traced/untraced rate %.3f  delivered/generated %.4f (+%d reported lost)  CPU %.3f s per million events  peak RSS %.1f MiB\n", "bpftrace", median(br, n), median(bd, n) / g, median(bl, n), median(bc, n), median(bm, n)
     printf "pipelined ratio / bpftrace ratio: %.2f\n", median(q, n)
