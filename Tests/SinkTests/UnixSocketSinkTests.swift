@@ -317,10 +317,12 @@ struct UnixSocketSinkTests {
         let error = #expect(throws: UnixSocketError.self) { try second.open(context()) }
         #expect(error?.description.contains("in use") == true)
         #expect(error?.description.contains(path) == true)
-        // The first sink still serves on its file.
+        // The first sink still serves on its file. It admitted the second
+        // sink's probe too (a connection that closes at once but still counts
+        // as connected until the next write), so wait for both admissions.
         let client = try SocketClient(path: path, keepBytes: true)
         client.startReading()
-        #expect(eventually { first.clients.connected.load(ordering: .relaxed) == 1 })
+        #expect(eventually { first.clients.accepted.load(ordering: .relaxed) == 2 })
         try write(events(3), to: first)
         try first.close()
         #expect(client.waitForEnd())
