@@ -186,13 +186,18 @@ extension SyscallEvent {
 /// keeps every record in memory.
 final class TraceSession {
     let source: SyscallMonitorSource
-    let sink = MemorySink()
+    let sink: MemorySink
     let runtime: PipelineRuntime
 
     /// Loads and attaches; throws what `pipelined run` would report.
-    init(_ options: SyscallMonitorOptions) throws {
+    /// `stalled`: the sink takes nothing until `sink.release()`, and its
+    /// small blocking queue then holds the source back, so the kernel buffer
+    /// fills however fast the reader would be.
+    init(_ options: SyscallMonitorOptions, stalled: Bool = false) throws {
         source = SyscallMonitorSource(options)
-        let plan = StageHarness.plan(sources: [("kernel", source)], sinks: [("memory", sink, QueuePolicy())])
+        sink = MemorySink(stalled: stalled)
+        let queue = stalled ? QueuePolicy(capacityEvents: 16, whenFull: .block) : QueuePolicy()
+        let plan = StageHarness.plan(sources: [("kernel", source)], sinks: [("memory", sink, queue)])
         runtime = PipelineRuntime(plan: plan, logger: KernelTests.logger)
         try runtime.start()
     }
