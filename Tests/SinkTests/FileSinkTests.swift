@@ -93,14 +93,16 @@ struct FileSinkTests {
     }
 
     @Test func rotatesByAgeWhenIdle_butNotAnEmptyFile() throws {
-        let sink = FileSink(FileSinkOptions(path: directory + "/events.jsonl", rotateAgeNs: 5_000_000_000))
+        // An age far beyond how long the test takes on a slow machine: only
+        // the `nowNs` the test passes makes the file old.
+        let sink = FileSink(FileSinkOptions(path: directory + "/events.jsonl", rotateAgeNs: 600_000_000_000))
         try sink.open(context())
-        try sink.idle(nowNs: Clock.wallNs() + 10_000_000_000)
+        try sink.idle(nowNs: Clock.wallNs() + 700_000_000_000)
         #expect(try files() == ["events.jsonl"])
         try sink.write(EventBatch(records(3)))
         try sink.idle(nowNs: Clock.wallNs() + 1_000_000_000)
         #expect(try files().count == 1)
-        try sink.idle(nowNs: Clock.wallNs() + 10_000_000_000)
+        try sink.idle(nowNs: Clock.wallNs() + 700_000_000_000)
         let names = try files()
         #expect(names.count == 2)
         #expect(try contents(names[1]) == expectedBytes(records(3)))

@@ -128,10 +128,12 @@ struct LZ4SegmentSinkTests {
     }
 
     @Test func rotatesByAgeWhenIdle_andFlushesABlockOnIdle() throws {
-        let sink = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory, segmentAgeNs: 5_000_000_000, blockSize: .mib4))
+        let sink = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory, segmentAgeNs: 600_000_000_000, blockSize: .mib4))
+        // The age is far beyond how long the test takes on a slow machine: only
+        // the `nowNs` the test passes makes the segment old.
         try sink.open(context())
         let start = Clock.wallNs()
-        try sink.idle(nowNs: start + 60_000_000_000)
+        try sink.idle(nowNs: start + 700_000_000_000)
         #expect(try files().isEmpty, "an idle sink with no records starts no segment")
 
         try sink.write(EventBatch(records(30)))
@@ -144,7 +146,7 @@ struct LZ4SegmentSinkTests {
         #expect(flushed.records == 30 && flushed.read.ending == .truncated)
         #expect(try sealedSegments().isEmpty)
 
-        try sink.idle(nowNs: Clock.wallNs() + 6_000_000_000)
+        try sink.idle(nowNs: Clock.wallNs() + 601_000_000_000)
         #expect(try sealedSegments() == [open.sealedFileName])
         #expect(try ArchiveDirectory(directory).segments().allSatisfy { !$0.isOpen })
         #expect(try manifestEntries().map(\.events) == [30])
