@@ -114,6 +114,7 @@ public final class FileSink: EventSink {
             encoder.encode(batch, into: &state.buffer)
             try rotateIfOld(nowNs: Clock.wallNs())
             try flush()
+            countWritten(batch)
             return
         }
         try rotateIfOld(nowNs: Clock.wallNs())
@@ -132,6 +133,12 @@ public final class FileSink: EventSink {
             }
         }
         try flush()
+        countWritten(batch)
+    }
+
+    /// Records a batch as written (the stage's `out`), once it is.
+    private func countWritten(_ batch: EventBatch) {
+        if let metrics = state.metrics { metrics.add(metrics.recordsOut, UInt64(batch.count)) }
     }
 
     public func idle(nowNs: Int64) throws {

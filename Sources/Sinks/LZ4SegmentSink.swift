@@ -189,6 +189,7 @@ public final class LZ4SegmentSink: EventSink {
         let blocksBefore = segment.writer.bytesWritten
         try segment.writer.append(state.buffer)
         segment.records += batch.count
+        if let metrics = state.context?.metrics { metrics.add(metrics.recordsOut, UInt64(batch.count)) }
         segment.lastTimeNs = batch.records[batch.count - 1].timeNs
         if segment.writer.bytesWritten != blocksBefore {
             segment.lastBlockAtNs = now

@@ -104,6 +104,7 @@ struct RunCommand: AsyncParsableCommand {
                 "lost": "\(counts.lost)",
                 "malformed": "\(counts.malformed)",
                 "bytes": "\(counts.bytes)",
+                "clients_dropped": "\(counts.clientsDropped)",
             ])
         }
         if !summary.succeeded {

@@ -171,6 +171,9 @@ struct CommandTests {
         #expect(firstDifference(try String(contentsOf: all, encoding: .utf8), expectedAll) == nil)
         #expect(firstDifference(try String(contentsOf: failed, encoding: .utf8), expectedFailed) == nil)
         #expect(stageTotals(result.stderr, stage: "failed")["in"] == 1000)
+        #expect(stageTotals(result.stderr, stage: "failed")["out"] == 1000)
+        #expect(stageTotals(result.stderr, stage: "all")["out"] == 3000)
+        #expect(stageTotals(result.stderr, stage: "recorded")["out"] == 3000)
     }
 
     @Test func sigtermWhileEventsFlowLosesNothingAlreadyRead() throws {
