@@ -18,6 +18,7 @@
 #   EVENTS_PER_PROCESS=200000 PROCESSES=2 bench/connect/run.sh
 #   TRANSPORT=ringbuf bench/connect/run.sh     (default settings otherwise)
 #   TRANSPORT=ringbuf RINGBUF_BYTES=4MiB bench/connect/run.sh
+#   BATCH_EVENTS=4096 bench/connect/run.sh      (settings.batch_events)
 #   RUNS=5 bench/connect/run.sh                 (medians over 5 runs; default 3)
 #   MODE=udp bench/connect/run.sh               (only UDP connects: the storm;
 #                                                MODE=tcp only refused TCP; default mixed)
@@ -43,7 +44,9 @@ pipelined="$(cd "$root" && swift build -c release --static-swift-stdlib --show-b
 cc -O2 -Wall -o "$out/loadgen" "$here/loadgen.c"
 
 cat > "$out/pipeline.yaml" <<YAML
-name: bench-connect
+name: bench-connect${BATCH_EVENTS:+
+settings:
+  batch_events: $BATCH_EVENTS}
 sources:
   kernel:
     type: syscall_monitor
