@@ -5,12 +5,17 @@ import PipelineCore
 import Testing
 
 @Suite("file sink")
-struct FileSinkTests {
+/// A class, so that `deinit` removes the test's directory.
+final class FileSinkTests {
     let directory: String
 
     init() throws {
         directory = NSTemporaryDirectory() + "pipelined-file-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
     }
 
     private func context() -> StageContext {

@@ -5,12 +5,17 @@ import PipelineCore
 import Testing
 
 @Suite("lz4_segments sink")
-struct LZ4SegmentSinkTests {
+/// A class, so that `deinit` removes the test's directory.
+final class LZ4SegmentSinkTests {
     let directory: String
 
     init() throws {
         directory = "/tmp/pipelined-lz4-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
     }
 
     private func context(_ log: CapturedLog = CapturedLog(), id: String = "arc") -> StageContext {

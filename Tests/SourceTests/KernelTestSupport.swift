@@ -38,18 +38,30 @@ enum KernelTests {
     static let logger = Logger(label: "kernel-test", factory: { _ in SwiftLogNoOpLogHandler() })
 }
 
-/// The driver program (Fixtures/driver.c), compiled once per test run.
+/// The driver program (Fixtures/driver.c), compiled once per version of its
+/// source: the binary is named by a hash of the source and reused by later
+/// test runs, so runs leave one file behind, not one each.
 enum Driver {
     static let path: String = {
         let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("Fixtures/driver.c").path
+        guard let text = FileManager.default.contents(atPath: source) else {
+            preconditionFailure("cannot read \(source)")
+        }
+        // FNV-1a: a stable name for this version of the source.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        // The file is named `driver` (the tests expect that comm).
         let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("pipelined-driver-\(getpid())")
+            .appendingPathComponent("pipelined-test-driver").appendingPathComponent(String(hash, radix: 16))
         try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let binary = directory.appendingPathComponent("driver").path
+        if FileManager.default.isExecutableFile(atPath: binary) { return binary }
+        // Build beside it and rename, so a concurrent run never runs half a file.
+        let partial = directory.appendingPathComponent("partial-\(getpid())").path
         let compiler = Process()
         compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compiler.arguments = ["cc", "-O1", "-Wall", "-o", binary, source]
+        compiler.arguments = ["cc", "-O1", "-Wall", "-o", partial, source]
         do {
             try compiler.run()
             compiler.waitUntilExit()
@@ -57,6 +69,7 @@ enum Driver {
             preconditionFailure("cannot run cc to build the test driver: \(error)")
         }
         precondition(compiler.terminationStatus == 0, "cc failed to build \(source)")
+        precondition(rename(partial, binary) == 0, "cannot move the test driver into place")
         return binary
     }()
 
