@@ -1,5 +1,5 @@
 import Atomics
-import EventSinks
+@testable import EventSinks
 import Foundation
 import Logging
 import PipelineCore
@@ -448,6 +448,36 @@ struct UnixSocketSinkTests {
         let file = try Data(contentsOf: URL(fileURLWithPath: filePath))
         #expect(difference(Array(file), encoded(input)) == nil)
         #expect(!fileType(socketPath).exists)
+    }
+
+    /// When the event loop itself lags, write() still never waits: batches
+    /// are dropped for every client and each is told the exact count.
+    @Test func aLaggingEventLoopNeverBlocksWrite_andDropsAreToldExactly() throws {
+        let path = directory + "/lag.sock"
+        let metrics = StageMetrics()
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, clientBuffer: 1_000_000), loopBacklogLimit: 10_000)
+        try sink.open(context(metrics: metrics))
+        let clients = try (0..<2).map { _ in try SocketClient(path: path) }
+        clients.forEach { $0.startReading() }
+        try #require(eventually { sink.clients.connected.load(ordering: .relaxed) == 2 })
+        // Hold the event loop until every batch has been written.
+        let gate = ConditionLock()
+        nonisolated(unsafe) var held = true
+        let loop = try #require(sink.eventLoop)
+        loop.execute { gate.withLock { while held { gate.wait() } } }
+        try write(events(30_000), to: sink, batch: 500)
+        gate.withLock { held = false }
+        gate.broadcast()
+        // No batch follows: the idle call carries the news.
+        try sink.idle(nowNs: Clock.wallNs())
+        for client in clients {
+            #expect(client.wait { tally, _ in UInt64(tally.events) + tally.lost == 30_000 })
+            #expect(client.counts.events == 10_000)
+            #expect(client.counts.lost == 20_000)
+            #expect(client.counts.lostRecords == 1)
+        }
+        #expect(metrics.lost.load(ordering: .relaxed) == 2 * 20_000)
+        try sink.close()
     }
 
     @Test func whenFullDisconnectClosesTheStalledClientOnly() throws {
