@@ -111,8 +111,8 @@ public final class UnixSocketSink: EventSink {
         do {
             state.serverChannel = try bootstrap.withBoundSocket(file.fd).wait()
         } catch {
-            // NIO did not take the descriptor over; close it ourselves.
-            Glibc.close(file.fd)
+            // The descriptor is not closed here: NIO may already own (and
+            // have closed) it, and a second close could hit a reused number.
             file.remove()
             try? group.syncShutdownGracefully()
             throw UnixSocketError("cannot serve on '\(options.path)': \(error)")
