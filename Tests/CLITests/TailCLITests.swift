@@ -18,7 +18,7 @@ private func textDifference(_ actual: String, _ expected: String) -> String? {
 }
 
 @Suite("pipelined tail")
-struct TailCLITests {
+final class TailCLITests: Sendable {
     let directory: String
 
     init() throws {
@@ -26,6 +26,8 @@ struct TailCLITests {
         directory = "/tmp/pl-tail-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     private func context() -> StageContext {
         StageContext(id: "live", logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), metrics: StageMetrics())

@@ -251,7 +251,7 @@ private final class ToolProcess: @unchecked Sendable {
 }
 
 @Suite("unix_socket sink")
-struct UnixSocketSinkTests {
+final class UnixSocketSinkTests: Sendable {
     let directory: String
 
     init() throws {
@@ -259,6 +259,8 @@ struct UnixSocketSinkTests {
         directory = "/tmp/pl-sock-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     private func context(_ log: SocketLogCapture? = nil, metrics: StageMetrics = StageMetrics()) -> StageContext {
         StageContext(id: "live", logger: log?.logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), metrics: metrics)
