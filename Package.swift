@@ -68,7 +68,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
-            path: "Sources/Sources"
+            path: "Sources/Sources",
+            plugins: ["BPFObjectPlugin"]
+        ),
+        // Compiles bpf/pipelined.bpf.c with clang's BPF target during the build
+        // and embeds the object in EventSources.
+        .executableTarget(name: "BPFEmbed", path: "Sources/BPFEmbed"),
+        .plugin(
+            name: "BPFObjectPlugin",
+            capability: .buildTool(),
+            dependencies: ["BPFEmbed"],
+            path: "Plugins/BPFObjectPlugin"
         ),
         .executableTarget(
             name: "pipelined",
@@ -102,7 +112,9 @@ let package = Package(
         .testTarget(
             name: "SourceTests",
             dependencies: ["PipelineCore", "EventSources", "CBPF"],
-            path: "Tests/SourceTests"
+            path: "Tests/SourceTests",
+            // driver.c is compiled by the tests themselves, at run time.
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "CLITests",

@@ -5,6 +5,7 @@ public enum BuiltinSources {
     public static var descriptors: [StageDescriptor] {
         [
             ReplaySource.descriptor,
+            SyscallMonitorSource.descriptor,
         ]
     }
 }

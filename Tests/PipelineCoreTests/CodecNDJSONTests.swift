@@ -406,6 +406,40 @@ struct CodecNDJSONTests {
         #expect(lines[8].hasPrefix(#"{"time":"1969-12-31T23:59:59.999999999Z""#))
     }
 
+    /// Batches bigger than the encoder's chunk, with lines of very different
+    /// sizes (records that do not fit are moved to the next chunk), come out
+    /// exactly as record-by-record encoding.
+    @Test func largeBatchesSpanChunks() throws {
+        var generator = SystemRandomNumberGenerator()
+        var records: [PipelineRecord] = []
+        for index in 0..<3000 {
+            switch index % 5 {
+            case 0:
+                let path = String(repeating: "\u{01}/é", count: Int.random(in: 0...1500, using: &generator))
+                records.append(.event(event(87, retval: -2, [.string(path)])))
+            case 1:
+                let argv = (0..<20).map { _ in String(repeating: "\"", count: Int.random(in: 0...300, using: &generator)) }
+                records.append(.event(event(59, retval: 0, [.string("/bin/x"), .strings(argv, truncated: true)])))
+            case 2:
+                records.append(.lost(LostRecord(timeNs: Int64(index), count: UInt64(index), site: .kernel, cpu: 1)))
+            default:
+                records.append(.event(event(42, retval: -111, [.int(3), .sockaddr(.unix(path: "@" + String(repeating: "\\", count: 107)))])))
+            }
+        }
+        var batch: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &batch)
+        var single: [UInt8] = []
+        for record in records { NDJSONEncoder().encode(record, into: &single) }
+        #expect(batch.count > 4 * 256 * 1024)
+        #expect(batch == single)
+        let decoder = NDJSONDecoder()
+        let lines = batch.split(separator: UInt8(ascii: "\n"))
+        #expect(lines.count == records.count)
+        for (record, text) in zip(records, lines) {
+            #expect(try decoder.decode(Array(text)) == record)
+        }
+    }
+
     /// The encoder's in-place flag text is the same as ``FlagKind/symbolic(_:)``.
     @Test func encodedFlagsEqualSymbolicText() throws {
         var generator = SystemRandomNumberGenerator()

@@ -43,6 +43,21 @@ struct CodecWireTests {
         #expect(event.args == Arguments([.int(7)]))
     }
 
+    /// The word-at-a-time comm decoding agrees with `Comm(raw:)` byte for byte.
+    @Test func commMatchesByteWiseCopy() throws {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            var comm = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            // Often a NUL somewhere, with bytes after it that must be cleared.
+            if Bool.random(using: &generator) { comm[Int.random(in: 0..<16, using: &generator)] = 0 }
+            if Int.random(in: 0..<4, using: &generator) == 0 { comm[Int.random(in: 0..<16, using: &generator)] = 1 }
+            var record = WireRecord(eventID: 3, comm: comm)
+            record.int(1)
+            let event = try decoded(record)
+            #expect(event.comm == comm.withUnsafeBytes { Comm(raw: $0) }, "\(comm)")
+        }
+    }
+
     @Test func everyFlagTag() throws {
         var open = WireRecord(eventID: 2)
         open.string("/etc/passwd")

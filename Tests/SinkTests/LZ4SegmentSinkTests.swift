@@ -4,39 +4,6 @@ import Logging
 import PipelineCore
 import Testing
 
-/// Keeps every log message, for assertions on what a stage said.
-final class CapturedLog: @unchecked Sendable {
-    // `messages` is only touched under `lock`.
-    private let lock = NSLock()
-    private var messages: [String] = []
-
-    var all: [String] {
-        lock.lock(); defer { lock.unlock() }
-        return messages
-    }
-
-    func append(_ message: String) {
-        lock.lock(); messages.append(message); lock.unlock()
-    }
-
-    var logger: Logger {
-        Logger(label: "test") { _ in Handler(log: self) }
-    }
-
-    struct Handler: LogHandler {
-        let log: CapturedLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            log.append("\(event.level): \(event.message)")
-        }
-    }
-}
-
 @Suite("lz4_segments sink")
 struct LZ4SegmentSinkTests {
     let directory: String

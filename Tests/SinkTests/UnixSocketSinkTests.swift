@@ -164,35 +164,6 @@ private final class GatedSource: EventSource {
     func stop() { stopped.store(true, ordering: .relaxed) }
 }
 
-/// Keeps log messages with their metadata, to check what the sink says.
-private final class SocketLogCapture: @unchecked Sendable {
-    // `@unchecked Sendable`: `lines` is guarded by `lock`.
-    private let lock = ConditionLock()
-    private var lines: [String] = []
-
-    func append(_ line: String) { lock.withLock { lines.append(line) } }
-    var all: [String] { lock.withLock { lines } }
-
-    var logger: Logger {
-        Logger(label: "test") { _ in Handler(log: self) }
-    }
-
-    struct Handler: LogHandler {
-        let log: SocketLogCapture
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            log.append("\(event.level) \(event.message) \(fields)")
-        }
-    }
-}
-
 /// A client tool (socat, nc) run as a child process: its stdin stays open
 /// and silent, its stdout is collected as it arrives.
 private final class ToolProcess: @unchecked Sendable {
@@ -262,7 +233,7 @@ final class UnixSocketSinkTests: Sendable {
 
     deinit { try? FileManager.default.removeItem(atPath: directory) }
 
-    private func context(_ log: SocketLogCapture? = nil, metrics: StageMetrics = StageMetrics()) -> StageContext {
+    private func context(_ log: CapturedLog? = nil, metrics: StageMetrics = StageMetrics()) -> StageContext {
         StageContext(id: "live", logger: log?.logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), metrics: metrics)
     }
 
@@ -335,7 +306,7 @@ final class UnixSocketSinkTests: Sendable {
         let path = directory + "/stale.sock"
         try makeStaleSocket(path)
         #expect(fileType(path).socket)
-        let log = SocketLogCapture()
+        let log = CapturedLog()
         let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
         try sink.open(context(log))
         #expect(log.all.contains { $0.contains("stale") })
@@ -485,7 +456,7 @@ final class UnixSocketSinkTests: Sendable {
     @Test func whenFullDisconnectClosesTheStalledClientOnly() throws {
         let path = directory + "/d.sock"
         let metrics = StageMetrics()
-        let log = SocketLogCapture()
+        let log = CapturedLog()
         let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, clientBuffer: 4096, whenFull: .disconnect))
         try sink.open(context(log, metrics: metrics))
         let reader = try SocketClient(path: path)
@@ -527,7 +498,7 @@ final class UnixSocketSinkTests: Sendable {
             return
         }
         let path = directory + "/uid.sock"
-        let log = SocketLogCapture()
+        let log = CapturedLog()
         // World-writable, so that only the peer-credential check stands in the way.
         let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, mode: 0o666, allowUIDs: [0]))
         try sink.open(context(log))

@@ -9,8 +9,12 @@
 /// sockaddr from its object, `null` as an unreadable argument. A string array
 /// of 21 elements ending in `"..."` is one the kernel truncated.
 ///
-/// For every record the encoder writes, `decode(encode(r)) == r`, with one
-/// exception: a comm that was not valid UTF-8 comes back repaired.
+/// For every record ``WireDecoder`` can produce, `decode(encode(r)) == r`,
+/// except that a comm that was not valid UTF-8 comes back repaired. Records
+/// built by hand can fall outside that: an unknown event id, a string array
+/// marked truncated with other than 20 elements, `.other(family:)` with the
+/// number of AF_UNIX, AF_INET or AF_INET6, or an argument whose case differs
+/// from the event's declared type (it comes back as the declared type).
 public struct NDJSONDecoder: Sendable {
     public init() {}
 

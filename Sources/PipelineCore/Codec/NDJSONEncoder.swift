@@ -8,9 +8,9 @@
 /// bad sequence replaced by U+FFFD. Flags print symbolically (see
 /// ``FlagKind/symbolic(_:)``), an unreadable argument as `null`.
 ///
-/// The encoder appends to the caller's buffer: it grows it once per record by
-/// an upper bound of the line's size and writes in place, so encoding costs no
-/// allocation of its own. An event whose id is not in ``EventCatalog`` (only
+/// The encoder appends to the caller's buffer: it grows it by a chunk, writes
+/// lines in place while an upper bound of each line's size still fits, and
+/// trims the rest, so encoding costs no allocation of its own. An event whose id is not in ``EventCatalog`` (only
 /// possible for a hand-built record) prints `"event":"unknown"`, scope
 /// `"unknown"` and arguments named `arg0`, `arg1`, ...
 public struct NDJSONEncoder: Sendable {
@@ -21,17 +21,7 @@ public struct NDJSONEncoder: Sendable {
 
     /// Appends one line, ending in `\n`, to `buffer`.
     public func encode(_ record: PipelineRecord, into buffer: inout [UInt8]) {
-        let bound = tables.bound(CollectionOfOne(record), 0)
-        let start = buffer.count
-        EncoderTables.grow(&buffer, by: bound)
-        let written = buffer.withUnsafeMutableBufferPointer { output in
-            let base = output.baseAddress! + start
-            var writer = ByteWriter(base)
-            var clock = TimeCache()
-            tables.write(CollectionOfOne(record), 0, to: &writer, clock: &clock)
-            return writer.cursor - base
-        }
-        buffer.removeLast(bound - written)
+        encode(CollectionOfOne(record), into: &buffer)
     }
 
     /// Appends a line for every record of the batch.
@@ -39,23 +29,47 @@ public struct NDJSONEncoder: Sendable {
         encode(batch.records, into: &buffer)
     }
 
-    /// Appends a line for every record of `records`, growing `buffer` once.
+    /// Appends a line for every record of `records`.
     public func encode(_ records: [PipelineRecord], into buffer: inout [UInt8]) {
-        // Records are borrowed by index from the array, which keeps them
-        // alive: iterating, or reading through an unsafe pointer or a slice,
-        // makes the optimizer copy each record and retain its strings.
-        var bound = 0
-        for index in records.indices { bound += tables.bound(records, index) }
-        let start = buffer.count
-        EncoderTables.grow(&buffer, by: bound)
-        let written = buffer.withUnsafeMutableBufferPointer { output in
-            let base = output.baseAddress! + start
-            var writer = ByteWriter(base)
-            var clock = TimeCache()
-            for index in records.indices { tables.write(records, index, to: &writer, clock: &clock) }
-            return writer.cursor - base
+        encode(records[...] as ArraySlice, into: &buffer)
+    }
+
+    /// Grows `buffer` by a chunk of room, writes records into it while each
+    /// still fits (a record that does not is rolled back and starts the next
+    /// chunk, sized to hold it), then trims what was not used.
+    ///
+    /// Records are borrowed by index from the collection, which keeps them
+    /// alive: iterating, or reading through an unsafe pointer, makes the
+    /// optimizer copy each record and retain its strings.
+    private func encode<Records: RandomAccessCollection<PipelineRecord>>(
+        _ records: Records, into buffer: inout [UInt8]
+    ) {
+        var index = records.startIndex
+        var clock = TimeCache()
+        var stalled = false
+        while index != records.endIndex {
+            let start = buffer.count
+            // Room for about the records left (600 bytes is a generous line),
+            // at most a chunk, and at least the next record's bound.
+            let left = records.distance(from: index, to: records.endIndex)
+            var room = Swift.max(Swift.min(EncoderTables.chunkBytes, left * 600), tables.bound(records, index))
+            // The bound is exact by construction; should it ever be short, grow
+            // instead of looping without progress.
+            if stalled { room *= 4 }
+            EncoderTables.grow(&buffer, by: room)
+            let before = index
+            let written = buffer.withUnsafeMutableBufferPointer { output in
+                let base = output.baseAddress! + start
+                var writer = ByteWriter(base)
+                let limit = base + room
+                while index != records.endIndex, tables.write(records, index, to: &writer, limit: limit, clock: &clock) {
+                    records.formIndex(after: &index)
+                }
+                return writer.cursor - base
+            }
+            buffer.removeLast(room - written)
+            stalled = index == before
         }
-        buffer.removeLast(bound - written)
     }
 
     /// The record's line as a `String` (with its `\n`); for tests and tools,
@@ -89,8 +103,13 @@ final class EncoderTables: Sendable {
     let errnoSpans: [Span]
     /// Indexed by address family.
     let familySpans: [Span]
-    /// Upper bound of a line's bytes that do not depend on its strings or arguments.
+    /// Upper bound of an event line up to `"args":{` (473 bytes with a comm
+    /// of 16 bytes that each escape to six).
     let fixedBound = 480
+    /// Upper bound of a lost record's line.
+    static let lostBound = 160
+    /// The room an encode call adds to its buffer at a time.
+    static let chunkBytes = 256 * 1024
 
     private init() {
         var pool: [UInt8] = []
@@ -138,7 +157,7 @@ final class EncoderTables: Sendable {
     func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index) -> Int {
         let argumentCount: Int
         switch records[index] {
-        case .lost: return 160
+        case .lost: return EncoderTables.lostBound
         case .event(let event): argumentCount = event.args.count
         }
         var total = fixedBound
@@ -167,32 +186,40 @@ final class EncoderTables: Sendable {
 
     // MARK: Writing
 
-    /// Writes `records[index]`.
+    /// Writes `records[index]` if an upper bound of its line fits before
+    /// `limit`; otherwise leaves `writer` where it was and returns false.
     ///
     /// The record is read where it lies, piece by piece, never bound as a
     /// whole across a call the optimizer cannot see into: that would make it
     /// copy the record (about 240 bytes) and retain and release every string
-    /// in it. The head of an event line is written by code it can see
-    /// through; each argument is copied out on its own (cheap) before it is
-    /// written.
+    /// in it. The head of an event line is written from its plain fields;
+    /// each argument is copied out on its own (cheap) before it is written.
     func write<Records: RandomAccessCollection<PipelineRecord>>(
-        _ records: Records, _ index: Records.Index, to writer: inout ByteWriter, clock: inout TimeCache
-    ) {
+        _ records: Records, _ index: Records.Index, to writer: inout ByteWriter,
+        limit: UnsafeMutablePointer<UInt8>, clock: inout TimeCache
+    ) -> Bool {
+        let lineStart = writer.cursor
         let head: EventHead
         switch records[index] {
         case .lost(let lost):
+            guard limit - writer.cursor >= EncoderTables.lostBound else { return false }
             write(lost, to: &writer, clock: &clock)
-            return
+            return true
         case .event(let event):
             head = EventHead(event)
         }
+        guard limit - writer.cursor >= fixedBound else { return false }
         writeHead(head, to: &writer, clock: &clock)
         let argumentCount = head.argumentCount
         let eventID = head.eventID
-        pool.withUnsafeBufferPointer { pool in
+        let fits = pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             let known = eventID < 512 && eventSpans[Int(eventID)].count > 0
             for position in 0..<argumentCount {
+                let argument: Argument
+                if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
+                // The key, its separator and the closing `}}\n` are within the 32.
+                guard limit - writer.cursor >= 32 + bound(of: argument) else { return false }
                 if position > 0 { writer.byte(UInt8(ascii: ",")) }
                 let key = known ? argKeySpans[Int(eventID) * 6 + position] : .empty
                 if key.count > 0 {
@@ -202,12 +229,16 @@ final class EncoderTables: Sendable {
                     writer.decimal(UInt64(position))
                     writer.literal("\":")
                 }
-                let argument: Argument
-                if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
                 write(argument, to: &writer, pool: poolBase)
             }
+            return true
+        }
+        guard fits else {
+            writer.cursor = lineStart
+            return false
         }
         writer.literal("}}\n")
+        return true
     }
 
     private func write(_ lost: LostRecord, to writer: inout ByteWriter, clock: inout TimeCache) {

@@ -41,7 +41,8 @@ enum LibbpfLog {
                 var buffer = [CChar](repeating: 0, count: 2048)
                 let count = vsnprintf(&buffer, buffer.count, format, arguments)
                 guard count > 0 else { return 0 }
-                let text = String(cString: buffer).trimmingTrailingNewlines
+                let bytes = buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }
+                let text = String(decoding: bytes, as: UTF8.self).trimmingTrailingNewlines
                 // Debug output is the whole load trace: keep warnings and info.
                 if level != LIBBPF_DEBUG { LibbpfLog.append(text) }
                 return count
@@ -80,7 +81,9 @@ final class BPFObject {
     let object: OpaquePointer
     private var links: [OpaquePointer] = []
 
-    /// Opens an object from its ELF bytes (the embedded program).
+    /// Opens an object from its ELF bytes (the embedded program). libbpf
+    /// parses the ELF during open and keeps no pointer into `elf` after it
+    /// (the tests load an object whose bytes are gone by then).
     init(elf: [UInt8], name: String) throws {
         LibbpfLog.install()
         _ = LibbpfLog.take()

@@ -19,17 +19,22 @@ import PipelineCore
 final class KernelReader {
     enum Transport {
         case perf(perfArrayFD: Int32, pagesPerCPU: Int)
-        case ringbuf(ringbufFD: Int32, dropCounter: (() -> UInt64)?)
+        /// `dropCounter` returns the kernel program's per-CPU count of records
+        /// the ring buffer had no room for (index = CPU).
+        case ringbuf(ringbufFD: Int32, dropCounter: (() -> [UInt64])?)
     }
 
     private let state: ReaderState
     private var perf: OpaquePointer?
     private var ring: OpaquePointer?
-    private let dropCounter: (() -> UInt64)?
-    private var reportedDrops: UInt64 = 0
+    private let dropCounter: (() -> [UInt64])?
+    private var reportedDrops: [UInt64] = []
 
-    init(transport: Transport, decoder: WireDecoder, output: SourceOutput, metrics: StageMetrics, batchEvents: Int) throws {
-        state = ReaderState(decoder: decoder, output: output, metrics: metrics, batchEvents: batchEvents)
+    /// Opens the buffers; records are read only once ``start(output:batchEvents:)``
+    /// named where they go, so that a failure to map a buffer surfaces while
+    /// the source is being prepared.
+    init(transport: Transport, decoder: WireDecoder, metrics: StageMetrics) throws {
+        state = ReaderState(decoder: decoder, metrics: metrics)
         let context = Unmanaged.passUnretained(state).toOpaque()
         switch transport {
         case .perf(let fd, let pages):
@@ -68,8 +73,15 @@ final class KernelReader {
         if let ring { ring_buffer__free(ring) }
     }
 
+    /// Sets where batches go; call before the first poll.
+    func start(output: SourceOutput, batchEvents: Int) {
+        state.output = output
+        state.batchEvents = max(1, batchEvents)
+        state.batch.reserveCapacity(state.batchEvents)
+    }
+
     /// Waits up to `timeoutMs` for a wake-up, drains every buffer, and pushes
-    /// what was read downstream. Returns false on a fatal poll error.
+    /// what was read downstream. Throws on a fatal poll error.
     func pollOnce(timeoutMs: Int32) throws {
         if let perf {
             let result = perf_buffer__poll(perf, timeoutMs)
@@ -80,22 +92,32 @@ final class KernelReader {
             let result = ring_buffer__poll(ring, timeoutMs)
             if result < 0, result != -EINTR { throw BPFError("ring buffer poll failed", code: result) }
             _ = ring_buffer__consume(ring)
-            if let dropCounter {
-                let total = dropCounter()
-                if total > reportedDrops {
-                    state.flush()
-                    state.output.emitLost(count: total - reportedDrops, site: .kernel, cpu: nil)
-                    reportedDrops = total
-                }
-            }
+            reportRingbufDrops()
         }
         state.flush()
+    }
+
+    /// Turns growth of the program's per-CPU drop counts into lost records.
+    private func reportRingbufDrops() {
+        guard let dropCounter, let output = state.output else { return }
+        let totals = dropCounter()
+        if reportedDrops.count < totals.count {
+            reportedDrops += repeatElement(0, count: totals.count - reportedDrops.count)
+        }
+        for (cpu, total) in totals.enumerated() where total > reportedDrops[cpu] {
+            state.flush()
+            output.emitLost(count: total - reportedDrops[cpu], site: .kernel, cpu: Int32(cpu))
+            reportedDrops[cpu] = total
+        }
     }
 
     /// Reads everything left in the buffers (at shutdown, after detaching).
     func drain() {
         if let perf { _ = perf_buffer__consume(perf) }
-        if let ring { _ = ring_buffer__consume(ring) }
+        if let ring {
+            _ = ring_buffer__consume(ring)
+            reportRingbufDrops()
+        }
         state.flush()
     }
 }
@@ -104,18 +126,14 @@ final class KernelReader {
 /// that polls (libbpf calls the callbacks from inside poll/consume).
 private final class ReaderState {
     let decoder: WireDecoder
-    let output: SourceOutput
     let metrics: StageMetrics
-    let batchEvents: Int
+    var output: SourceOutput?
+    var batchEvents = 512
     var batch: [PipelineRecord] = []
-    var malformedLogged = 0
 
-    init(decoder: WireDecoder, output: SourceOutput, metrics: StageMetrics, batchEvents: Int) {
+    init(decoder: WireDecoder, metrics: StageMetrics) {
         self.decoder = decoder
-        self.output = output
         self.metrics = metrics
-        self.batchEvents = batchEvents
-        batch.reserveCapacity(batchEvents)
     }
 
     static func from(_ context: UnsafeMutableRawPointer?) -> ReaderState {
@@ -139,7 +157,7 @@ private final class ReaderState {
             guard size >= 24 else { break }
             let lost = base.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
             flush()
-            output.emitLost(count: lost, site: .kernel, cpu: cpu)
+            output?.emitLost(count: lost, site: .kernel, cpu: cpu)
         default:
             break
         }
@@ -147,6 +165,7 @@ private final class ReaderState {
     }
 
     func sample(cpu: Int32?, _ bytes: UnsafeRawBufferPointer) {
+        metrics.add(metrics.bytes, UInt64(bytes.count))
         do {
             batch.append(.event(try decoder.decode(bytes)))
             if batch.count >= batchEvents { flush() }
@@ -160,7 +179,7 @@ private final class ReaderState {
     }
 
     func flush() {
-        guard !batch.isEmpty else { return }
+        guard !batch.isEmpty, let output else { return }
         output.emit(EventBatch(batch))
         batch.removeAll(keepingCapacity: true)
     }

@@ -1,0 +1,234 @@
+import Foundation
+import Logging
+import PipelineCore
+import Testing
+@testable import EventSources
+
+/// Whether this machine can run the eBPF tests, decided once. When it
+/// cannot, the tests are skipped with the reason printed, unless
+/// `PIPELINED_REQUIRE_BPF=1`: then they run and fail with the real error.
+enum KernelTests {
+    static let required = ProcessInfo.processInfo.environment["PIPELINED_REQUIRE_BPF"] == "1"
+
+    static let unavailableReason: String? = {
+        if let missing = KernelSupport.missingPrivilege() { return missing }
+        if !FileManager.default.fileExists(atPath: "/sys/kernel/btf/vmlinux") {
+            return "the kernel has no BTF (/sys/kernel/btf/vmlinux), which the program's CO-RE reads need"
+        }
+        if let problem = KernelSupport.ensureTracefs() { return problem }
+        if !KernelSupport.hasTracepoint("syscalls", "sys_enter_connect") {
+            return "the kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
+        }
+        return nil
+    }()
+
+    /// The condition of `.enabled(if:)` on every kernel test.
+    static var enabled: Bool {
+        guard let reason = unavailableReason else { return true }
+        if required { return true }
+        print("skipping eBPF test: \(reason) (set PIPELINED_REQUIRE_BPF=1 to fail instead)")
+        return false
+    }
+
+    static let logger = Logger(label: "kernel-test", factory: { _ in SwiftLogNoOpLogHandler() })
+}
+
+/// The driver program (Fixtures/driver.c), compiled once per test run.
+enum Driver {
+    static let path: String = {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/driver.c").path
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("pipelined-driver-\(getpid())")
+        try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let binary = directory.appendingPathComponent("driver").path
+        let compiler = Process()
+        compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        compiler.arguments = ["cc", "-O1", "-Wall", "-o", binary, source]
+        do {
+            try compiler.run()
+            compiler.waitUntilExit()
+        } catch {
+            preconditionFailure("cannot run cc to build the test driver: \(error)")
+        }
+        precondition(compiler.terminationStatus == 0, "cc failed to build \(source)")
+        return binary
+    }()
+
+    /// What one run of the driver did.
+    struct Run {
+        var pid: Int32
+        var status: Int32
+        /// The syscall lines (not the `#` comments), in order.
+        var lines: [String]
+        var comments: [String]
+    }
+
+    /// Runs `driver ARGS...` to completion.
+    static func run(_ arguments: [String]) throws -> Run {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Run(pid: process.processIdentifier, status: process.terminationStatus, output: data)
+    }
+}
+
+extension Driver.Run {
+    init(pid: Int32, status: Int32, output: Data) {
+        let all = String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
+        self.init(pid: pid, status: status, lines: all.filter { !$0.hasPrefix("#") }, comments: all.filter { $0.hasPrefix("#") })
+    }
+
+    /// The events the kernel should report for this run: every line whose
+    /// return value is not skipped, with `X-attempt` lines (a successful exec
+    /// cannot report itself afterwards) standing for `X` returning 0.
+    func expected(skipping skipped: [Int64] = [-2, -115], include: (String, Int64) -> Bool = { _, _ in true }) throws -> [ExpectedEvent] {
+        try lines.compactMap { line in
+            let expected = try ExpectedEvent(line: line)
+            guard !skipped.contains(expected.retval), include(expected.name, expected.retval) else { return nil }
+            return expected
+        }
+    }
+}
+
+/// One event as the driver reported it, with its args typed by the catalog.
+struct ExpectedEvent: Equatable, CustomStringConvertible {
+    var name: String
+    var retval: Int64
+    var args: Arguments
+
+    init(name: String, retval: Int64, args: Arguments) {
+        self.name = name
+        self.retval = retval
+        self.args = args
+    }
+
+    struct ParseError: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    init(line: String) throws {
+        var fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        guard fields.count >= 2, let retval = Int64(fields[1]) else { throw ParseError(description: "bad driver line: \(line)") }
+        var name = fields[0]
+        if name.hasSuffix("-attempt") { name.removeLast("-attempt".count) }
+        guard let kind = EventCatalog.kind(named: name) else { throw ParseError(description: "unknown event in: \(line)") }
+        fields.removeFirst(2)
+        guard fields.count == kind.argTypes.count else {
+            throw ParseError(description: "\(name) has \(kind.argTypes.count) args, the driver wrote \(fields.count): \(line)")
+        }
+        var args = Arguments()
+        for (type, field) in zip(kind.argTypes, fields) {
+            args.append(try Self.argument(type, field))
+        }
+        self.init(name: name, retval: retval, args: args)
+    }
+
+    static func argument(_ type: ArgType, _ field: String) throws -> Argument {
+        switch type {
+        case .int:
+            guard let value = Int32(field) else { throw ParseError(description: "not an int: \(field)") }
+            return .int(value)
+        case .string, .fileType:
+            return .string(field)
+        case .stringArray:
+            let elements = field.split(separator: "|", omittingEmptySubsequences: false).map(String.init)
+            // The kernel keeps 20 elements and marks the rest with "...".
+            return elements.count > 20 ? .strings(Array(elements.prefix(20)), truncated: true) : .strings(elements, truncated: false)
+        case .sockaddr:
+            return .sockaddr(try socketAddress(field))
+        default:
+            guard let value = UInt32(field), let kind = type.flagKind else { throw ParseError(description: "not flags: \(field)") }
+            return .flags(kind, value)
+        }
+    }
+
+    static func socketAddress(_ field: String) throws -> SocketAddress {
+        let parts = field.split(separator: " ", maxSplits: 2).map(String.init)
+        switch (parts.first, parts.count) {
+        case ("AF_INET", 3):
+            let octets = parts[1].split(separator: ".").compactMap { UInt32($0) }
+            guard octets.count == 4, let port = UInt16(parts[2]) else { break }
+            return .inet(address: octets.reduce(0) { $0 << 8 | $1 }, port: port)
+        case ("AF_INET6", 3):
+            // Only the loopback address is used by the driver.
+            guard parts[1] == "::1", let port = UInt16(parts[2]) else { break }
+            return .inet6(address: IPv6Bytes(high: 0, low: 1), port: port)
+        case ("AF_UNIX", 2):
+            return .unix(path: parts[1])
+        default:
+            break
+        }
+        throw ParseError(description: "bad sockaddr: \(field)")
+    }
+
+    var description: String { "\(name) \(retval) \(Array(args))" }
+}
+
+extension SyscallEvent {
+    /// The event in the driver's terms, for comparison.
+    var expectedForm: ExpectedEvent {
+        ExpectedEvent(name: kind?.name ?? "?\(eventID)", retval: retval, args: args)
+    }
+}
+
+/// A `syscall_monitor` source running in a real pipeline whose only sink
+/// keeps every record in memory.
+final class TraceSession {
+    let source: SyscallMonitorSource
+    let sink = MemorySink()
+    let runtime: PipelineRuntime
+
+    /// Loads and attaches; throws what `pipelined run` would report.
+    init(_ options: SyscallMonitorOptions) throws {
+        source = SyscallMonitorSource(options)
+        let plan = StageHarness.plan(sources: [("kernel", source)], sinks: [("memory", sink, QueuePolicy())])
+        runtime = PipelineRuntime(plan: plan, logger: KernelTests.logger)
+        try runtime.start()
+    }
+
+    /// Stops the source (which detaches and drains the kernel buffers) and
+    /// returns every record the sink received.
+    func finish() -> (records: [PipelineRecord], summary: RunSummary) {
+        runtime.stop()
+        let summary = runtime.wait()
+        return (sink.records, summary)
+    }
+}
+
+extension Array where Element == PipelineRecord {
+    /// The events of one process (by host pid), in the order they happened.
+    func events(of pid: Int32) -> [SyscallEvent] {
+        compactMap { record -> SyscallEvent? in
+            if case .event(let event) = record, event.hostPid == UInt32(pid) { return event }
+            return nil
+        }.sorted { $0.ktimeNs < $1.ktimeNs }
+    }
+
+    var lostCount: UInt64 {
+        reduce(0) { total, record in
+            if case .lost(let lost) = record { return total + lost.count }
+            return total
+        }
+    }
+}
+
+/// A fresh directory for one test, removed by `remove()`.
+struct TemporaryDirectory {
+    let path: String
+
+    init() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("pipelined-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        path = url.path
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
