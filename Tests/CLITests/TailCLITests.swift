@@ -199,6 +199,31 @@ final class TailCLITests: Sendable {
         #expect(!socketExists(path))
     }
 
+    /// The file gets exactly the configured mode whatever the umask: a umask
+    /// that removes bits is undone, one that adds none adds nothing.
+    @Test(arguments: [("0666", "077"), ("0600", "000"), ("0660", "027")])
+    func theSocketModeIgnoresTheUmask(mode: String, umask: String) throws {
+        let input = directory + "/in.jsonl"
+        try writeConnectLines(4000, to: URL(fileURLWithPath: input))
+        let path = directory + "/u\(mode).sock"
+        let pipeline = directory + "/u\(mode).yaml"
+        try """
+            sources:
+              recorded: {type: replay, path: "\(input)", rate: 1000}
+            sinks:
+              live: {type: unix_socket, inputs: [recorded], path: "\(path)", mode: "\(mode)"}
+            """.write(toFile: pipeline, atomically: true, encoding: .utf8)
+        let run = try CLI.start(["run", pipeline], prefix: ["/bin/sh", "-c", "umask \(umask); exec \"$0\" \"$@\""])
+        #expect(waitFor { socketExists(path) })
+        var info = stat()
+        #expect(lstat(path, &info) == 0)
+        #expect(String(info.st_mode & 0o777, radix: 8) == String(mode.dropFirst()))
+        run.signal(SIGINT)
+        let result = run.finish()
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(!socketExists(path))
+    }
+
     @Test func runRefusesAPathALiveSinkServes() throws {
         let input = directory + "/in.jsonl"
         try writeConnectLines(10, to: URL(fileURLWithPath: input))
