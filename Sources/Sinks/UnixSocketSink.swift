@@ -36,6 +36,7 @@ import PipelineCore
 /// - ``close()`` stops accepting, lets clients take what is already buffered
 ///   for them (closing one that takes nothing for `close_timeout`), closes them and removes the socket file.
 public final class UnixSocketSink: EventSink {
+    /// The `unix_socket` stage type, for the registry.
     public static let descriptor = StageDescriptor(
         type: "unix_socket", kind: .sink,
         summary: "serve NDJSON event lines to local clients on a unix stream socket (socat, nc -U, pipelined tail)",
@@ -43,6 +44,7 @@ public final class UnixSocketSink: EventSink {
         make: { config in UnixSocketSinkOptions(config).map { .sink(UnixSocketSink($0)) } }
     )
 
+    /// The options the sink was made with.
     public let options: UnixSocketSinkOptions
     /// Client counts, readable from any thread.
     public let clients = ClientCounters()
@@ -64,10 +66,19 @@ public final class UnixSocketSink: EventSink {
         var laggedDrops = Drops()
     }
 
-    public init(_ options: UnixSocketSinkOptions) {
-        self.options = options
-        loopBacklogLimit = max(options.clientBuffer, 65_536)
+    /// A sink with these options; nothing is opened until ``open(_:)``.
+    public convenience init(_ options: UnixSocketSinkOptions) {
+        self.init(options, loopBacklogLimit: max(options.clientBuffer, 65_536))
     }
+
+    /// Tests set a small `loopBacklogLimit` to reach the lagging-loop path.
+    init(_ options: UnixSocketSinkOptions, loopBacklogLimit: Int) {
+        self.options = options
+        self.loopBacklogLimit = loopBacklogLimit
+    }
+
+    /// The sink's event loop once open (tests block it to make it lag).
+    var eventLoop: (any EventLoop)? { state.hub?.loop }
 
     /// Live client counts of one sink.
     public final class ClientCounters: Sendable {
@@ -100,8 +111,8 @@ public final class UnixSocketSink: EventSink {
         do {
             state.serverChannel = try bootstrap.withBoundSocket(file.fd).wait()
         } catch {
-            // NIO did not take the descriptor over; close it ourselves.
-            Glibc.close(file.fd)
+            // The descriptor is not closed here: NIO may already own (and
+            // have closed) it, and a second close could hit a reused number.
             file.remove()
             try? group.syncShutdownGracefully()
             throw UnixSocketError("cannot serve on '\(options.path)': \(error)")
@@ -140,6 +151,15 @@ public final class UnixSocketSink: EventSink {
             hub.deliver(delivery)
             backlog.wrappingDecrement(by: records, ordering: .relaxed)
         }
+    }
+
+    /// Tells clients about batches dropped while the loop lagged, when no new
+    /// batch would carry the news.
+    public func idle(nowNs: Int64) throws {
+        guard let hub = state.hub, state.laggedDrops.weight > 0 else { return }
+        let delivery = Delivery(bytes: ByteBuffer(), records: 0, events: 0, weight: 0, earlier: state.laggedDrops)
+        state.laggedDrops = Drops()
+        hub.loop.execute { hub.deliver(delivery) }
     }
 
     public func close() throws {
@@ -329,7 +349,12 @@ final class ClientHub: @unchecked Sendable {
                 client.pendingLost += delivery.earlier.weight
                 metrics.add(metrics.lost, delivery.earlier.events)
             }
-            offer(delivery, to: client)
+            if delivery.records > 0 {
+                offer(delivery, to: client)
+            } else if !client.dropping {
+                // Only news of earlier drops: tell it now.
+                sendLost(to: client)
+            }
         }
     }
 

@@ -8,105 +8,17 @@ import Testing
 import Glibc
 #endif
 
-/// The built `pipelined` binary: beside the test bundle, or in `.build/debug`.
-func pipelinedBinary() throws -> String {
-    var candidates: [String] = []
-    if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-        candidates.append((exe as NSString).deletingLastPathComponent + "/pipelined")
-    }
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    candidates.append(root + "/.build/debug/pipelined")
-    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw BinaryNotFound(candidates: candidates)
-    }
-    return found
-}
-
-struct BinaryNotFound: Error, CustomStringConvertible {
-    var candidates: [String]
-    var description: String { "pipelined is not built (looked at \(candidates.joined(separator: ", "))): run swift build first" }
-}
-
-/// A child process whose stdout and stderr are collected as they arrive.
-final class Child: @unchecked Sendable {
-    // `@unchecked Sendable`: the buffers are guarded by `lock`; `process` is
-    // only started and waited on.
-    let process = Process()
-    private let lock = ConditionLock()
-    private var out: [UInt8] = []
-    private var err: [UInt8] = []
-    private var openStreams = 2
-
-    init(_ executable: String, _ arguments: [String], setprivAs uid: Int? = nil) throws {
-        if let uid {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", executable] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-        }
-        let stdout = Pipe(), stderr = Pipe()
-        process.standardOutput = stdout
-        process.standardError = stderr
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        collect(stdout.fileHandleForReading) { self.out += $0 }
-        collect(stderr.fileHandleForReading) { self.err += $0 }
-    }
-
-    private func collect(_ handle: FileHandle, _ append: @escaping @Sendable ([UInt8]) -> Void) {
-        let fd = handle.fileDescriptor
-        _ = RuntimeThread(name: "child-output") { [self] in
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
-            while true {
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if count < 0, errno == EINTR { continue }
-                if count <= 0 { break }
-                lock.withLock { append(Array(buffer[0..<count])) }
-                lock.broadcast()
-            }
-            withExtendedLifetime(handle) {}
-            lock.withLock { openStreams -= 1 }
-            lock.broadcast()
-        }
-    }
-
-    /// Waits until stdout holds `count` bytes (generous deadline).
-    @discardableResult
-    func waitForOutput(bytes count: Int, seconds: Int64 = 60) -> Bool {
-        let deadline = Clock.monotonicNs() + seconds * 1_000_000_000
-        return lock.withLock {
-            while out.count < count {
-                if Clock.monotonicNs() >= deadline { return false }
-                lock.wait(untilMonotonicNs: min(deadline, Clock.monotonicNs() + 100_000_000))
-            }
-            return true
-        }
-    }
-
-    /// Waits for exit and for both streams to end; returns the exit status.
-    func finish() -> Int32 {
-        process.waitUntilExit()
-        // Bounded: a stream held open by some other child must not hang the suite.
-        let deadline = Clock.monotonicNs() + 60_000_000_000
-        lock.withLock { while openStreams > 0, Clock.monotonicNs() < deadline { lock.wait(untilMonotonicNs: Clock.monotonicNs() + 100_000_000) } }
-        return process.terminationStatus
-    }
-
-    var stdout: [UInt8] { lock.withLock { out } }
-    var stderr: String { lock.withLock { String(decoding: err, as: UTF8.self) } }
-}
-
 @Suite("pipelined tail")
-struct TailCLITests {
+final class TailCLITests: Sendable {
     let directory: String
-    let binary: String
 
     init() throws {
+        // Short: a unix socket path holds at most 107 bytes.
         directory = "/tmp/pl-tail-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-        binary = try pipelinedBinary()
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     private func context() -> StageContext {
         StageContext(id: "live", logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), metrics: StageMetrics())
@@ -116,10 +28,10 @@ struct TailCLITests {
         (0..<count).map { .event(StageHarness.event("connect", retval: -111, timeNs: 1_795_000_000_000_000_000 + Int64($0))) }
     }
 
-    private func encoded(_ records: [PipelineRecord]) -> [UInt8] {
+    private func encoded(_ records: [PipelineRecord]) -> String {
         var bytes: [UInt8] = []
         NDJSONEncoder().encode(EventBatch(records), into: &bytes)
-        return bytes
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     private func waitFor(_ condition: () -> Bool) -> Bool {
@@ -140,50 +52,49 @@ struct TailCLITests {
     @Test func printsEveryLineUntilTheSinkCloses_thenExitsZero() throws {
         let path = directory + "/t.sock"
         let sink = try serve(path)
-        let tail = try Child(binary, ["tail", path])
+        let tail = try CLI.start(["tail", path])
         #expect(waitFor { sink.clients.connected.load(ordering: .relaxed) == 1 })
         let input = events(5000)
         for start in stride(from: 0, to: input.count, by: 250) {
             try sink.write(EventBatch(Array(input[start..<start + 250])))
         }
         try sink.close()
-        #expect(tail.finish() == 0)
-        #expect(tail.stdout == encoded(input))
-        #expect(tail.stderr.isEmpty)
+        let result = tail.finish()
+        #expect(result.status == 0)
+        #expect(firstDifference(result.stdout, encoded(input)) == nil)
+        #expect(result.stderr.isEmpty)
     }
 
     @Test func sigintEndsTailWithStatusZero() throws {
         let path = directory + "/i.sock"
         let sink = try serve(path)
-        let tail = try Child(binary, ["tail", path])
+        let tail = try CLI.start(["tail", path])
         #expect(waitFor { sink.clients.connected.load(ordering: .relaxed) == 1 })
         let input = events(300)
         try sink.write(EventBatch(input))
         let expected = encoded(input)
         // Each line is printed as it arrives, before the stream ends.
-        #expect(tail.waitForOutput(bytes: expected.count))
-        let same = tail.stdout == expected  // A Bool, not `==` inside #expect: a failing comparison of megabytes would make the test library diff them for minutes.
-        #expect(same, "tail printed \(tail.stdout.count) bytes, expected \(expected.count)")
-        kill(tail.process.processIdentifier, SIGINT)
-        #expect(tail.finish() == 0)
-        let sameAfterStop = tail.stdout == expected
-        #expect(sameAfterStop, "tail printed \(tail.stdout.count) bytes, expected \(expected.count)")
+        #expect(tail.waitFor { stdout, _ in stdout.utf8.count >= expected.utf8.count })
+        tail.signal(SIGINT)
+        let result = tail.finish()
+        #expect(result.status == 0)
+        #expect(firstDifference(result.stdout, expected) == nil)
         try sink.close()
     }
 
     @Test func aMissingSocketIsAClearFailure() throws {
-        let tail = try Child(binary, ["tail", directory + "/absent.sock"])
-        #expect(tail.finish() == 1)
-        #expect(tail.stderr.contains("no socket at '\(directory)/absent.sock'"))
-        #expect(tail.stdout.isEmpty)
+        let result = try CLI.run(["tail", directory + "/absent.sock"])
+        #expect(result.status == 1)
+        #expect(result.stderr == "pipelined tail: no socket at '\(directory)/absent.sock': is the pipeline running, and is this its unix_socket sink's path?\n")
+        #expect(result.stdout.isEmpty)
     }
 
     @Test func aFileThatIsNotASocketIsAClearFailure() throws {
         let path = directory + "/plain.txt"
         try Data("x\n".utf8).write(to: URL(fileURLWithPath: path))
-        let tail = try Child(binary, ["tail", path])
-        #expect(tail.finish() == 1)
-        #expect(tail.stderr.contains("'\(path)' is not a socket"))
+        let result = try CLI.run(["tail", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("'\(path)' is not a socket"))
     }
 
     @Test func aStaleSocketIsAClearFailure() throws {
@@ -198,19 +109,19 @@ struct TailCLITests {
         }
         close(fd)
         try #require(bound == 0)
-        let tail = try Child(binary, ["tail", path])
-        #expect(tail.finish() == 1)
-        #expect(tail.stderr.contains("nothing is serving on '\(path)'"))
+        let result = try CLI.run(["tail", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("nothing is serving on '\(path)'"))
     }
 
     @Test func aRefusedClientIsAClearFailure() throws {
         let path = directory + "/r.sock"
         // Nobody running this test has uid 4242424.
         let sink = try serve(path, allowUIDs: [4_242_424])
-        let tail = try Child(binary, ["tail", path])
-        #expect(tail.finish() == 1)
-        #expect(tail.stderr.contains("closed the connection before sending anything"))
-        #expect(tail.stderr.contains("allow_uids"))
+        let result = try CLI.run(["tail", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("closed the connection before sending anything"))
+        #expect(result.stderr.contains("allow_uids"))
         #expect(sink.clients.refused.load(ordering: .relaxed) == 1)
         try sink.close()
     }
@@ -223,16 +134,116 @@ struct TailCLITests {
         let path = directory + "/p.sock"
         // Mode 0600, owned by root: uid 65534 may not connect.
         let sink = try serve(path, allowUIDs: [0, 65534])
-        let tail = try Child(binary, ["tail", path], setprivAs: 65534)
-        #expect(tail.finish() == 1)
-        #expect(tail.stderr.contains("permission denied connecting to '\(path)'"))
+        let result = try CLI.start(["tail", path], prefix: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]).finish()
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("permission denied connecting to '\(path)'"))
         #expect(sink.clients.accepted.load(ordering: .relaxed) == 0)
         try sink.close()
     }
 
     @Test func noArgumentIsAUsageError() throws {
-        let tail = try Child(binary, ["tail"])
-        #expect(tail.finish() == 2)
-        #expect(tail.stderr.contains("socket"))
+        let result = try CLI.run(["tail"])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("socket"))
+    }
+
+    // MARK: With `pipelined run`
+
+    private func socketPipeline(_ path: String, replay input: String, rate: Int? = nil) throws -> String {
+        let pipeline = directory + "/p.yaml"
+        try """
+            name: socket-test
+            sources:
+              recorded: {type: replay, path: "\(input)"\(rate.map { ", rate: \($0)" } ?? "")}
+            sinks:
+              live: {type: unix_socket, inputs: [recorded], path: "\(path)"}
+            """.write(toFile: pipeline, atomically: true, encoding: .utf8)
+        return pipeline
+    }
+
+    private func socketExists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK
+    }
+
+    @Test func tailFollowsARunningPipelineUntilItEnds() throws {
+        let input = directory + "/in.jsonl"
+        let count = 16_000
+        try writeConnectLines(count, to: URL(fileURLWithPath: input))
+        let path = directory + "/run.sock"
+        // The rate spreads the replay over a few seconds, so tail joins mid-stream.
+        let run = try CLI.start(["run", try socketPipeline(path, replay: input, rate: 2000)])
+        #expect(waitFor { socketExists(path) })
+        let tail = try CLI.start(["tail", path])
+        let ran = run.finish()
+        #expect(ran.status == 0, "\(ran.stderr)")
+        let result = tail.finish()
+        #expect(result.status == 0, "\(result.stderr)")
+        // Whole lines from where tail joined to the end, in order.
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(result.stdout.hasSuffix("\n"))
+        let received = lines.count - 1
+        #expect(received > 0 && received <= count)
+        let first = count - received
+        #expect(firstDifference(result.stdout, (first..<count).map { connectLine($0) + "\n" }.joined()) == nil)
+        // The sink removed its socket file at exit.
+        #expect(!socketExists(path))
+    }
+
+    /// The file gets exactly the configured mode whatever the umask: a umask
+    /// that removes bits is undone, one that adds none adds nothing.
+    @Test(arguments: [("0666", "077"), ("0600", "000"), ("0660", "027")])
+    func theSocketModeIgnoresTheUmask(mode: String, umask: String) throws {
+        let input = directory + "/in.jsonl"
+        try writeConnectLines(4000, to: URL(fileURLWithPath: input))
+        let path = directory + "/u\(mode).sock"
+        let pipeline = directory + "/u\(mode).yaml"
+        try """
+            sources:
+              recorded: {type: replay, path: "\(input)", rate: 1000}
+            sinks:
+              live: {type: unix_socket, inputs: [recorded], path: "\(path)", mode: "\(mode)"}
+            """.write(toFile: pipeline, atomically: true, encoding: .utf8)
+        let run = try CLI.start(["run", pipeline], prefix: ["/bin/sh", "-c", "umask \(umask); exec \"$0\" \"$@\""])
+        #expect(waitFor { socketExists(path) })
+        var info = stat()
+        #expect(lstat(path, &info) == 0)
+        #expect(String(info.st_mode & 0o777, radix: 8) == String(mode.dropFirst()))
+        run.signal(SIGINT)
+        let result = run.finish()
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(!socketExists(path))
+    }
+
+    @Test func runRefusesAPathALiveSinkServes() throws {
+        let input = directory + "/in.jsonl"
+        try writeConnectLines(10, to: URL(fileURLWithPath: input))
+        let path = directory + "/busy.sock"
+        let live = try serve(path)
+        let result = try CLI.run(["run", try socketPipeline(path, replay: input)])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("'\(path)' is in use"), "\(result.stderr)")
+        // The live sink keeps its file.
+        #expect(socketExists(path))
+        try live.close()
+    }
+
+    @Test func runReplacesAStaleSocketFile() throws {
+        let input = directory + "/in.jsonl"
+        try writeConnectLines(10, to: URL(fileURLWithPath: input))
+        let path = directory + "/old.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        close(fd)
+        try #require(bound == 0)
+        let result = try CLI.run(["run", try socketPipeline(path, replay: input)])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.contains("stale"))
+        #expect(!socketExists(path))
     }
 }
