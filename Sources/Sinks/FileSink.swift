@@ -152,7 +152,8 @@ public final class FileSink: EventSink {
 
     private func flush() throws {
         guard !state.buffer.isEmpty else { return }
-        let written = try state.buffer.withUnsafeBytes { try writeAll(state.fd, $0) }
+        let written = state.buffer.count
+        try state.buffer.withUnsafeBytes { try ArchiveIO.writeAll(state.fd, $0, path: options.path) }
         state.size += written
         if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(written)) }
         state.buffer.removeAll(keepingCapacity: true)
@@ -213,21 +214,6 @@ public enum SinkError: Error, CustomStringConvertible, Sendable {
         case .system(let what, let code): "\(what): \(String(cString: strerror(code)))"
         }
     }
-}
-
-/// Writes every byte, retrying on EINTR and short writes; returns the count.
-@discardableResult
-func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws -> Int {
-    var offset = 0
-    while offset < bytes.count {
-        let result = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-        if result < 0 {
-            if errno == EINTR { continue }
-            throw SinkError.system("write failed", errno)
-        }
-        offset += result
-    }
-    return offset
 }
 
 extension String {

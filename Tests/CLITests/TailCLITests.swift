@@ -20,6 +20,19 @@ final class TailCLITests: Sendable {
 
     deinit { try? FileManager.default.removeItem(atPath: directory) }
 
+    /// A socket file left behind by a server that is gone: bound, then closed.
+    private func makeStaleSocket(_ path: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        close(fd)
+        try #require(bound == 0)
+    }
+
     private func context() -> StageContext {
         StageContext(id: "live", logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), metrics: StageMetrics())
     }
@@ -100,15 +113,7 @@ final class TailCLITests: Sendable {
     @Test func aStaleSocketIsAClearFailure() throws {
         let path = directory + "/stale.sock"
         // Serve, then let the server vanish without removing its file.
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        close(fd)
-        try #require(bound == 0)
+        try makeStaleSocket(path)
         let result = try CLI.run(["tail", path])
         #expect(result.status == 1)
         #expect(result.stderr.contains("nothing is serving on '\(path)'"))
@@ -232,15 +237,7 @@ final class TailCLITests: Sendable {
         let input = directory + "/in.jsonl"
         try writeConnectLines(10, to: URL(fileURLWithPath: input))
         let path = directory + "/old.sock"
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        close(fd)
-        try #require(bound == 0)
+        try makeStaleSocket(path)
         let result = try CLI.run(["run", try socketPipeline(path, replay: input)])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stderr.contains("stale"))

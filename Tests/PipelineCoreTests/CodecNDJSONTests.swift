@@ -289,7 +289,7 @@ struct CodecNDJSONTests {
         var defined: [Int32: String] = [:]
         var readAny = false
         for path in ["/usr/include/asm-generic/errno-base.h", "/usr/include/asm-generic/errno.h", "/usr/include/linux/errno.h"] {
-            guard let text = readText(path) else { continue }
+            guard let text = readTextFile(atPath: path) else { continue }
             readAny = true
             for rawLine in text.split(separator: "\n") {
                 let words = rawLine.split(whereSeparator: { $0 == " " || $0 == "\t" })
@@ -546,18 +546,5 @@ struct CodecNDJSONTests {
     private func firstIndex(of needle: [UInt8], in haystack: [UInt8]) -> Int? {
         guard haystack.count >= needle.count else { return nil }
         return (0...(haystack.count - needle.count)).first { haystack[$0..<($0 + needle.count)].elementsEqual(needle) }
-    }
-
-    private func readText(_ path: String) -> String? {
-        guard let file = fopen(path, "r") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&chunk, 1, chunk.count, file)
-            if count <= 0 { break }
-            bytes += chunk[0..<count]
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

@@ -12,18 +12,10 @@ struct CodecWireHeaderTests {
         var path = #filePath.split(separator: "/", omittingEmptySubsequences: false)
         path.removeLast(3)  // Tests/PipelineCoreTests/<file>
         let header = path.joined(separator: "/") + "/bpf/wire.h"
-        guard let file = fopen(header, "r") else {
+        guard let text = readTextFile(atPath: header) else {
             throw HeaderError(message: "cannot open \(header)")
         }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&chunk, 1, chunk.count, file)
-            if count <= 0 { break }
-            bytes += chunk[0..<count]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        return text
     }
 
     struct HeaderError: Error { var message: String }

@@ -3,6 +3,21 @@ import Glibc
 #endif
 import PipelineCore
 
+/// The whole text of a file the tests read (kernel headers, `bpf/wire.h`),
+/// or nil when it cannot be opened.
+func readTextFile(atPath path: String) -> String? {
+    guard let file = fopen(path, "r") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, file)
+        if count <= 0 { break }
+        bytes += chunk[0..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
 /// Builds kernel records byte by byte, as `bpf/wire.h` lays them out, so the
 /// tests say exactly which bytes the decoder sees.
 struct WireRecord {

@@ -73,36 +73,11 @@ func buildPool() -> (bytes: [UInt8], offsets: [Int]) {
 }
 
 /// The retval filter's logic for `success: false`: failures pass, lost records pass.
+/// Batches are compacted by `EventFilter`'s default `apply`, as in the daemon.
 struct FailuresOnly: EventFilter {
     func includes(_ record: PipelineRecord) -> Bool {
         if case .event(let event) = record { return event.retval != 0 }
         return true
-    }
-
-    /// In place, by moving records: a dropped record is destroyed, each kept
-    /// one moves down into the first hole, and the holes left at the end are
-    /// filled with a plain placeholder before they are removed. The
-    /// protocol's default builds a new array of copies, and
-    /// `removeAll(where:)` swaps through copies; both retain and release
-    /// every string of every record they touch.
-    func apply(_ batch: inout EventBatch) {
-        var kept = 0
-        let count = batch.records.count
-        batch.records.withUnsafeMutableBufferPointer { records in
-            guard let base = records.baseAddress else { return }
-            for index in 0..<count {
-                if includes(records[index]) {
-                    if index != kept { (base + kept).moveInitialize(from: base + index, count: 1) }
-                    kept += 1
-                } else {
-                    (base + index).deinitialize(count: 1)
-                }
-            }
-            // The array still counts the slots past `kept`; give them a value
-            // that owns nothing, so removing them below is cheap and sound.
-            (base + kept).initialize(repeating: .lost(LostRecord(timeNs: 0, count: 0, site: .queue)), count: count - kept)
-        }
-        batch.records.removeLast(count - kept)
     }
 }
 
