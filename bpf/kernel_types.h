@@ -114,6 +114,7 @@ struct task_struct {
     struct task_struct *group_leader;
     struct pid *thread_pid;
     struct nsproxy *nsproxy;
+    char comm[16];
 } __attribute__((preserve_access_index));
 
 #endif /* PIPELINED_KERNEL_TYPES_H */

@@ -132,13 +132,20 @@ struct {
     __uint(max_entries, 1 << 24);
 } ringbuf SEC(".maps");
 
-/* Records the ring buffer had no room for, per CPU: the reader turns growth
- * into `lost` records. (The perf buffer counts its own losses.) */
+/* Per CPU, for the ring buffer: `drops` counts records it had no room for
+ * (the reader turns growth into `lost` records; the perf buffer counts its
+ * own losses); `unchecked` counts records submitted since this CPU last
+ * asked whether the reader should be woken. */
+struct pl_ringbuf_cpu {
+    u64 drops;
+    u64 unchecked;
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, u32);
-    __type(value, u64);
+    __type(value, struct pl_ringbuf_cpu);
 } ringbuf_drops SEC(".maps");
 
 /* ---- Entry: save the args ------------------------------------------------ */
@@ -411,15 +418,18 @@ static __always_inline void fill_process(u8 *base)
     *(u32 *)(base + 24) = ns_ppid;
     *(u32 *)(base + 28) = ns_pid;
     *(u32 *)(base + 32) = (u32)bpf_get_current_uid_gid();
+    /* comm as two plain loads: the kernel keeps it NUL-terminated and
+     * zero-padded (__set_task_comm), which bpf_get_current_comm's copy
+     * would only repeat at the price of a helper call and a strscpy. */
+    __builtin_memcpy(base + 52, task->comm, PL_TASK_COMM_LEN);
 }
 
-static __always_inline void count_ringbuf_drop(void)
-{
-    u32 zero = 0;
-    u64 *drops = bpf_map_lookup_elem(&ringbuf_drops, &zero);
-    if (drops)
-        *drops += 1; /* per-CPU value: no other writer */
-}
+/* How many records a CPU submits between two looks at the ring buffer's
+ * fill level. The look (bpf_ringbuf_query) reads positions that the other
+ * CPUs and the reader keep writing: done per record it cost about as much
+ * as the submission itself. A wake-up is then up to this many records late,
+ * a few KiB against a threshold of hundreds. */
+#define PL_WAKEUP_CHECK_EVERY 32
 
 /* The transport switch, in one place (as libbpf-tools' compat.bpf.h). */
 static __always_inline void submit_record(void *ctx, void *data, u32 size)
@@ -427,11 +437,17 @@ static __always_inline void submit_record(void *ctx, void *data, u32 size)
     if (size < PL_SYS_CONTEXT_SIZE || size > PL_SCRATCH_SIZE)
         return;
     if (use_ringbuf) {
+        u32 zero = 0;
+        struct pl_ringbuf_cpu *cpu = bpf_map_lookup_elem(&ringbuf_drops, &zero);
         u64 flags = BPF_RB_NO_WAKEUP;
-        if (bpf_ringbuf_query(&ringbuf, BPF_RB_AVAIL_DATA) >= ringbuf_wakeup_bytes)
-            flags = BPF_RB_FORCE_WAKEUP;
-        if (bpf_ringbuf_output(&ringbuf, data, size, flags) != 0)
-            count_ringbuf_drop();
+        /* Per-CPU values: this program is their only writer on this CPU. */
+        if (cpu && ++cpu->unchecked >= PL_WAKEUP_CHECK_EVERY) {
+            cpu->unchecked = 0;
+            if (bpf_ringbuf_query(&ringbuf, BPF_RB_AVAIL_DATA) >= ringbuf_wakeup_bytes)
+                flags = BPF_RB_FORCE_WAKEUP;
+        }
+        if (bpf_ringbuf_output(&ringbuf, data, size, flags) != 0 && cpu)
+            cpu->drops += 1;
     } else {
         /* A full buffer is counted by the kernel and reported to the reader
          * as PERF_RECORD_LOST for this CPU. */
@@ -571,7 +587,6 @@ static __always_inline int trace_ret_generic(u32 id, void *ctx, s64 ret, u64 typ
     *(u32 *)(base + 40) = count_args(types);
     *(u32 *)(base + 44) = (u32)ret;
     *(u32 *)(base + 48) = (u32)((u64)ret >> 32);
-    bpf_get_current_comm(base + 52, PL_TASK_COMM_LEN);
 
     struct pl_writer w = { .base = base, .off = PL_SYS_CONTEXT_SIZE, .limit = PL_RECORD_LIMIT };
     put_args(&w, id, types, &args, exec);

@@ -48,11 +48,14 @@ public struct QueuePolicy: Sendable, Equatable {
         case drop
     }
 
-    /// Events the queue holds before it is full.
+    /// Events the queue holds before it is full. The default, 16 batches of
+    /// the default size, keeps a sink busy; bursts are better held upstream,
+    /// where a kernel source's buffer keeps a record in about 100 bytes and
+    /// a decoded event in a queue takes about 240.
     public var capacityEvents: Int
     public var whenFull: WhenFull
 
-    public init(capacityEvents: Int = 65_536, whenFull: WhenFull = .block) {
+    public init(capacityEvents: Int = 8_192, whenFull: WhenFull = .block) {
         self.capacityEvents = capacityEvents
         self.whenFull = whenFull
     }
@@ -78,7 +81,7 @@ public struct PipelineSettings: Sendable, Equatable {
 
     /// Options every sink accepts: its input queue.
     public static let sinkQueueOptions: [OptionSpec] = [
-        OptionSpec("queue_events", "int", default: "65536", "events the sink's input queue holds (16-16777216)"),
+        OptionSpec("queue_events", "int", default: "8192", "events the sink's input queue holds (16-16777216)"),
         OptionSpec("queue_full", "block|drop", default: "block", "when the queue is full: block the producers, or drop and count (a 'lost' record with where=queue)"),
     ]
 }

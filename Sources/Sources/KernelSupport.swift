@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CBPF
 import PipelineCore
 
 /// What this kernel and process can do for an eBPF source, found out before
@@ -38,6 +39,12 @@ enum KernelSupport {
     static func hasKprobes() -> Bool {
         access("/sys/bus/event_source/devices/kprobe/type", F_OK) == 0
             || access(tracefsRoot() + "/kprobe_events", F_OK) == 0
+    }
+
+    /// True when the kernel has BPF ring buffers (Linux 5.8 and later): libbpf
+    /// creates a small one to find out. Needs the privilege to create maps.
+    static func hasRingbuf() -> Bool {
+        libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1
     }
 
     /// Where tracefs is, mounting it at /sys/kernel/tracing when it is not

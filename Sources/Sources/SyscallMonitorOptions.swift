@@ -14,9 +14,13 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
 
     /// How records reach user space.
     public enum Transport: String, Sendable {
+        /// The ring buffer where the kernel has one (5.8 and later), else
+        /// the perf event array.
+        case auto
         /// A per-CPU perf event array, as the reference.
         case perf
-        /// One BPF ring buffer shared by all CPUs.
+        /// One BPF ring buffer shared by all CPUs: about half the kernel-side
+        /// cost of a perf record per event, and records in kernel order.
         case ringbuf
     }
 
@@ -26,6 +30,8 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
     /// Pages per CPU for the perf buffer (a power of two).
     public var bufferPages: Int
     /// Bytes of the ring buffer (a power of two, a multiple of the page size).
+    /// Its pages count twice in the daemon's resident size (user space maps
+    /// the data area twice so that a record that wraps reads as one).
     public var ringbufBytes: Int
     /// Return values dropped in the kernel (at most ``maxSkipRetvals``).
     public var skipRetvals: [Int64]
@@ -40,8 +46,8 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
     public static let maxSkipRetvals = 8
 
     public init(
-        events: [EventKind] = EventCatalog.all, attach: Attach = .auto, transport: Transport = .perf,
-        bufferPages: Int = 1024, ringbufBytes: Int = 16 << 20, skipRetvals: [Int64] = [-2, -115],
+        events: [EventKind] = EventCatalog.all, attach: Attach = .auto, transport: Transport = .auto,
+        bufferPages: Int = 1024, ringbufBytes: Int = 4 << 20, skipRetvals: [Int64] = [-2, -115],
         visibility: [Scope: Bool] = [:], flushIntervalNs: Int64 = 100_000_000
     ) {
         self.events = events
@@ -60,9 +66,9 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
     static let specs: [OptionSpec] = [
         OptionSpec("events", "[event]", default: "all", "events to trace, by name or id (\(EventCatalog.all.map(\.name).joined(separator: ", ")))"),
         OptionSpec("attach", "auto|kprobe|tracepoint", default: "auto", "kretprobe pairs where the kernel has kprobes, else syscall tracepoints"),
-        OptionSpec("transport", "perf|ringbuf", default: "perf", "perf event array (per CPU) or BPF ring buffer"),
+        OptionSpec("transport", "auto|perf|ringbuf", default: "auto", "BPF ring buffer where the kernel has one (5.8+), else perf event array (per CPU)"),
         OptionSpec("buffer_pages", "int", default: "1024", "perf buffer pages per CPU, a power of two (perf transport)"),
-        OptionSpec("ringbuf_bytes", "size", default: "16MiB", "ring buffer size, a power of two (ringbuf transport)"),
+        OptionSpec("ringbuf_bytes", "size", default: "4MiB", "ring buffer size, a power of two (ringbuf transport)"),
         OptionSpec("skip_retvals", "[int]", default: "[-2, -115]", "return values dropped in the kernel (at most 8)"),
         OptionSpec("visibility", "map scope: bool", default: "all true", "per scope (file, process, network, capabilities): report successful events"),
         OptionSpec("flush_interval", "duration", default: "100ms", "longest a read event waits in a partial batch"),
@@ -93,7 +99,7 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
         if let attach = config.choice("attach", ["auto", "kprobe", "tracepoint"]) {
             options.attach = Attach(rawValue: attach)!
         }
-        if let transport = config.choice("transport", ["perf", "ringbuf"]) {
+        if let transport = config.choice("transport", ["auto", "perf", "ringbuf"]) {
             options.transport = Transport(rawValue: transport)!
         }
         if let pages = config.int("buffer_pages", in: 1...65536) {

@@ -45,10 +45,20 @@ public final class SyscallMonitorSource: EventSource {
     private nonisolated(unsafe) var reader: KernelReader?
     private nonisolated(unsafe) var context: StageContext?
     private nonisolated(unsafe) var attached: [(EventKind, AttachMode)] = []
+    /// The transport in use: `options.transport`, with `auto` resolved in
+    /// `prepare` (written before the reader exists, read-only after).
+    private nonisolated(unsafe) var activeTransport: SyscallMonitorOptions.Transport
 
     /// Creates the source; nothing touches the kernel before ``prepare(_:)``.
     public init(_ options: SyscallMonitorOptions) {
         self.options = options
+        activeTransport = options.transport
+    }
+
+    /// The transport records travel by: `perf` or `ringbuf` once prepared
+    /// (`auto` resolved), `options.transport` before.
+    public var transportInUse: SyscallMonitorOptions.Transport {
+        lock.withLock { activeTransport }
     }
 
     /// Which mechanism each event was attached with (empty before `prepare`).
@@ -82,6 +92,9 @@ public final class SyscallMonitorSource: EventSource {
                 }
             }
         }
+
+        let resolved = resolveTransport(context)
+        lock.withLock { activeTransport = resolved }
 
         let object: BPFObject
         do {
@@ -120,12 +133,14 @@ public final class SyscallMonitorSource: EventSource {
         lock.withLock { self.attached = attached }
 
         do {
-            reader = try KernelReader(transport: transport(object), decoder: WireDecoder(wallOffsetNs: Clock.monotonicToWallOffsetNs()), metrics: context.metrics)
+            reader = try KernelReader(
+                transport: transport(object), decoder: WireDecoder(wallOffsetNs: Clock.monotonicToWallOffsetNs()),
+                metrics: context.metrics, dropCheckIntervalNs: options.flushIntervalNs)
         } catch let error as BPFError {
             object.detachAll()
             throw fail("\(error)")
         }
-        let buffer = options.transport == .perf
+        let buffer = activeTransport == .perf
             ? "perf buffer, \(options.bufferPages) pages per CPU"
             : "ring buffer of \(options.ringbufBytes) bytes"
         context.logger.info("tracing \(options.events.count) event(s) through a \(buffer)")
@@ -165,8 +180,12 @@ public final class SyscallMonitorSource: EventSource {
         }
         try object.setReadOnlyGlobal(KernelProgram.Global.skipRetvals, bytes: skip)
         try object.setReadOnlyGlobal(KernelProgram.Global.skipRetvalsCount, UInt32(min(options.skipRetvals.count, KernelProgram.maxSkipRetvals)))
-        try object.setReadOnlyGlobal(KernelProgram.Global.useRingbuf, UInt32(options.transport == .ringbuf ? 1 : 0))
-        try object.setReadOnlyGlobal(KernelProgram.Global.ringbufWakeupBytes, UInt64(options.ringbufBytes / 4))
+        try object.setReadOnlyGlobal(KernelProgram.Global.useRingbuf, UInt32(activeTransport == .ringbuf ? 1 : 0))
+        // Wake the reader once a sixteenth of the ring waits (256 KiB of the
+        // default 4 MiB): early enough that a stalled reader still has most
+        // of the ring to fall back on, rare enough (thousands of records)
+        // that wake-ups cost nothing per record.
+        try object.setReadOnlyGlobal(KernelProgram.Global.ringbufWakeupBytes, UInt64(options.ringbufBytes / 16))
 
         // Only the requested events' programs, of the chosen kind, are loaded:
         // the verifier time and the kernel memory of the others are saved.
@@ -198,7 +217,7 @@ public final class SyscallMonitorSource: EventSource {
 
         // The unused transport keeps its map at the smallest size.
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let ringBytes = options.transport == .ringbuf ? options.ringbufBytes : page
+        let ringBytes = activeTransport == .ringbuf ? options.ringbufBytes : page
         let result = bpf_map__set_max_entries(try object.map(named: KernelProgram.Map.ringbuf), UInt32(ringBytes))
         guard result == 0 else { throw BPFError("cannot size the ring buffer to \(ringBytes) bytes", code: result) }
     }
@@ -241,19 +260,29 @@ public final class SyscallMonitorSource: EventSource {
         return .tracepoint
     }
 
+    /// `perf` or `ringbuf`: `auto` takes the ring buffer where the kernel has one.
+    private func resolveTransport(_ context: StageContext) -> SyscallMonitorOptions.Transport {
+        guard options.transport == .auto else { return options.transport }
+        if KernelSupport.hasRingbuf() { return .ringbuf }
+        context.logger.info("transport auto: this kernel has no BPF ring buffer (Linux 5.8+); using the perf buffer")
+        return .perf
+    }
+
     private func transport(_ object: BPFObject) throws -> KernelReader.Transport {
-        switch options.transport {
-        case .perf:
+        switch activeTransport {
+        case .perf, .auto:
             return .perf(perfArrayFD: try object.mapFD(named: KernelProgram.Map.perfEvents), pagesPerCPU: options.bufferPages)
         case .ringbuf:
             let dropsFD = try object.mapFD(named: KernelProgram.Map.ringbufDrops)
             let cpus = Int(max(1, libbpf_num_possible_cpus()))
             return .ringbuf(ringbufFD: try object.mapFD(named: KernelProgram.Map.ringbuf), dropCounter: {
-                // A per-CPU array's lookup fills one 8-byte slot per possible CPU.
+                // A per-CPU array's lookup fills one slot per possible CPU,
+                // here the program's `struct pl_ringbuf_cpu { u64 drops;
+                // u64 unchecked; }`: two words, the drops first.
                 var key: UInt32 = 0
-                var values = [UInt64](repeating: 0, count: cpus)
+                var values = [UInt64](repeating: 0, count: cpus * 2)
                 guard bpf_map_lookup_elem(dropsFD, &key, &values) == 0 else { return [] }
-                return values
+                return (0..<cpus).map { values[$0 * 2] }
             })
         }
     }

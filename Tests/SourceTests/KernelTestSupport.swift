@@ -36,6 +36,15 @@ enum KernelTests {
     }()
 
     static let logger = Logger(label: "kernel-test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// The running kernel's (major, minor), from uname(2).
+    static let kernelVersion: (Int, Int) = {
+        var names = utsname()
+        uname(&names)
+        let release = withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return (numbers.first ?? 0, numbers.count > 1 ? numbers[1] : 0)
+    }()
 }
 
 /// The driver program (Fixtures/driver.c), compiled once per version of its

@@ -45,11 +45,15 @@ struct EmbeddedObjectTests {
 /// process makes known syscalls and the events must match exactly.
 @Suite("syscall_monitor on the real kernel", .serialized, .enabled(if: KernelTests.enabled))
 struct SyscallMonitorKernelTests {
-    @Test(arguments: [SyscallMonitorOptions.Transport.perf, .ringbuf])
+    @Test(arguments: [SyscallMonitorOptions.Transport.perf, .ringbuf, .auto])
     func connectEventsOfEveryFamily_failuresSkippedAsConfigured(transport: SyscallMonitorOptions.Transport) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], transport: transport))
+        // auto: the ring buffer, which every kernel since 5.8 has.
+        let kernel = KernelTests.kernelVersion
+        let expectedTransport: SyscallMonitorOptions.Transport = transport != .auto ? transport : kernel >= (5, 8) ? .ringbuf : .perf
+        #expect(session.source.transportInUse == expectedTransport, "kernel \(kernel)")
         let run = try Driver.run(["connect", directory.path])
         let (records, summary) = session.finish()
         #expect(run.status == 0)

@@ -91,7 +91,9 @@ private struct LoadSession {
     mutating func load(_ text: String) -> PipelinePlan? {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            // The basic resolver: this loader reads every scalar itself, so
+            // the implicit tags (found by regular expressions) are not needed.
+            root = try Yams.compose(yaml: text, .basic)
         } catch let error as YamlError {
             report(error)
             return nil

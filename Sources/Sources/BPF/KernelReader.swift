@@ -13,9 +13,10 @@ import PipelineCore
 /// its reader on every sample spends most of the traced program's time in
 /// wake-ups. So the perf buffer is opened raw with a watermark (the reader
 /// wakes when a CPU's buffer is a quarter full) and the ring buffer is written
-/// without wake-ups; in both cases the poll times out every flush interval and
-/// the reader then drains whatever is below the watermark, so a quiet system
-/// still sees its events within that interval.
+/// without wake-ups until a sixteenth of it waits (the kernel program looks
+/// every 32 records per CPU); in both cases the poll times out every flush
+/// interval and the reader then drains whatever is below the threshold, so a
+/// quiet system still sees its events within that interval.
 final class KernelReader {
     enum Transport {
         case perf(perfArrayFD: Int32, pagesPerCPU: Int)
@@ -29,12 +30,16 @@ final class KernelReader {
     private var ring: OpaquePointer?
     private let dropCounter: (() -> [UInt64])?
     private var reportedDrops: [UInt64] = []
+    private var lastDropCheckNs: Int64 = 0
+    /// How often the ring buffer's drop counts are read while polling.
+    private let dropCheckIntervalNs: Int64
 
     /// Opens the buffers; records are read only once ``start(output:batchEvents:)``
     /// named where they go, so that a failure to map a buffer surfaces while
     /// the source is being prepared.
-    init(transport: Transport, decoder: WireDecoder, metrics: StageMetrics) throws {
+    init(transport: Transport, decoder: WireDecoder, metrics: StageMetrics, dropCheckIntervalNs: Int64 = 100_000_000) throws {
         state = ReaderState(decoder: decoder, metrics: metrics)
+        self.dropCheckIntervalNs = dropCheckIntervalNs
         let context = Unmanaged.passUnretained(state).toOpaque()
         switch transport {
         case .perf(let fd, let pages):
@@ -49,7 +54,7 @@ final class KernelReader {
             var options = perf_buffer_raw_opts()
             options.sz = MemoryLayout<perf_buffer_raw_opts>.size
             guard let buffer = perf_buffer__new_raw(fd, pages, &attributes, { context, cpu, header in
-                ReaderState.from(context).perfEvent(cpu: cpu, header: header)
+                ReaderState.with(context) { $0.perfEvent(cpu: cpu, header: header) }
             }, context, &options), libbpf_get_error(UnsafeRawPointer(buffer)) == 0 else {
                 throw BPFError("cannot open the perf buffer (\(pages) pages per CPU)", code: errno, log: LibbpfLog.take())
             }
@@ -59,7 +64,7 @@ final class KernelReader {
             var options = ring_buffer_opts()
             options.sz = MemoryLayout<ring_buffer_opts>.size
             guard let buffer = ring_buffer__new(fd, { context, data, size in
-                ReaderState.from(context).sample(cpu: nil, UnsafeRawBufferPointer(start: data, count: size))
+                ReaderState.with(context) { $0.sample(cpu: nil, UnsafeRawBufferPointer(start: data, count: size)) }
                 return 0
             }, context, &options), libbpf_get_error(UnsafeRawPointer(buffer)) == 0 else {
                 throw BPFError("cannot open the ring buffer", code: errno, log: LibbpfLog.take())
@@ -92,7 +97,13 @@ final class KernelReader {
             let result = ring_buffer__poll(ring, timeoutMs)
             if result < 0, result != -EINTR { throw BPFError("ring buffer poll failed", code: result) }
             _ = ring_buffer__consume(ring)
-            reportRingbufDrops()
+            // The drop counts cost a syscall to read: once per interval, not
+            // once per wake-up (a storm wakes the reader thousands of times).
+            let now = Clock.monotonicNs()
+            if now - lastDropCheckNs >= dropCheckIntervalNs {
+                lastDropCheckNs = now
+                reportRingbufDrops()
+            }
         }
         state.flush()
     }
@@ -136,8 +147,12 @@ private final class ReaderState {
         self.metrics = metrics
     }
 
-    static func from(_ context: UnsafeMutableRawPointer?) -> ReaderState {
-        Unmanaged<ReaderState>.fromOpaque(context!).takeUnretainedValue()
+    /// Calls `body` with the state behind a callback's context pointer. The
+    /// reader owns the state for as long as libbpf can call back, so the
+    /// reference is borrowed: no retain and release per sample.
+    @inline(__always)
+    static func with<R>(_ context: UnsafeMutableRawPointer?, _ body: (ReaderState) -> R) -> R {
+        Unmanaged<ReaderState>.fromOpaque(context!)._withUnsafeGuaranteedRef(body)
     }
 
     /// One raw perf record: a sample, or a count of samples the kernel lost.
