@@ -30,8 +30,6 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
     /// Pages per CPU for the perf buffer (a power of two).
     public var bufferPages: Int
     /// Bytes of the ring buffer (a power of two, a multiple of the page size).
-    /// Its pages count twice in the daemon's resident size (user space maps
-    /// the data area twice so that a record that wraps reads as one).
     public var ringbufBytes: Int
     /// Return values dropped in the kernel (at most ``maxSkipRetvals``).
     public var skipRetvals: [Int64]
@@ -47,7 +45,7 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
 
     public init(
         events: [EventKind] = EventCatalog.all, attach: Attach = .auto, transport: Transport = .auto,
-        bufferPages: Int = 1024, ringbufBytes: Int = 4 << 20, skipRetvals: [Int64] = [-2, -115],
+        bufferPages: Int = 1024, ringbufBytes: Int = 8 << 20, skipRetvals: [Int64] = [-2, -115],
         visibility: [Scope: Bool] = [:], flushIntervalNs: Int64 = 100_000_000
     ) {
         self.events = events
@@ -68,7 +66,7 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
         OptionSpec("attach", "auto|kprobe|tracepoint", default: "auto", "kretprobe pairs where the kernel has kprobes, else syscall tracepoints"),
         OptionSpec("transport", "auto|perf|ringbuf", default: "auto", "BPF ring buffer where the kernel has one (5.8+), else perf event array (per CPU)"),
         OptionSpec("buffer_pages", "int", default: "1024", "perf buffer pages per CPU, a power of two (perf transport)"),
-        OptionSpec("ringbuf_bytes", "size", default: "4MiB", "ring buffer size, a power of two (ringbuf transport)"),
+        OptionSpec("ringbuf_bytes", "size", default: "8MiB", "ring buffer size, a power of two (ringbuf transport)"),
         OptionSpec("skip_retvals", "[int]", default: "[-2, -115]", "return values dropped in the kernel (at most 8)"),
         OptionSpec("visibility", "map scope: bool", default: "all true", "per scope (file, process, network, capabilities): report successful events"),
         OptionSpec("flush_interval", "duration", default: "100ms", "longest a read event waits in a partial batch"),

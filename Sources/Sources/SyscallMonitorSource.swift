@@ -181,8 +181,8 @@ public final class SyscallMonitorSource: EventSource {
         try object.setReadOnlyGlobal(KernelProgram.Global.skipRetvals, bytes: skip)
         try object.setReadOnlyGlobal(KernelProgram.Global.skipRetvalsCount, UInt32(min(options.skipRetvals.count, KernelProgram.maxSkipRetvals)))
         try object.setReadOnlyGlobal(KernelProgram.Global.useRingbuf, UInt32(activeTransport == .ringbuf ? 1 : 0))
-        // Wake the reader once a sixteenth of the ring waits (256 KiB of the
-        // default 4 MiB): early enough that a stalled reader still has most
+        // Wake the reader once a sixteenth of the ring waits (512 KiB of the
+        // default 8 MiB): early enough that a stalled reader still has most
         // of the ring to fall back on, rare enough (thousands of records)
         // that wake-ups cost nothing per record.
         try object.setReadOnlyGlobal(KernelProgram.Global.ringbufWakeupBytes, UInt64(options.ringbufBytes / 16))

@@ -48,7 +48,7 @@ struct SyscallMonitorOptionsTests {
         #expect(options.attach == .auto)
         #expect(options.transport == .auto)
         #expect(options.bufferPages == 1024)
-        #expect(options.ringbufBytes == 4 << 20)
+        #expect(options.ringbufBytes == 8 << 20)
         #expect(options.skipRetvals == [-2, -115])
         #expect(Scope.allCases.allSatisfy { options.isVisible($0) })
         #expect(options.flushIntervalNs == 100_000_000)
@@ -59,7 +59,7 @@ struct SyscallMonitorOptionsTests {
             "events: [connect, 257, execve, connect]",
             "attach: tracepoint",
             "transport: ringbuf",
-            "ringbuf_bytes: 8MiB",
+            "ringbuf_bytes: 16MiB",
             "skip_retvals: [-2, -11]",
             "visibility: {network: false, file: on}",
             "flush_interval: 20ms",
@@ -67,7 +67,7 @@ struct SyscallMonitorOptionsTests {
         #expect(options.events.map(\.name) == ["connect", "execve", "openat"])
         #expect(options.attach == .tracepoint)
         #expect(options.transport == .ringbuf)
-        #expect(options.ringbufBytes == 8 << 20)
+        #expect(options.ringbufBytes == 16 << 20)
         #expect(options.skipRetvals == [-2, -11])
         #expect(!options.isVisible(.network) && options.isVisible(.file) && options.isVisible(.process))
         #expect(options.flushIntervalNs == 20_000_000)

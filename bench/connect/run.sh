@@ -32,7 +32,7 @@ runs="${RUNS:-3}"
 mode="${MODE:-mixed}"
 generated=$((per_process * processes))
 mkdir -p "$out"
-rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/*.time
+rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/*.time  # (*-N.time: run N's /usr/bin/time -v)
 
 for tool in /usr/bin/time bpftrace cc; do
     command -v "$tool" > /dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
@@ -106,6 +106,7 @@ run_pipelined() {
     delivered="$(grep -c '"comm":"loadgen"' "$out/pipelined.jsonl" || true)"
     lost="$({ grep '"event":"lost"' "$out/pipelined.jsonl" || true; } | sed -n 's/.*"count":\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')"
     echo "$rate $delivered $lost $(cpu_seconds "$out/pipelined.time") $(peak_rss_kib "$out/pipelined.time")"
+    mv "$out/pipelined.time" "$out/pipelined-$run.time"
     rm -f "$out/pipelined.jsonl"
 }
 
@@ -126,6 +127,7 @@ tracepoint:syscalls:sys_exit_connect /@fd[tid]/ {
     delivered="$(grep -c ' loadgen ' "$out/bpftrace.txt" || true)"
     lost="$({ grep -ho 'Lost [0-9]* events' "$out/bpftrace.txt" "$out/bpftrace.log" || true; } | awk '{ s += $2 } END { print s + 0 }')"
     echo "$rate $delivered $lost $(cpu_seconds "$out/bpftrace.time") $(peak_rss_kib "$out/bpftrace.time")"
+    mv "$out/bpftrace.time" "$out/bpftrace-$run.time"
     rm -f "$out/bpftrace.txt"
 }
 

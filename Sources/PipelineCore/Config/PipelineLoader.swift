@@ -333,6 +333,12 @@ private struct LoadSession {
                 } else {
                     error(at, "settings: 'log_level' must be one of \(levels.joined(separator: ", ")), not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
                 }
+            case "priority_boost":
+                if let text, let number = Int(text), (0...20).contains(number) {
+                    settings.priorityBoost = number
+                } else {
+                    error(at, "settings: 'priority_boost' must be an integer between 0 and 20, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
+                }
             default:
                 var message = "settings: unknown key '\(entry.key)'"
                 if let suggestion = closestMatch(to: entry.key, in: known) { message += " (did you mean '\(suggestion)'?)" }

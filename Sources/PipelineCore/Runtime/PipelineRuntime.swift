@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Atomics
 import Logging
 
@@ -95,17 +98,20 @@ public final class PipelineRuntime: Sendable {
                 throw Self.startError(stage.id, error)
             }
         }
+        let priority = StagePriority(boost: plan.settings.priorityBoost, logger: logger)
         state.withLock {
             started = true
             for (stage, sink, queue) in sinks {
                 let stageContext = context(for: stage)
                 sinkThreads.append(RuntimeThread(name: "sink:\(stage.id)") { [self] in
+                    priority.apply()
                     self.drain(sink, queue: queue, context: stageContext)
                 })
             }
             for (stage, source, output) in sources {
                 let stageContext = context(for: stage)
                 sourceThreads.append(RuntimeThread(name: "src:\(stage.id)") { [self] in
+                    priority.apply()
                     do {
                         try source.run(output)
                     } catch {
@@ -241,4 +247,41 @@ public struct RunSummary: Sendable {
     public var failures: [String]
 
     public var succeeded: Bool { failures.isEmpty }
+}
+
+/// `settings.priority_boost` for the stage threads: each takes the nice value
+/// of the thread that started the pipeline, lowered by the boost (on Linux
+/// the nice value is per thread). Lowering it needs CAP_SYS_NICE; without
+/// it the stages run at the starting priority, and the log says so once.
+struct StagePriority: Sendable {
+    let nice: Int32?
+    private let logger: Logger
+    private let reported = ManagedAtomic<Bool>(false)
+
+    init(boost: Int, logger: Logger) {
+        self.logger = logger
+        guard boost > 0 else {
+            nice = nil
+            return
+        }
+        #if canImport(Glibc)
+        errno = 0
+        let current = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+        nice = errno == 0 ? max(-20, current - Int32(clamping: boost)) : nil
+        #else
+        nice = nil
+        #endif
+        if let nice { logger.info("stage threads run at nice \(nice) (settings.priority_boost \(boost))") }
+    }
+
+    /// Sets the calling thread's nice value; call first thing on a stage thread.
+    func apply() {
+        #if canImport(Glibc)
+        guard let nice else { return }
+        if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice) != 0,
+           !reported.exchange(true, ordering: .relaxed) {
+            logger.notice("priority_boost not applied, the stages keep their priority: \(String(cString: strerror(errno))) (raising it needs CAP_SYS_NICE)")
+        }
+        #endif
+    }
 }

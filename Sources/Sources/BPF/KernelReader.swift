@@ -27,7 +27,7 @@ final class KernelReader {
 
     private let state: ReaderState
     private var perf: OpaquePointer?
-    private var ring: OpaquePointer?
+    private var ring: RingConsumer?
     private let dropCounter: (() -> [UInt64])?
     private var reportedDrops: [UInt64] = []
     private var lastDropCheckNs: Int64 = 0
@@ -61,21 +61,12 @@ final class KernelReader {
             perf = buffer
         case .ringbuf(let fd, let drops):
             dropCounter = drops
-            var options = ring_buffer_opts()
-            options.sz = MemoryLayout<ring_buffer_opts>.size
-            guard let buffer = ring_buffer__new(fd, { context, data, size in
-                ReaderState.with(context) { $0.sample(cpu: nil, UnsafeRawBufferPointer(start: data, count: size)) }
-                return 0
-            }, context, &options), libbpf_get_error(UnsafeRawPointer(buffer)) == 0 else {
-                throw BPFError("cannot open the ring buffer", code: errno, log: LibbpfLog.take())
-            }
-            ring = buffer
+            ring = try RingConsumer(fd: fd)
         }
     }
 
     deinit {
         if let perf { perf_buffer__free(perf) }
-        if let ring { ring_buffer__free(ring) }
     }
 
     /// Sets where batches go; call before the first poll.
@@ -94,9 +85,9 @@ final class KernelReader {
             // Below the watermark nothing wakes us: take what is there.
             _ = perf_buffer__consume(perf)
         } else if let ring {
-            let result = ring_buffer__poll(ring, timeoutMs)
+            let result = ring.wait(timeoutMs: timeoutMs)
             if result < 0, result != -EINTR { throw BPFError("ring buffer poll failed", code: result) }
-            _ = ring_buffer__consume(ring)
+            ring.consume { state.sample(cpu: nil, $0) }
             // The drop counts cost a syscall to read: once per interval, not
             // once per wake-up (a storm wakes the reader thousands of times).
             let now = Clock.monotonicNs()
@@ -126,7 +117,7 @@ final class KernelReader {
     func drain() {
         if let perf { _ = perf_buffer__consume(perf) }
         if let ring {
-            _ = ring_buffer__consume(ring)
+            ring.consume { state.sample(cpu: nil, $0) }
             reportRingbufDrops()
         }
         state.flush()
