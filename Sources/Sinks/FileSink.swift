@@ -81,10 +81,20 @@ public final class FileSink: EventSink {
         var metrics: StageMetrics?
     }
 
+    /// Where unrotated batches are encoded and written from: allocated once,
+    /// so lines go straight into memory that is already mapped (growing
+    /// `state.buffer` zero-fills it first, a second pass over every byte).
+    // Touched only from the sink's own thread (the EventSink contract).
+    private nonisolated(unsafe) let output = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+
     private let encoder = NDJSONEncoder()
 
     public init(_ options: FileSinkOptions) {
         self.options = options
+    }
+
+    deinit {
+        output.deallocate()
     }
 
     public func open(_ context: StageContext) throws {
@@ -111,9 +121,8 @@ public final class FileSink: EventSink {
     public func write(_ batch: EventBatch) throws {
         state.buffer.removeAll(keepingCapacity: true)
         guard let limit = options.rotateBytes else {
-            encoder.encode(batch, into: &state.buffer)
             try rotateIfOld(nowNs: Clock.wallNs())
-            try flush()
+            try writeDirect(batch.records)
             countWritten(batch)
             return
         }
@@ -134,6 +143,25 @@ public final class FileSink: EventSink {
         }
         try flush()
         countWritten(batch)
+    }
+
+    /// Encodes into ``output`` and writes each time it is full; a record too
+    /// large for it (its upper bound, not its line) goes through `buffer`.
+    private func writeDirect(_ records: [PipelineRecord]) throws {
+        var index = 0
+        while index < records.count {
+            let (count, bytes) = encoder.encode(records, from: index, into: output)
+            if count == 0 {
+                encoder.encode(records[index], into: &state.buffer)
+                try flush()
+                index += 1
+                continue
+            }
+            try ArchiveIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
+            state.size += bytes
+            if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(bytes)) }
+            index += count
+        }
     }
 
     /// Records a batch as written (the stage's `out`), once it is.

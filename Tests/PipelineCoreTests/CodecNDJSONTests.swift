@@ -440,6 +440,42 @@ struct CodecNDJSONTests {
         }
     }
 
+    /// Encoding into a caller's fixed buffer, refilled until the batch is
+    /// done, gives the same bytes as encoding into an array; a record whose
+    /// bound does not fit the buffer at all is refused, not cut.
+    @Test func encodingIntoAFixedBufferEqualsTheArrayEncoding() {
+        var records: [PipelineRecord] = []
+        for index in 0..<500 {
+            let path = String(repeating: "d/", count: index % 40)
+            records.append(index % 7 == 3
+                ? .lost(LostRecord(timeNs: Int64(index), count: 2, site: .queue))
+                : .event(event(87, retval: -2, [.string(path)])))
+        }
+        var expected: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &expected)
+
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
+        defer { buffer.deallocate() }
+        var produced: [UInt8] = []
+        var index = 0
+        var refills = 0
+        while index < records.count {
+            let (count, bytes) = NDJSONEncoder().encode(records, from: index, into: buffer)
+            #expect(count > 0 && bytes <= buffer.count)
+            if count == 0 { break }
+            produced += buffer[0..<bytes]
+            index += count
+            refills += 1
+        }
+        #expect(produced == expected)
+        #expect(refills > 10)
+
+        let tiny = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
+        defer { tiny.deallocate() }
+        #expect(NDJSONEncoder().encode(records, from: 0, into: tiny) == (0, 0))
+        #expect(NDJSONEncoder().encode(records, from: records.count, into: buffer) == (0, 0))
+    }
+
     /// The encoder's in-place flag text is the same as ``FlagKind/symbolic(_:)``.
     @Test func encodedFlagsEqualSymbolicText() throws {
         var generator = SystemRandomNumberGenerator()

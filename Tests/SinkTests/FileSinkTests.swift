@@ -54,6 +54,27 @@ final class FileSinkTests {
         #expect(ctx.metrics.bytes.load(ordering: .relaxed) == UInt64(expected.count))
     }
 
+    /// Batches bigger than the sink's 1 MiB write buffer are written in
+    /// several pieces, and a record whose upper bound alone exceeds that
+    /// buffer (a 200 KB path of control characters, each of which may take
+    /// six bytes escaped) still goes out whole and in its place.
+    @Test func largeBatchesAndAHugeRecordAreWrittenWhole() throws {
+        let sink = FileSink(FileSinkOptions(path: directory + "/events.jsonl"))
+        let ctx = context()
+        try sink.open(ctx)
+        var input = records(8000)
+        let hugePath = String(repeating: "\u{01}", count: 200_000)
+        input.insert(.event(StageHarness.event("unlink", args: [.string(hugePath)])), at: 4000)
+        try sink.write(EventBatch(input))
+        try sink.close()
+        let expected = expectedBytes(input)
+        #expect(expected.count > 3 << 20)
+        let written = try contents("events.jsonl")
+        #expect(written.count == expected.count)
+        #expect(written.elementsEqual(expected), "the file differs from the encoding of the batch")
+        #expect(ctx.metrics.bytes.load(ordering: .relaxed) == UInt64(expected.count))
+    }
+
     @Test func appendsToAnExistingFileUnlessToldToTruncate() throws {
         let path = directory + "/events.jsonl"
         try Data("old\n".utf8).write(to: URL(fileURLWithPath: path))

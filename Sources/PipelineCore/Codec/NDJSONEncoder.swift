@@ -72,6 +72,27 @@ public struct NDJSONEncoder: Sendable {
         }
     }
 
+    /// Writes lines for `records[start...]` into `output` from its start, as
+    /// many as fit whole (by each record's upper bound), and says how many
+    /// records that was and how many bytes they took. For a caller that
+    /// owns a reusable buffer: nothing is allocated or zero-filled first.
+    /// No record is written (0, 0) when the first one's bound exceeds
+    /// `output`; encode that one into an array instead.
+    public func encode(
+        _ records: [PipelineRecord], from start: Int, into output: UnsafeMutableRawBufferPointer
+    ) -> (records: Int, bytes: Int) {
+        guard start < records.count, let base = output.baseAddress, output.count > 0 else { return (0, 0) }
+        let origin = base.assumingMemoryBound(to: UInt8.self)
+        var writer = ByteWriter(origin)
+        let limit = origin + output.count
+        var clock = TimeCache()
+        var index = start
+        while index < records.count, tables.write(records, index, to: &writer, limit: limit, clock: &clock) {
+            index += 1
+        }
+        return (index - start, writer.cursor - origin)
+    }
+
     /// The record's line as a `String` (with its `\n`); for tests and tools,
     /// not the hot path.
     public func line(_ record: PipelineRecord) -> String {
