@@ -95,6 +95,16 @@ struct nsproxy {
     struct pid_namespace *pid_ns_for_children;
 } __attribute__((preserve_access_index));
 
+/* Credentials: the ids as the init user namespace sees them (what
+ * bpf_get_current_uid_gid reports). */
+typedef struct {
+    unsigned int val;
+} kuid_t;
+
+struct cred {
+    kuid_t uid;
+} __attribute__((preserve_access_index));
+
 /* A pid as seen from each namespace level it is visible in: numbers[0] is
  * the host (init namespace) view, numbers[level] the innermost one. */
 struct upid {
@@ -114,6 +124,7 @@ struct task_struct {
     struct task_struct *group_leader;
     struct pid *thread_pid;
     struct nsproxy *nsproxy;
+    const struct cred *cred;
     char comm[16];
 } __attribute__((preserve_access_index));
 

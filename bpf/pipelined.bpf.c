@@ -383,12 +383,11 @@ static __always_inline u32 count_args(u64 types)
 
 /* Header fields that describe the process: host pid/ppid always; the pid
  * namespace's view and the namespace ids only outside the init pid ns. */
-static __always_inline void fill_process(u8 *base)
+static __always_inline void fill_process(u8 *base, u64 pid_tgid)
 {
     /* A BTF task pointer: plain loads, checked by the verifier, instead of a
      * probe-read helper call per field. */
     struct task_struct *task = bpf_get_current_task_btf();
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 host_pid = pid_tgid >> 32;
     u32 host_ppid = task->real_parent->tgid;
     u32 pid_ns = 0, mnt_ns = 0, ns_pid = 0, ns_ppid = 0;
@@ -417,7 +416,9 @@ static __always_inline void fill_process(u8 *base)
     *(u32 *)(base + 20) = host_pid;
     *(u32 *)(base + 24) = ns_ppid;
     *(u32 *)(base + 28) = ns_pid;
-    *(u32 *)(base + 32) = (u32)bpf_get_current_uid_gid();
+    /* The uid as bpf_get_current_uid_gid reports it (the init namespace's
+     * view of the real uid), by plain loads rather than a helper call. */
+    *(u32 *)(base + 32) = task->cred->uid.val;
     /* comm as two plain loads: the kernel keeps it NUL-terminated and
      * zero-padded (__set_task_comm), which bpf_get_current_comm's copy
      * would only repeat at the price of a helper call and a strscpy. */
@@ -562,7 +563,8 @@ static __always_inline void put_args(struct pl_writer *w, u32 id, u64 types,
 static __always_inline int trace_ret_generic(u32 id, void *ctx, s64 ret, u64 types, u32 scope)
 {
     struct pl_saved_args args;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pid_tgid;
 
     if (load_args(tid, id, &args) != 0)
         return 0;
@@ -582,7 +584,7 @@ static __always_inline int trace_ret_generic(u32 id, void *ctx, s64 ret, u64 typ
         goto done;
     u8 *base = s->data;
     *(u64 *)base = bpf_ktime_get_ns();
-    fill_process(base);
+    fill_process(base, pid_tgid);
     *(u32 *)(base + 36) = id;
     *(u32 *)(base + 40) = count_args(types);
     *(u32 *)(base + 44) = (u32)ret;

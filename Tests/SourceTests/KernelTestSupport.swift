@@ -91,11 +91,17 @@ enum Driver {
         var comments: [String]
     }
 
-    /// Runs `driver ARGS...` to completion.
-    static func run(_ arguments: [String]) throws -> Run {
+    /// Runs `driver ARGS...` to completion; with `uid`, as that user (and
+    /// group), through util-linux's setpriv, which execs the driver in place.
+    static func run(_ arguments: [String], uid: UInt32? = nil) throws -> Run {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        if let uid {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", path] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+        }
         let output = Pipe()
         process.standardOutput = output
         try process.run()

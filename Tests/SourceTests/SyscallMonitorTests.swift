@@ -126,6 +126,27 @@ struct SyscallMonitorKernelTests {
         #expect(RingConsumer.wrappedRecords.load(ordering: .relaxed) > wrappedBefore)
     }
 
+    /// The header's uid is the caller's: a driver run as nobody (65534)
+    /// reports that uid on every event, and root's events report 0.
+    @Test func eventsCarryTheCallersUid() throws {
+        let nobodysDirectory = try TemporaryDirectory(), rootsDirectory = try TemporaryDirectory()
+        defer {
+            nobodysDirectory.remove()
+            rootsDirectory.remove()
+        }
+        chmod(nobodysDirectory.path, 0o777)  // the AF_UNIX sockets are made there
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!]))
+        let nobody = try Driver.run(["connect", nobodysDirectory.path], uid: 65534)
+        let root = try Driver.run(["connect", rootsDirectory.path])
+        let (records, _) = session.finish()
+        #expect(nobody.status == 0 && root.status == 0)
+        let asNobody = records.events(of: nobody.pid)
+        #expect(asNobody.map(\.expectedForm) == (try nobody.expected()))
+        #expect(!asNobody.isEmpty && asNobody.allSatisfy { $0.uid == 65534 })
+        let asRoot = records.events(of: root.pid)
+        #expect(!asRoot.isEmpty && asRoot.allSatisfy { $0.uid == 0 })
+    }
+
     @Test func socketBindListenAcceptAndConnectArgs() throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
