@@ -5,9 +5,10 @@ import CBPF
 import PipelineCore
 
 /// Reads records from the kernel program's buffer and turns them into
-/// batches: libbpf's perf buffer or ring buffer, polled on the source's own
-/// thread, each sample decoded by ``WireDecoder`` straight from the mapped
-/// buffer (no copy unless libbpf had to stitch a wrapped sample).
+/// batches: the ring buffer (``RingConsumer``) or libbpf's perf buffer,
+/// polled on the source's own thread, each sample decoded by ``WireDecoder``
+/// straight from the mapped buffer (no copy unless a sample wrapped around
+/// the end of its buffer).
 ///
 /// Wake-ups are the cost that matters at high rates: a perf buffer that wakes
 /// its reader on every sample spends most of the traced program's time in
