@@ -61,6 +61,29 @@ public enum ArchiveIO {
         }
     }
 
+    /// The bytes of the file at `path`, at most `limit` of them (a caller that
+    /// must refuse bigger files asks for one byte more than it accepts).
+    /// Errors say "cannot open the file" or "cannot read the file" and why.
+    public static func readAll(_ path: String, limit: Int = .max) throws -> [UInt8] {
+        var fd: Int32
+        repeat { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw ArchiveError.system(path, "cannot open the file", errno) }
+        defer { Glibc.close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while bytes.count < limit {
+            let wanted = min(chunk.count, limit - bytes.count)
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, wanted) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw ArchiveError.system(path, "cannot read the file", errno)
+            }
+            if count == 0 { break }
+            bytes += chunk[..<count]
+        }
+        return bytes
+    }
+
     /// Flushes a file's data and metadata to the device.
     public static func fsync(_ fd: Int32, path: String) throws {
         while Glibc.fsync(fd) != 0 {

@@ -100,7 +100,7 @@ public struct ArchiveManifest: Sendable {
         var contents = Contents()
         guard ArchiveIO.fileSize(path) != nil else { return contents }
         contents.exists = true
-        let bytes = try Self.readFile(path)
+        let bytes = try ArchiveIO.readAll(path)
         var lineNumber = 0
         var lineStart = 0
         while lineStart < bytes.count {
@@ -138,19 +138,6 @@ public struct ArchiveManifest: Sendable {
         var bytes: [UInt8] = []
         for entry in entries { bytes += Array(entry.line.utf8) }
         try ArchiveIO.replaceAtomically(path, with: bytes)
-    }
-
-    static func readFile(_ path: String) throws -> [UInt8] {
-        let fd = try ArchiveIO.open(path, O_RDONLY)
-        defer { Glibc.close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = try chunk.withUnsafeMutableBytes { try ArchiveIO.read(fd, into: $0, path: path) }
-            if count == 0 { break }
-            bytes += chunk[0..<count]
-        }
-        return bytes
     }
 }
 

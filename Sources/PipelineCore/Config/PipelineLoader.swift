@@ -532,23 +532,18 @@ struct ReadError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// Reads a whole file as UTF-8.
+/// A pipeline file's text: at most 16 MiB of UTF-8.
 func readTextFile(_ path: String) throws(ReadError) -> String {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw ReadError(description: "cannot open the file: \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 {
-            if errno == EINTR { continue }
-            throw ReadError(description: "cannot read the file: \(String(cString: strerror(errno)))")
-        }
-        if count == 0 { break }
-        bytes += chunk[..<count]
-        if bytes.count > 16 << 20 { throw ReadError(description: "the file is larger than 16 MiB; is it a pipeline file?") }
+    let limit = 16 << 20
+    let bytes: [UInt8]
+    do {
+        bytes = try ArchiveIO.readAll(path, limit: limit + 1)
+    } catch let error as ArchiveError {
+        throw ReadError(description: error.message)
+    } catch {
+        throw ReadError(description: "\(error)")
     }
+    if bytes.count > limit { throw ReadError(description: "the file is larger than 16 MiB; is it a pipeline file?") }
     guard let text = String(validating: bytes, as: UTF8.self) else {
         throw ReadError(description: "the file is not valid UTF-8")
     }
