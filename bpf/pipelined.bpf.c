@@ -146,7 +146,7 @@ struct {
     __uint(max_entries, 1);
     __type(key, u32);
     __type(value, struct pl_ringbuf_cpu);
-} ringbuf_drops SEC(".maps");
+} ringbuf_percpu SEC(".maps");
 
 /* ---- Entry: save the args ------------------------------------------------ */
 
@@ -439,7 +439,7 @@ static __always_inline void submit_record(void *ctx, void *data, u32 size)
         return;
     if (use_ringbuf) {
         u32 zero = 0;
-        struct pl_ringbuf_cpu *cpu = bpf_map_lookup_elem(&ringbuf_drops, &zero);
+        struct pl_ringbuf_cpu *cpu = bpf_map_lookup_elem(&ringbuf_percpu, &zero);
         u64 flags = BPF_RB_NO_WAKEUP;
         /* Per-CPU values: this program is their only writer on this CPU. */
         if (cpu && ++cpu->unchecked >= PL_WAKEUP_CHECK_EVERY) {

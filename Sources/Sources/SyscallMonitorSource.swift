@@ -273,7 +273,7 @@ public final class SyscallMonitorSource: EventSource {
         case .perf, .auto:
             return .perf(perfArrayFD: try object.mapFD(named: KernelProgram.Map.perfEvents), pagesPerCPU: options.bufferPages)
         case .ringbuf:
-            let dropsFD = try object.mapFD(named: KernelProgram.Map.ringbufDrops)
+            let dropsFD = try object.mapFD(named: KernelProgram.Map.ringbufPerCPU)
             let cpus = Int(max(1, libbpf_num_possible_cpus()))
             return .ringbuf(ringbufFD: try object.mapFD(named: KernelProgram.Map.ringbuf), dropCounter: {
                 // A per-CPU array's lookup fills one slot per possible CPU,

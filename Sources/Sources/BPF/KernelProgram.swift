@@ -67,7 +67,7 @@ enum KernelProgram {
     enum Map {
         static let perfEvents = "events"
         static let ringbuf = "ringbuf"
-        static let ringbufDrops = "ringbuf_drops"
+        static let ringbufPerCPU = "ringbuf_percpu"
         static let visibility = "visibility"
     }
 
