@@ -90,7 +90,8 @@ final class KernelReader {
             if result < 0, result != -EINTR { throw BPFError("ring buffer poll failed", code: result) }
             ring.consume { state.sample(cpu: nil, $0) }
             // The drop counts cost a syscall to read: once per interval, not
-            // once per wake-up (a storm wakes the reader thousands of times).
+            // once per wake-up (a storm wakes the reader hundreds of times a
+            // second).
             let now = Clock.monotonicNs()
             if now - lastDropCheckNs >= dropCheckIntervalNs {
                 lastDropCheckNs = now

@@ -141,7 +141,7 @@ final class RingConsumer {
                     let start = (offset + Self.headerBytes) & Int(mask)
                     if start + length <= size {
                         body(UnsafeRawBufferPointer(start: data + start, count: length))
-                    } else if length <= Self.maxWrappedRecord {
+                    } else if length <= min(Self.maxWrappedRecord, size) {
                         // The record wraps past the end of the single mapping.
                         let first = size - start
                         scratch.copyMemory(from: data + start, byteCount: first)
