@@ -1,4 +1,7 @@
 import Atomics
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import PipelineCore
 import Testing
@@ -171,5 +174,39 @@ struct RuntimeTests {
             (error as? StageStartError)?.stage == "broken" && (error as? StageStartError)?.message == "no disk"
         }
         #expect(good.closed)
+    }
+
+    /// `settings.priority_boost`: the stage threads run at the starting
+    /// thread's nice value minus the boost when the process may raise its
+    /// priority (root, or CAP_SYS_NICE), and unchanged otherwise; 0 leaves
+    /// them alone.
+    @Test(arguments: [3, 0])
+    func stageThreadsTakeThePriorityBoost(boost: Int) throws {
+        final class NiceProbe: EventSink {
+            let seen = ManagedAtomic<Int>(Int.min)
+            func open(_ context: StageContext) throws {}
+            func write(_ batch: EventBatch) throws {
+                errno = 0
+                let nice = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+                if errno == 0 { seen.store(Int(nice), ordering: .relaxed) }
+            }
+            func close() throws {}
+        }
+        let probe = NiceProbe()
+        var settings = PipelineSettings()
+        settings.priorityBoost = boost
+        let plan = StageHarness.plan(sources: [("src", MemorySource(events(10)))], sinks: [("probe", probe, QueuePolicy())], settings: settings)
+        errno = 0
+        let starting = Int(getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0))
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        #expect(runtime.wait().succeeded)
+        // CAP_SYS_NICE (bit 23) in the effective set, which root has.
+        let status = String(decoding: try ArchiveIO.readAll("/proc/self/status"), as: UTF8.self)
+        let capabilities = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }
+            .flatMap { UInt64($0.dropFirst("CapEff:".count).trimmingPrefix(while: \.isWhitespace), radix: 16) } ?? 0
+        let mayRaise = capabilities & (1 << 23) != 0
+        let expected = boost > 0 && mayRaise ? max(-20, starting - boost) : starting
+        #expect(probe.seen.load(ordering: .relaxed) == expected, "starting nice \(starting), CapEff \(String(capabilities, radix: 16))")
     }
 }
