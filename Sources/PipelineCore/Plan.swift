@@ -69,10 +69,11 @@ public struct PipelineSettings: Sendable, Equatable {
     public var drainTimeoutNs: Int64 = 30_000_000_000
     /// `trace`, `debug`, `info`, `notice`, `warning`, `error`, `critical`.
     public var logLevel: String = "info"
-    /// How far `pipelined run` raises its scheduling priority (nice -N, 0-20)
-    /// before its threads start, as auditd's `priority_boost` (also 4 by
-    /// default): a monitor that gets only its fair share of a busy machine
-    /// falls behind the very load it watches, and its buffers overflow.
+    /// How far the runtime lowers each stage thread's nice value below that
+    /// of the thread that started it (0-20; needs CAP_SYS_NICE), as auditd's
+    /// `priority_boost` (also 4 by default): a monitor that gets only its
+    /// fair share of a busy machine falls behind the very load it watches,
+    /// and its buffers overflow.
     public var priorityBoost: Int = 4
 
     public init() {}
@@ -82,7 +83,7 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("batch_events", "int", default: "512", "most records a source puts in one batch (1-65536)"),
         OptionSpec("drain_timeout", "duration", default: "30s", "how long shutdown waits for queues to drain"),
         OptionSpec("log_level", "trace|debug|info|notice|warning|error|critical", default: "info", "log verbosity (stderr)"),
-        OptionSpec("priority_boost", "int", default: "4", "raise the daemon's scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
+        OptionSpec("priority_boost", "int", default: "4", "raise the stage threads' scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
     ]
 
     /// Options every sink accepts: its input queue.

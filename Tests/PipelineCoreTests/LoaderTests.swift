@@ -99,6 +99,7 @@ struct LoaderTests {
         #expect(plan.stage("s2")?.inputs == ["a", "f"])
         #expect(plan.stage("s1")?.queue == QueuePolicy(capacityEvents: 1024, whenFull: .drop))
         #expect(plan.stage("s2")?.queue == QueuePolicy())
+        #expect(QueuePolicy() == QueuePolicy(capacityEvents: 8192, whenFull: .block))
     }
 
     @Test func unknownKeyWithSuggestion() {

@@ -119,23 +119,21 @@ final class RingConsumer {
     /// Hands every committed record to `body` in order, until the ring is
     /// empty or the next record is still being written; their room goes
     /// back to the kernel every ``releaseEvery`` records and before this
-    /// returns. Returns how many were read.
-    @discardableResult
-    func consume(_ body: (UnsafeRawBufferPointer) -> Void) -> Int {
-        var count = 0
+    /// returns.
+    func consume(_ body: (UnsafeRawBufferPointer) -> Void) {
         var position = consumerPosition.load(ordering: .acquiring)
         var unreleased = 0
         defer { if unreleased > 0 { consumerPosition.store(position, ordering: .releasing) } }
         while true {
             let end = producerPosition.load(ordering: .acquiring)
-            if position >= end { return count }
+            if position >= end { return }
             while position < end {
                 let offset = Int(position & mask)
                 let header = UnsafeAtomic<UInt32>(at: UnsafeMutableRawPointer(mutating: data + offset)
                     .assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
                 let word = header.load(ordering: .acquiring)
                 // Reserved but not submitted yet: the rest waits for next time.
-                if word & Self.busyBit != 0 { return count }
+                if word & Self.busyBit != 0 { return }
                 let length = Int(word & ~(Self.busyBit | Self.discardBit))
                 if word & Self.discardBit == 0 {
                     let start = (offset + Self.headerBytes) & Int(mask)
@@ -151,7 +149,6 @@ final class RingConsumer {
                     } else {
                         body(UnsafeRawBufferPointer(start: nil, count: 0))
                     }
-                    count += 1
                 }
                 position += UInt64((length + Self.headerBytes + 7) & ~7)
                 unreleased += 1
