@@ -57,9 +57,28 @@ public final class ReplaySource: EventSource {
     private nonisolated(unsafe) var context: StageContext?
     /// The segment files to read, oldest first; nil for plain NDJSON on `fd`.
     private nonisolated(unsafe) var segments: [String]?
+    /// Read and write ends of a pipe that ``stop()`` writes to, so that a read
+    /// waiting on a FIFO or on standard input returns at once. Open for the
+    /// source's whole life: `stop()` may come after `run` has returned.
+    private let wake: (read: Int32, write: Int32)
 
     public init(_ options: ReplaySourceOptions) {
         self.options = options
+        var ends: [Int32] = [-1, -1]
+        if pipe(&ends) == 0 {
+            for end in ends {
+                _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+                _ = fcntl(end, F_SETFL, O_NONBLOCK)
+            }
+        } else {
+            ends = [-1, -1]
+        }
+        wake = (ends[0], ends[1])
+    }
+
+    deinit {
+        if wake.read >= 0 { Glibc.close(wake.read) }
+        if wake.write >= 0 { Glibc.close(wake.write) }
     }
 
     public func prepare(_ context: StageContext) throws {
@@ -78,7 +97,9 @@ public final class ReplaySource: EventSource {
             if segments!.isEmpty { context.logger.warning("\(options.path): no segments to replay") }
             return
         }
-        fd = Glibc.open(options.path, O_RDONLY | O_CLOEXEC)
+        // Non-blocking, so that a FIFO without a writer yet does not hold up
+        // the start; `run` waits for its data (LineReader).
+        fd = Glibc.open(options.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
             throw StageStartError(stage: context.id, message: "cannot open '\(options.path)': \(String(cString: strerror(errno)))")
         }
@@ -91,6 +112,10 @@ public final class ReplaySource: EventSource {
 
     public func stop() {
         stopped.store(true, ordering: .releasing)
+        if wake.write >= 0 {
+            var byte: UInt8 = 1
+            _ = Glibc.write(wake.write, &byte, 1)
+        }
     }
 
     public func run(_ output: SourceOutput) throws {
@@ -107,8 +132,10 @@ public final class ReplaySource: EventSource {
         var reported = 0
         let maxBatch = pacer.map { min(output.batchEvents, max(1, Int($0.rate / 20))) } ?? output.batchEvents
 
+        /// Sends the batch, at the configured rate.
         func flush() {
             guard !batch.isEmpty else { return }
+            if pacer != nil { pacer!.wait(for: batch.count, stopped: stopped) }
             output.emit(EventBatch(batch))
             batch.removeAll(keepingCapacity: true)
         }
@@ -131,10 +158,7 @@ public final class ReplaySource: EventSource {
                     }
                 }
             }
-            if batch.count >= maxBatch {
-                if pacer != nil { pacer!.wait(for: batch.count, stopped: stopped) }
-                flush()
-            }
+            if batch.count >= maxBatch { flush() }
             return !stopped.load(ordering: .relaxed)
         }
 
@@ -157,14 +181,14 @@ public final class ReplaySource: EventSource {
                 }
             }
         } else {
-            var reader = LineReader(fd: fd)
+            var reader = LineReader(fd: fd, wake: wake.read)
             while !stopped.load(ordering: .relaxed) {
                 var keepGoing = true
-                let more = try reader.nextLine { line in keepGoing = handle(line) }
+                // Before waiting on a live stream, what it sent so far goes on.
+                let more = try reader.nextLine(idle: flush) { line in keepGoing = handle(line) }
                 if !more || !keepGoing { break }
             }
         }
-        if pacer != nil, !batch.isEmpty { pacer!.wait(for: batch.count, stopped: stopped) }
         flush()
         let malformed = context.metrics.malformed.load(ordering: .relaxed)
         if malformed > 0 {
@@ -174,17 +198,33 @@ public final class ReplaySource: EventSource {
 }
 
 /// Splits a file descriptor's bytes into lines, reading 1 MiB at a time.
+///
+/// A regular file is read straight through. Anything else (a FIFO, a pipe on
+/// standard input, a terminal) is waited on with poll(2) beside `wake`, so the
+/// source stops at once when asked even while no writer is sending, and a FIFO
+/// opened before its writer waits for one instead of ending empty.
 struct LineReader {
     let fd: Int32
+    /// Readable when the source is asked to stop; -1 for none.
+    let wake: Int32
+    private let waits: Bool
     private var buffer = [UInt8](repeating: 0, count: 1 << 20)
     private var start = 0
     private var end = 0
     private var eof = false
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32, wake: Int32 = -1) {
+        self.fd = fd
+        self.wake = wake
+        var info = stat()
+        waits = fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) != S_IFREG
+    }
 
-    /// Calls `body` with the next line (without `\n`); false at the end of input.
-    mutating func nextLine(_ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+    /// Calls `body` with the next line (without `\n`); false at the end of
+    /// input, or once `wake` is readable (what is left unread then is dropped,
+    /// as a partial last line of a stopped run would be).
+    /// `idle` is called before waiting for a stream that has nothing to read yet.
+    mutating func nextLine(idle: () -> Void = {}, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
         while true {
             if let newline = buffer[start..<end].firstIndex(of: UInt8(ascii: "\n")) {
                 try buffer.withUnsafeBytes { raw in
@@ -200,11 +240,11 @@ struct LineReader {
                 start = end
                 return true
             }
-            try fill()
+            try fill(idle: idle)
         }
     }
 
-    private mutating func fill() throws {
+    private mutating func fill(idle: () -> Void) throws {
         if start > 0 {
             buffer.withUnsafeMutableBytes { raw in
                 raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
@@ -216,11 +256,30 @@ struct LineReader {
             // A line longer than the buffer: grow rather than split it.
             buffer.append(contentsOf: repeatElement(0, count: buffer.count))
         }
+        if waits {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+            let count = nfds_t(wake >= 0 ? 2 : 1)
+            var ready = poll(&fds, count, 0)
+            if ready == 0 {
+                idle()
+                ready = poll(&fds, count, -1)
+            }
+            if ready < 0 {
+                if errno == EINTR { return }
+                throw ReplayError.read(errno)
+            }
+            if fds[1].revents != 0 {
+                eof = true
+                start = end
+                return
+            }
+        }
         let count = buffer.withUnsafeMutableBytes { raw in
             Glibc.read(fd, raw.baseAddress! + end, raw.count - end)
         }
         if count < 0 {
-            if errno == EINTR { return }
+            if errno == EINTR || errno == EAGAIN { return }
             throw ReplayError.read(errno)
         }
         if count == 0 { eof = true }

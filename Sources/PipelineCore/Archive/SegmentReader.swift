@@ -94,7 +94,11 @@ public final class SegmentReader {
 
     /// True when the file at `path` starts with the LZ4 frame magic number.
     public static func isSegment(path: String) -> Bool {
-        guard let fd = try? ArchiveIO.open(path, O_RDONLY) else { return false }
+        // Only a regular file: reading the head of a FIFO would take bytes
+        // from its stream (and opening one could wait for a writer).
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG,
+              let fd = try? ArchiveIO.open(path, O_RDONLY) else { return false }
         defer { Glibc.close(fd) }
         var head = [UInt8](repeating: 0, count: 4)
         let count = head.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, 4) }
