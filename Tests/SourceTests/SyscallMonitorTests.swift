@@ -86,7 +86,7 @@ struct SyscallMonitorKernelTests {
         let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], transport: transport))
         let run = try Driver.run(["connect", directory.path])
         let expected = try run.expected()
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(60)
         while session.sink.records.events(of: run.pid).count < expected.count, Date() < deadline {
             Thread.sleep(forTimeInterval: 0.05)
         }
@@ -111,7 +111,7 @@ struct SyscallMonitorKernelTests {
             // records (about 700 bytes) fit the ring, so nothing is lost.
             let run = try Driver.run(["connect", directory.path])
             let expected = try run.expected()
-            let deadline = Date().addingTimeInterval(20)
+            let deadline = Date().addingTimeInterval(60)
             while session.sink.records.events(of: run.pid).count < expected.count, Date() < deadline {
                 Thread.sleep(forTimeInterval: 0.02)
             }
