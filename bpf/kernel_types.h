@@ -75,6 +75,15 @@ struct trace_event_raw_sys_exit {
     long ret;
 } __attribute__((preserve_access_index));
 
+/* The context of sched/sched_process_exec: fired inside a successful exec,
+ * after a thread other than the leader has taken the leader's id. */
+struct trace_event_raw_sched_process_exec {
+    struct trace_entry ent;
+    unsigned int __data_loc_filename;
+    int pid;
+    int old_pid;
+} __attribute__((preserve_access_index));
+
 /* Namespaces: a namespace's id is its ns_common inode number, as shown by
  * `readlink /proc/PID/ns/pid`. */
 struct ns_common {

@@ -93,8 +93,8 @@ struct {
 /* execve/execveat: the path and argv as encoded args (STR_T then STR_ARR_T),
  * captured at entry because a successful exec replaces the memory they point
  * into before the exit runs. Same key as saved_args. (A thread other than
- * the leader that execs successfully takes the leader's id on the way, so
- * its exit finds no entry: that one exec is not reported.) */
+ * the leader that execs successfully takes the leader's id on the way:
+ * tp_sched_exec moves both entries to that id before the exit looks.) */
 #define PL_EXEC_BLOB_SIZE 12288
 #define PL_EXEC_BLOB_LIMIT (PL_EXEC_BLOB_SIZE - 64)
 
@@ -659,6 +659,32 @@ int tp_exit_execve(struct trace_event_raw_sys_exit *ctx)
     if (entered_event() == PL_EV_EXECVEAT)
         return trace_ret_generic(PL_EV_EXECVEAT, ctx, ret, PL_TYPES_EXECVEAT, PL_SCOPE_PROCESS);
     return trace_ret_generic(PL_EV_EXECVE, ctx, ret, PL_TYPES_EXECVE, PL_SCOPE_PROCESS);
+}
+
+/* A thread other than the leader that execs successfully leaves the syscall
+ * with the leader's id (de_thread() swaps them), so its exit would look for
+ * its saved args under an id that has none. sched_process_exec fires in
+ * between, with both ids: move the entries to the id the exit will use.
+ * Attached with execve and execveat, whether their own programs are
+ * tracepoints or kprobes. */
+SEC("tracepoint/sched/sched_process_exec")
+int tp_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+    u32 pid = (u32)ctx->pid;
+    u32 old_pid = (u32)ctx->old_pid;
+    if (pid == old_pid)
+        return 0;
+    struct pl_saved_args *saved = bpf_map_lookup_elem(&saved_args, &old_pid);
+    if (!saved || !is_exec(saved->event_id))
+        return 0;
+    bpf_map_update_elem(&saved_args, &pid, saved, BPF_ANY);
+    bpf_map_delete_elem(&saved_args, &old_pid);
+    struct pl_exec_blob *blob = bpf_map_lookup_elem(&exec_args, &old_pid);
+    if (blob) {
+        bpf_map_update_elem(&exec_args, &pid, blob, BPF_ANY);
+        bpf_map_delete_elem(&exec_args, &old_pid);
+    }
+    return 0;
 }
 
 PL_EVENT(open, 3, PL_EV_OPEN, PL_TYPES_OPEN, PL_SCOPE_FILE)

@@ -93,13 +93,21 @@ public final class SyscallMonitorSource: EventSource {
             }
         }
 
+        // An exec from a thread other than the leader is reported through
+        // sched/sched_process_exec (see the program's tp_sched_exec).
+        var execHandover = options.events.contains(where: KernelProgram.needsExecHandover)
+        if execHandover, !KernelSupport.hasTracepoint("sched", "sched_process_exec") {
+            context.logger.warning("this kernel has no tracepoint sched/sched_process_exec: a successful exec from a thread other than the process leader will not be reported")
+            execHandover = false
+        }
+
         let resolved = resolveTransport(context)
         lock.withLock { activeTransport = resolved }
 
         let object: BPFObject
         do {
             object = try BPFObject(elf: KernelProgram.elf(), name: KernelProgram.objectName)
-            try configure(object, useKprobes: useKprobes)
+            try configure(object, useKprobes: useKprobes, execHandover: execHandover)
             try object.load()
             try setVisibility(object)
         } catch let error as BPFError {
@@ -125,6 +133,13 @@ public final class SyscallMonitorSource: EventSource {
                     try object.attachTracepoint(program.program, category: "syscalls", name: "sys_exit_\(name)")
                     context.logger.info("event \(kind.name): also tracepoint syscalls/sys_exit_\(name) (a successful \(kind.name) returns through it)")
                 }
+            }
+            if execHandover {
+                guard let program = object.programs.first(where: { $0.name == KernelProgram.execHandoverProgram }) else {
+                    throw BPFError("the embedded object has no program '\(KernelProgram.execHandoverProgram)'")
+                }
+                try object.attachTracepoint(program.program, category: "sched", name: "sched_process_exec")
+                context.logger.info("exec events: also tracepoint sched/sched_process_exec (an exec from a thread other than the leader leaves with the leader's id)")
             }
         } catch let error as BPFError {
             object.detachAll()
@@ -171,7 +186,7 @@ public final class SyscallMonitorSource: EventSource {
 
     /// Sets the load-time globals, chooses which programs load, and sizes the
     /// transport maps.
-    private func configure(_ object: BPFObject, useKprobes: Bool) throws {
+    private func configure(_ object: BPFObject, useKprobes: Bool, execHandover: Bool) throws {
         try object.setReadOnlyGlobal(KernelProgram.Global.selfTgid, UInt32(getpid()))
         var skip = [UInt8]()
         for index in 0..<KernelProgram.maxSkipRetvals {
@@ -203,6 +218,7 @@ public final class SyscallMonitorSource: EventSource {
                 }
             }
         }
+        if execHandover { wanted.insert(KernelProgram.execHandoverProgram) }
         var found = Set<String>()
         for program in object.programs {
             let load = wanted.contains(program.name)

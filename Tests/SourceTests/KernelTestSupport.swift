@@ -70,7 +70,7 @@ enum Driver {
         let partial = directory.appendingPathComponent("partial-\(getpid())").path
         let compiler = Process()
         compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compiler.arguments = ["cc", "-O1", "-Wall", "-o", partial, source]
+        compiler.arguments = ["cc", "-O1", "-Wall", "-pthread", "-o", partial, source]
         do {
             try compiler.run()
             compiler.waitUntilExit()

@@ -231,6 +231,29 @@ struct SyscallMonitorKernelTests {
         #expect(records.events(of: run.pid).map(\.expectedForm) == expected)
     }
 
+    /// A thread other than the leader execs: the failed execve and the
+    /// successful one (which leaves with the leader's id) are both reported,
+    /// with the argv captured at entry, under the process's pid.
+    @Test func execFromAThreadOtherThanTheLeaderIsReported() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "execve")!]))
+        let run = try Driver.run(["thread-exec", directory.path, Driver.path])
+        let (records, summary) = session.finish()
+        #expect(run.status == 0)
+        #expect(summary.metrics["kernel"]?.malformed == 0)
+        // The exec really came from another thread than the leader.
+        let thread = try #require(run.comments.first { $0.hasPrefix("# thread ") })
+        #expect(thread != "# thread \(run.pid) of \(run.pid)" && thread.hasSuffix(" of \(run.pid)"), "\(thread)")
+        let spawn = ExpectedEvent(name: "execve", retval: 0, args: Arguments([
+            .string(Driver.path), .strings([Driver.path, "thread-exec", directory.path, Driver.path], truncated: false),
+        ]))
+        let expected = try [spawn] + run.expected()
+        #expect(expected.map(\.retval) == [0, -13, 0])
+        let actual = records.events(of: run.pid).map(\.expectedForm)
+        #expect(actual == expected, "\(actual.map(\.description).joined(separator: "\n"))")
+    }
+
     /// Inside new pid and mount namespaces (`unshare`), events carry the
     /// namespace's pids and ids: a container's view.
     @Test func namespacePidsAndIdsInsideNewNamespaces() throws {

@@ -49,6 +49,17 @@ enum KernelProgram {
         kind.id == 322 ? EventCatalog.kind(id: 59).map { [$0] } ?? [] : []
     }
 
+    /// The program that hands an exec's saved arguments over from the thread
+    /// that called it to the process leader whose id it leaves with (see the
+    /// program), on `sched/sched_process_exec`.
+    static let execHandoverProgram = "tp_sched_exec"
+
+    /// True for the events whose exit needs ``execHandoverProgram``: execve
+    /// and execveat.
+    static func needsExecHandover(_ kind: EventKind) -> Bool {
+        kind.id == 59 || kind.id == 322
+    }
+
     /// The kernel's name of the syscall: its tracepoints are
     /// `syscalls/sys_enter_<name>` and its entry point `__x64_sys_<name>`.
     /// umount2(2) is the kernel's `umount`, as our event name already says.

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -276,6 +277,44 @@ static void scenario_process(const char *dir, const char *self)
     exit(75);
 }
 
+/* From a thread other than the leader: an execve that fails (EACCES), then
+ * one into this program, which goes on with "done". A successful exec gives
+ * the thread the leader's id before the syscall returns. */
+struct thread_exec {
+    const char *dir;
+    const char *self;
+};
+
+static void *thread_exec_main(void *context)
+{
+    const struct thread_exec *t = context;
+    char path[512], detail[1200];
+    char *envp[] = { NULL };
+    printf("# thread %ld of %d\n", (long)syscall(SYS_gettid), (int)getpid());
+    snprintf(path, sizeof(path), "%s/not-executable", t->dir);
+    close(open(path, O_WRONLY | O_CREAT, 0644));
+    char *denied_argv[] = { "not-executable", NULL };
+    snprintf(detail, sizeof(detail), "%s\tnot-executable", path);
+    report("execve", ret(syscall(SYS_execve, path, denied_argv, envp)), detail);
+    char *argv[] = { "driver", "done", (char *)t->dir, NULL };
+    snprintf(detail, sizeof(detail), "%s\tdriver|done|%s", t->self, t->dir);
+    report("execve-attempt", 0, detail);
+    syscall(SYS_execve, t->self, argv, envp);
+    report("execve", -errno, "failed");
+    exit(77);
+}
+
+static void scenario_thread_exec(const char *dir, const char *self)
+{
+    struct thread_exec t = { dir, self };
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, thread_exec_main, &t))
+        exit(78);
+    /* The exec ends this thread; the join never returns. */
+    pthread_join(thread, NULL);
+    exit(79);
+}
+
 /* After execveat: an execve with more than 20 args (argv is cut at 20 + "..."). */
 static void scenario_after_execveat(const char *dir, const char *self)
 {
@@ -367,6 +406,8 @@ int main(int argc, char **argv)
         scenario_files(dir);
     else if (!strcmp(scenario, "process"))
         scenario_process(dir, argv[3]);
+    else if (!strcmp(scenario, "thread-exec"))
+        scenario_thread_exec(dir, argv[3]);
     else if (!strcmp(scenario, "after-execveat"))
         scenario_after_execveat(dir, argv[3]);
     else if (!strcmp(scenario, "done"))
