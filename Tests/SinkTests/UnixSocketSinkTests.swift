@@ -555,6 +555,34 @@ final class UnixSocketSinkTests: Sendable {
         #expect(metrics.lost.load(ordering: .relaxed) == 0)
     }
 
+    /// A client that only shuts down its sending side is still a reader and
+    /// keeps getting events; one that closes is noticed while nothing is
+    /// written (no write has to fail first).
+    @Test func aHalfClosedClientKeepsReading_aClosedOneIsNoticedWhileIdle() throws {
+        let path = directory + "/half.sock"
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
+        try sink.open(context())
+        let connected = { sink.clients.connected.load(ordering: .relaxed) }
+        let half = try SocketClient(path: path, keepBytes: true)
+        half.startReading()
+        try #require(eventually { connected() == 1 })
+        #expect(shutdown(half.fd, Int32(SHUT_WR)) == 0)
+        let input = events(100)
+        try write(input, to: sink)
+        #expect(half.wait { tally, _ in tally.events == 100 })
+        #expect(connected() == 1)
+
+        // Another client connects and closes; nothing is written meanwhile.
+        let gone = try UnixSocketPath.connect(path).get()
+        #expect(eventually { connected() == 2 })
+        close(gone)
+        #expect(eventually { connected() == 1 }, "a closed client stayed counted while idle")
+
+        try sink.close()
+        #expect(half.waitForEnd())
+        #expect(difference(half.bytes, encoded(input)) == nil)
+    }
+
     @Test func socatAndNetcatAreClients() throws {
         let path = directory + "/tools.sock"
         let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
