@@ -239,6 +239,31 @@ final class TraceSession {
     }
 }
 
+extension Driver.Run {
+    /// Of the events of a `files` run, those the driver reported: the
+    /// dynamic loader and libc also open and close files in the driver, so
+    /// only the events about `directory` and the driver's own descriptors.
+    func fileEvents(in all: [SyscallEvent], directory: String) throws -> [SyscallEvent] {
+        let expected = try expected()
+        let dirfd = try #require(comments.first { $0.hasPrefix("# dirfd ") }.flatMap { Int32($0.dropFirst(8)) })
+        let closed = Set(expected.filter { $0.name == "close" }.compactMap { event -> Int32? in
+            if case .int(let fd) = event.args[0] { return fd }
+            return nil
+        })
+        // Before its exec, the spawned child closes inherited descriptors:
+        // start at the driver's first reported syscall.
+        let start = all.firstIndex { $0.expectedForm == expected.first } ?? 0
+        return all[start...].filter { event in
+            switch event.kind?.name {
+            case "open": return event.args[0].isPath(under: directory)
+            case "openat": return event.args[1].isPath(under: directory) || event.args[0] == .int(dirfd)
+            case "close": return event.args[0].intValue.map(closed.contains) ?? false
+            default: return true
+            }
+        }
+    }
+}
+
 extension Array where Element == PipelineRecord {
     /// The events of one process (by host pid), in the order they happened.
     func events(of pid: Int32) -> [SyscallEvent] {

@@ -171,26 +171,7 @@ struct SyscallMonitorKernelTests {
         #expect(run.status == 0)
         #expect(summary.metrics["kernel"]?.malformed == 0)
         let expected = try run.expected()
-        // The dynamic loader and libc also open and close files in the
-        // driver: keep the events about the test directory and the driver's
-        // own descriptors.
-        let dirfd = try #require(run.comments.first { $0.hasPrefix("# dirfd ") }.flatMap { Int32($0.dropFirst(8)) })
-        let closed = Set(expected.filter { $0.name == "close" }.compactMap { event -> Int32? in
-            if case .int(let fd) = event.args[0] { return fd }
-            return nil
-        })
-        // Before its exec, the spawned child closes inherited descriptors:
-        // start at the driver's first reported syscall.
-        let all = records.events(of: run.pid)
-        let start = all.firstIndex { $0.expectedForm == expected.first } ?? 0
-        let events = all[start...].filter { event in
-            switch event.kind?.name {
-            case "open": return event.args[0].isPath(under: directory.path)
-            case "openat": return event.args[1].isPath(under: directory.path) || event.args[0] == .int(dirfd)
-            case "close": return event.args[0].intValue.map(closed.contains) ?? false
-            default: return true
-            }
-        }
+        let events = try run.fileEvents(in: records.events(of: run.pid), directory: directory.path)
         #expect(events.map(\.expectedForm) == expected)
         #expect(expected.contains { $0.name == "openat" && $0.retval == -17 })
         #expect(!expected.contains { $0.name == "openat" && $0.retval == -2 })
