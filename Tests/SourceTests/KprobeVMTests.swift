@@ -1,0 +1,257 @@
+import Foundation
+import PipelineCore
+import Testing
+@testable import EventSources
+
+/// Whether the kprobe path can be tested here: this project's machines have
+/// no kprobes, so the test boots a kernel that has them (Debian's
+/// `linux-image-amd64`, found in /boot, or `PIPELINED_VM_KERNEL`) in qemu.
+/// Skipped with the reason printed when that kernel, qemu or busybox is
+/// missing, unless `PIPELINED_REQUIRE_VM=1` (as `.ci/run` sets): then it
+/// runs and fails.
+enum KprobeVM {
+    static let required = ProcessInfo.processInfo.environment["PIPELINED_REQUIRE_VM"] == "1"
+
+    /// The boot script, beside the test sources.
+    static let bootScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("VM/boot.sh").path
+
+    /// A kernel image whose build config has kprobes.
+    static let kernel: String? = {
+        if let path = ProcessInfo.processInfo.environment["PIPELINED_VM_KERNEL"], !path.isEmpty { return path }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? []
+        return names.filter { $0.hasPrefix("vmlinuz-") }.sorted().last { name in
+            let config = (try? String(contentsOfFile: "/boot/config-" + name.dropFirst("vmlinuz-".count), encoding: .utf8)) ?? ""
+            return config.contains("\nCONFIG_KPROBES=y") && config.contains("\nCONFIG_DEBUG_INFO_BTF=y")
+        }.map { "/boot/" + $0 }
+    }()
+
+    /// The `pipelined` executable that `swift build` made beside this test bundle.
+    static let binary: String? = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var url = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        while url.path != "/" {
+            let candidate = url.appendingPathComponent("pipelined").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            url.deleteLastPathComponent()
+        }
+        return nil
+    }()
+
+    static let unavailableReason: String? = {
+        guard kernel != nil else {
+            return "no kernel image with kprobes and BTF in /boot (apt-get install linux-image-amd64, or set PIPELINED_VM_KERNEL)"
+        }
+        for tool in ["qemu-system-x86_64", "busybox", "cpio"] where !onPath(tool) {
+            return "\(tool) is missing (apt-get install qemu-system-x86 busybox-static cpio)"
+        }
+        if binary == nil { return "the pipelined executable was not built beside the tests" }
+        return nil
+    }()
+
+    static var enabled: Bool {
+        guard let reason = unavailableReason else { return true }
+        if required { return true }
+        print("skipping the kprobe VM test: \(reason) (set PIPELINED_REQUIRE_VM=1 to fail instead)")
+        return false
+    }
+
+    private static func onPath(_ tool: String) -> Bool {
+        (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").contains {
+            FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)")
+        }
+    }
+}
+
+/// The kprobe/kretprobe programs, attached for real: a VM boots a kernel
+/// with kprobes and runs pipelined and the driver as root, first with
+/// `attach: auto` (which must choose kprobes for every event) and the ring
+/// buffer, then with `attach: kprobe` and the perf buffer. The driver's
+/// scenarios are compared event by event, as the tracepoint tests do.
+@Suite("syscall_monitor with kprobes, in a VM", .enabled(if: KprobeVM.enabled))
+struct KprobeVMTests {
+    /// A pass: one `pipelined run` with all events traced, and the driver's
+    /// scenarios while it runs.
+    struct Pass {
+        let name: String
+        let source: String
+    }
+
+    static let passes = [
+        Pass(name: "ringbuf", source: "{type: syscall_monitor, attach: auto, transport: ringbuf}"),
+        Pass(name: "perf", source: "{type: syscall_monitor, attach: kprobe, transport: perf}"),
+    ]
+
+    /// Scenario, the events it is compared on.
+    static let scenarios: [(name: String, events: Set<String>)] = [
+        ("connect", ["connect"]),
+        ("server", ["socket", "bind", "listen", "accept", "connect"]),
+        ("files", ["open", "openat", "close", "unlink", "unlinkat", "rmdir", "chown", "fchownat"]),
+        ("process", ["execve", "execveat", "setuid", "setgid", "ptrace", "mount", "umount"]),
+        ("thread-exec", ["execve"]),
+    ]
+
+    /// The VM's first process: brings up loopback, then per pass starts
+    /// pipelined, runs every scenario, stops it with SIGTERM and prints its
+    /// log and events. Sections start with `=== ` lines, on the second
+    /// serial port.
+    static func initScript() -> String {
+        var script = """
+            #!/bin/busybox sh
+            /bin/busybox --install -s /bin
+            mount -t devtmpfs dev /dev
+            mount -t proc proc /proc
+            mount -t sysfs sys /sys
+            mount -t tmpfs tmp /tmp
+            mount -t tracefs tracefs /sys/kernel/tracing
+            ip link set lo up
+            exec 3>/dev/ttyS1
+            echo "=== kernel $(uname -r)" >&3
+
+            """
+        for pass in passes {
+            script += """
+                /pipelined run /\(pass.name).yaml 2>/tmp/\(pass.name).log &
+                P=$!
+                i=0
+                while ! grep -q "pipeline started" /tmp/\(pass.name).log && kill -0 $P 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+
+                """
+            for scenario in scenarios {
+                let directory = "/tmp/\(pass.name)-\(scenario.name)"
+                let extra = ["process", "thread-exec"].contains(scenario.name) ? " /test/driver" : ""
+                script += """
+                    mkdir \(directory)
+                    echo "=== run \(pass.name) \(scenario.name)" >&3
+                    /test/driver \(scenario.name) \(directory)\(extra) >&3
+                    echo "=== status $?" >&3
+
+                    """
+            }
+            script += """
+                kill -TERM $P
+                wait $P
+                echo "=== exit \(pass.name) $?" >&3
+                echo "=== log \(pass.name)" >&3
+                cat /tmp/\(pass.name).log >&3
+                echo "=== events \(pass.name)" >&3
+                cat /tmp/\(pass.name).jsonl >&3
+
+                """
+        }
+        script += """
+            echo "=== done" >&3
+            poweroff -f
+
+            """
+        return script
+    }
+
+    /// Runs the VM; its output split into sections by their `=== ` line.
+    static func boot() throws -> (sections: [(title: String, lines: [String])], console: String) {
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        let files = FileManager.default
+        try files.copyItem(atPath: try #require(KprobeVM.binary), toPath: root.path + "/pipelined")
+        // In a directory of its own: the process scenario execveat()s the
+        // driver through its directory.
+        try files.createDirectory(atPath: root.path + "/test", withIntermediateDirectories: false)
+        try files.copyItem(atPath: Driver.path, toPath: root.path + "/test/driver")
+        for pass in passes {
+            try """
+                sources:
+                  kernel: \(pass.source)
+                sinks:
+                  out: {type: file, inputs: [kernel], path: /tmp/\(pass.name).jsonl}
+                """.write(toFile: root.path + "/\(pass.name).yaml", atomically: true, encoding: .utf8)
+        }
+        try initScript().write(toFile: root.path + "/init", atomically: true, encoding: .utf8)
+        chmod(root.path + "/init", 0o755)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [KprobeVM.bootScript, try #require(KprobeVM.kernel), root.path, "900"]
+        let output = Pipe()
+        let errorPath = root.path + ".stderr"
+        files.createFile(atPath: errorPath, contents: nil)
+        defer { try? files.removeItem(atPath: errorPath) }
+        process.standardOutput = output
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let errorText = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
+        #expect(process.terminationStatus == 0, "boot.sh failed:\n\(errorText.suffix(4000))")
+
+        var sections: [(title: String, lines: [String])] = []
+        // A serial port ends lines with CR LF, one Character to Swift.
+        for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
+            let text = String(line)
+            if text.hasPrefix("=== ") {
+                sections.append((String(text.dropFirst(4)), []))
+            } else if !sections.isEmpty {
+                sections[sections.count - 1].lines.append(text)
+            }
+        }
+        return (sections, errorText)
+    }
+
+    @Test func everyScenarioThroughKprobesWithBothTransports() throws {
+        let (sections, console) = try Self.boot()
+        let titles = sections.map(\.title)
+        try #require(titles.last == "done", "the VM did not finish: \(titles)\nits console:\n\(console.suffix(4000))")
+        #expect(titles.first?.hasPrefix("kernel ") == true)
+
+        for pass in Self.passes {
+            let exit = sections.first { $0.title.hasPrefix("exit \(pass.name) ") }?.title
+            #expect(exit == "exit \(pass.name) 0", "pipelined run (\(pass.name)) ended with \(exit ?? "nothing")")
+            let log = sections.first { $0.title == "log \(pass.name)" }?.lines ?? []
+            // Every event on its kprobe pair, none fallen back.
+            for kind in EventCatalog.all {
+                let name = KprobeVM.kernelName(kind)
+                #expect(log.contains { $0.contains("event \(kind.name): kprobe/kretprobe on __x64_sys_\(name)") },
+                        "\(pass.name): \(kind.name) not on a kprobe:\n\(log.joined(separator: "\n"))")
+            }
+            #expect(!log.contains { $0.contains("using its tracepoints") })
+            #expect(log.contains { $0.contains(pass.name == "perf" ? "through a perf buffer" : "through a ring buffer") })
+            #expect(log.contains { $0.contains("stage=kernel") && $0.contains("stage totals") && $0.contains("lost=0 malformed=0") },
+                    "\(log.joined(separator: "\n"))")
+
+            let decoder = NDJSONDecoder()
+            let lines = sections.first { $0.title == "events \(pass.name)" }?.lines.filter { !$0.isEmpty } ?? []
+            let records = try lines.map { line in try Array(line.utf8).withUnsafeBytes { try decoder.decode($0) } }
+            #expect(!records.isEmpty)
+
+            for scenario in Self.scenarios {
+                let index = try #require(sections.firstIndex { $0.title == "run \(pass.name) \(scenario.name)" })
+                #expect(sections[index + 1].title == "status 0", "\(pass.name) \(scenario.name): driver \(sections[index + 1].title)")
+                let output = Data(sections[index].lines.joined(separator: "\n").utf8)
+                let pid = try #require(sections[index].lines.first { $0.hasPrefix("# pid ") }.flatMap { Int32($0.dropFirst(6)) })
+                let run = Driver.Run(pid: pid, status: 0, output: output)
+                let directory = "/tmp/\(pass.name)-\(scenario.name)"
+                let events = records.events(of: pid).filter { $0.kind.map { scenario.events.contains($0.name) } ?? false }
+                var expected = try run.expected()
+                var actual = events
+                switch scenario.name {
+                case "files":
+                    actual = try run.fileEvents(in: events, directory: directory)
+                case "process", "thread-exec":
+                    // busybox's spawn of the driver is the first execve.
+                    let spawn = ExpectedEvent(name: "execve", retval: 0, args: Arguments([
+                        .string("/test/driver"), .strings(["/test/driver", scenario.name, directory, "/test/driver"], truncated: false),
+                    ]))
+                    expected.insert(spawn, at: 0)
+                default:
+                    break
+                }
+                #expect(!expected.isEmpty)
+                #expect(actual.map(\.expectedForm) == expected,
+                        "\(pass.name) \(scenario.name):\n\(actual.map(\.expectedForm.description).joined(separator: "\n"))")
+            }
+        }
+    }
+}
+
+extension KprobeVM {
+    static func kernelName(_ kind: EventKind) -> String { KernelProgram.kernelName(kind) }
+}
