@@ -173,7 +173,7 @@ struct KprobeVMTests {
         process.arguments = [KprobeVM.bootScript, try #require(KprobeVM.kernel), root.path, "900"]
         let output = Pipe()
         let errorPath = root.path + ".stderr"
-        files.createFile(atPath: errorPath, contents: nil)
+        try #require(files.createFile(atPath: errorPath, contents: nil))
         defer { try? files.removeItem(atPath: errorPath) }
         process.standardOutput = output
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
