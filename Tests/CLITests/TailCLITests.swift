@@ -181,9 +181,12 @@ final class TailCLITests: Sendable {
         feed.send(1000)
         #expect(waitFor { socketExists(path) })
         let tail = try CLI.start(["tail", path])
-        // Feed until what tail prints shows it has joined, then a last part.
+        // Feed until what tail prints shows it has joined, then a last part;
+        // gently (about 5000 records a second), far below what a client
+        // buffer holds, so tail never has events dropped.
         let joined = waitFor {
             feed.send(100)
+            usleep(20_000)
             return !tail.stdout.text.isEmpty
         }
         #expect(joined)
