@@ -213,7 +213,7 @@ struct LineReader {
     private var end = 0
     private var eof = false
 
-    init(fd: Int32, wake: Int32 = -1) {
+    init(fd: Int32, wake: Int32) {
         self.fd = fd
         self.wake = wake
         var info = stat()
@@ -224,7 +224,7 @@ struct LineReader {
     /// input, or once `wake` is readable (what is left unread then is dropped,
     /// as a partial last line of a stopped run would be).
     /// `idle` is called before waiting for a stream that has nothing to read yet.
-    mutating func nextLine(idle: () -> Void = {}, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+    mutating func nextLine(idle: () -> Void, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
         while true {
             if let newline = buffer[start..<end].firstIndex(of: UInt8(ascii: "\n")) {
                 try buffer.withUnsafeBytes { raw in

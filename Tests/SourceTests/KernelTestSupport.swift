@@ -141,6 +141,12 @@ struct ExpectedEvent: Equatable, CustomStringConvertible {
         self.args = args
     }
 
+    /// The successful execve that started a driver run: `path` run with
+    /// `arguments` (argv[0] is the path, as the spawner passes it).
+    static func spawn(_ path: String, _ arguments: [String]) -> ExpectedEvent {
+        ExpectedEvent(name: "execve", retval: 0, args: Arguments([.string(path), .strings([path] + arguments, truncated: false)]))
+    }
+
     struct ParseError: Error, CustomStringConvertible {
         var description: String
     }

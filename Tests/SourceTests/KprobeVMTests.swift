@@ -208,7 +208,7 @@ struct KprobeVMTests {
             let log = sections.first { $0.title == "log \(pass.name)" }?.lines ?? []
             // Every event on its kprobe pair, none fallen back.
             for kind in EventCatalog.all {
-                let name = KprobeVM.kernelName(kind)
+                let name = KernelProgram.kernelName(kind)
                 #expect(log.contains { $0.contains("event \(kind.name): kprobe/kretprobe on __x64_sys_\(name)") },
                         "\(pass.name): \(kind.name) not on a kprobe:\n\(log.joined(separator: "\n"))")
             }
@@ -237,10 +237,7 @@ struct KprobeVMTests {
                     actual = try run.fileEvents(in: events, directory: directory)
                 case "process", "thread-exec":
                     // busybox's spawn of the driver is the first execve.
-                    let spawn = ExpectedEvent(name: "execve", retval: 0, args: Arguments([
-                        .string("/test/driver"), .strings(["/test/driver", scenario.name, directory, "/test/driver"], truncated: false),
-                    ]))
-                    expected.insert(spawn, at: 0)
+                    expected.insert(.spawn("/test/driver", [scenario.name, directory, "/test/driver"]), at: 0)
                 default:
                     break
                 }
@@ -250,8 +247,4 @@ struct KprobeVMTests {
             }
         }
     }
-}
-
-extension KprobeVM {
-    static func kernelName(_ kind: EventKind) -> String { KernelProgram.kernelName(kind) }
 }

@@ -188,10 +188,7 @@ struct SyscallMonitorKernelTests {
         #expect(run.status == 0)
         #expect(summary.metrics["kernel"]?.malformed == 0)
         // The test's own spawn of the driver is the first execve.
-        let spawn = ExpectedEvent(name: "execve", retval: 0, args: Arguments([
-            .string(Driver.path), .strings([Driver.path, "process", directory.path, Driver.path], truncated: false),
-        ]))
-        let expected = try [spawn] + run.expected()
+        let expected = try [.spawn(Driver.path, ["process", directory.path, Driver.path])] + run.expected()
         let actual = records.events(of: run.pid).map(\.expectedForm)
         #expect(actual == expected, "\(actual.map(\.description).joined(separator: "\n"))")
         #expect(expected.map(\.name) == ["execve", "setuid", "setgid", "ptrace", "mount", "umount", "execve", "execveat", "execve"])
@@ -226,10 +223,7 @@ struct SyscallMonitorKernelTests {
         // The exec really came from another thread than the leader.
         let thread = try #require(run.comments.first { $0.hasPrefix("# thread ") })
         #expect(thread != "# thread \(run.pid) of \(run.pid)" && thread.hasSuffix(" of \(run.pid)"), "\(thread)")
-        let spawn = ExpectedEvent(name: "execve", retval: 0, args: Arguments([
-            .string(Driver.path), .strings([Driver.path, "thread-exec", directory.path, Driver.path], truncated: false),
-        ]))
-        let expected = try [spawn] + run.expected()
+        let expected = try [.spawn(Driver.path, ["thread-exec", directory.path, Driver.path])] + run.expected()
         #expect(expected.map(\.retval) == [0, -13, 0])
         let actual = records.events(of: run.pid).map(\.expectedForm)
         #expect(actual == expected, "\(actual.map(\.description).joined(separator: "\n"))")
