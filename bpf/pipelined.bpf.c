@@ -381,8 +381,9 @@ static __always_inline u32 count_args(u64 types)
     return n;
 }
 
-/* Header fields that describe the process: host pid/ppid always; the pid
- * namespace's view and the namespace ids only outside the init pid ns. */
+/* Header fields that describe the process: host pid/ppid always; pid/ppid
+ * as the task's own pid namespace sees them (the host view in the init
+ * namespace); the namespace ids only outside the init pid namespace. */
 static __always_inline void fill_process(u8 *base, u64 pid_tgid)
 {
     /* A BTF task pointer: plain loads, checked by the verifier, instead of a
@@ -390,7 +391,8 @@ static __always_inline void fill_process(u8 *base, u64 pid_tgid)
     struct task_struct *task = bpf_get_current_task_btf();
     u32 host_pid = pid_tgid >> 32;
     u32 host_ppid = task->real_parent->tgid;
-    u32 pid_ns = 0, mnt_ns = 0, ns_pid = 0, ns_ppid = 0;
+    /* In the init pid namespace the task's own view is the host view. */
+    u32 pid_ns = 0, mnt_ns = 0, ns_pid = host_pid, ns_ppid = host_ppid;
 
     struct pid *leader_pid = task->group_leader->thread_pid;
     unsigned int level = leader_pid->level;
@@ -402,6 +404,7 @@ static __always_inline void fill_process(u8 *base, u64 pid_tgid)
         ns_pid = BPF_CORE_READ(leader_pid, numbers[level].nr);
         /* The parent is visible in our namespace only if it lives in it or
          * below; a parent outside (the container runtime) reads as 0. */
+        ns_ppid = 0;
         struct pid *parent_pid = task->real_parent->group_leader->thread_pid;
         unsigned int parent_level = parent_pid->level;
         if (parent_level >= level && BPF_CORE_READ(parent_pid, numbers[level].ns) == ns)

@@ -12,7 +12,9 @@ public struct SyscallEvent: Sendable, Equatable {
     /// The wire event id (the x86-64 syscall number).
     public var eventID: UInt32
     public var retval: Int64
-    /// Namespace-local pid and ppid (0 for a process in the init pid namespace).
+    /// pid and ppid as the task's own pid namespace sees them: equal to
+    /// ``hostPid`` and ``hostPpid`` in the init pid namespace; in a container
+    /// the namespace-local ids, `ppid` 0 for a parent outside the namespace.
     public var pid: UInt32
     public var ppid: UInt32
     public var hostPid: UInt32
@@ -275,6 +277,21 @@ public struct EventBatch: Sendable, Equatable {
 
     public var count: Int { records.count }
     public var isEmpty: Bool { records.isEmpty }
+
+    /// What losing this batch loses: its events plus the counts of the
+    /// `lost` records it carries (losses already counted upstream that would
+    /// otherwise vanish with it). Every place that drops a batch counts this,
+    /// so that delivered + counted equals generated.
+    public var lossWeight: UInt64 {
+        var weight: UInt64 = 0
+        for record in records {
+            switch record {
+            case .event: weight += 1
+            case .lost(let lost): weight += lost.count
+            }
+        }
+        return weight
+    }
 
     /// Events only (not lost records) in this batch.
     public var eventCount: Int {

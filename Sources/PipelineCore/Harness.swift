@@ -143,7 +143,7 @@ extension StageHarness {
         }
         return SyscallEvent(
             timeNs: timeNs, ktimeNs: 1_000, eventID: kind.id, retval: retval,
-            pid: pidNamespace == 0 ? 0 : pid, ppid: 0, hostPid: pid, hostPpid: 1, uid: 0,
+            pid: pid, ppid: pidNamespace == 0 ? 1 : 0, hostPid: pid, hostPpid: 1, uid: 0,
             pidNamespace: pidNamespace, mountNamespace: mountNamespace, comm: Comm(comm),
             args: Arguments(args ?? defaults)
         )

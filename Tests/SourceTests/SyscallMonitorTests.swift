@@ -72,7 +72,10 @@ struct SyscallMonitorKernelTests {
             #expect(event.comm.description == "driver")
             #expect(event.hostPpid == UInt32(getpid()))
             #expect(event.uid == getuid())
-            #expect(!event.isContainer && event.pid == 0 && event.pidNamespace == 0)
+            // A host process: its own namespace's view is the host view.
+            #expect(!event.isContainer && event.pidNamespace == 0 && event.mountNamespace == 0)
+            #expect(event.pid == UInt32(run.pid) && event.pid == event.hostPid)
+            #expect(event.ppid == UInt32(getpid()) && event.ppid == event.hostPpid)
         }
     }
 
