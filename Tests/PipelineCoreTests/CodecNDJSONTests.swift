@@ -124,9 +124,12 @@ struct CodecNDJSONTests {
         let kernel = LostRecord(timeNs: specTimeNs, count: 17, site: .kernel, cpu: 1)
         #expect(line(.lost(kernel))
             == #"{"time":"2026-11-24T16:34:13.123456789Z","event":"lost","count":17,"where":"kernel","cpu":1}"# + "\n")
+        #expect(line(.lost(LostRecord(timeNs: specTimeNs, count: 2, site: .queue)))
+            == #"{"time":"2026-11-24T16:34:13.123456789Z","event":"lost","count":2,"where":"queue","cpu":null}"# + "\n")
         let client = LostRecord(timeNs: 0, count: UInt64.max, site: .client)
+        // No CPU applies to a client's (or a queue's) loss: the key is still there.
         #expect(line(.lost(client))
-            == #"{"time":"1970-01-01T00:00:00.000000000Z","event":"lost","count":18446744073709551615,"where":"client"}"#
+            == #"{"time":"1970-01-01T00:00:00.000000000Z","event":"lost","count":18446744073709551615,"where":"client","cpu":null}"#
             + "\n")
     }
 

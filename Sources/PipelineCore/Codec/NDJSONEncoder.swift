@@ -2,8 +2,8 @@
 ///
 /// An event line has the keys `time, ktime_ns, event, event_id, scope, retval,
 /// result, pid, ppid, host_pid, host_ppid, uid, pid_ns, mnt_ns, origin, comm,
-/// args` in that order; a lost record has `time, event ("lost"), count, where`
-/// and `cpu` when it has one. `time` is RFC 3339 UTC with nine fractional
+/// args` in that order; a lost record has `time, event ("lost"), count, where,
+/// cpu`, with `cpu` null where no CPU applies. `time` is RFC 3339 UTC with nine fractional
 /// digits. Strings are escaped per RFC 8259; a comm that is not UTF-8 has each
 /// bad sequence replaced by U+FFFD. Flags print symbolically (see
 /// ``FlagKind/symbolic(_:)``), an unreadable argument as `null`.
@@ -273,10 +273,13 @@ final class EncoderTables: Sendable {
         case .queue: writer.literal("queue")
         case .client: writer.literal("client")
         }
-        writer.byte(UInt8(ascii: "\""))
+        // Every key is always present: `cpu` is null where no CPU applies,
+        // so that a consumer's `.cpu` never meets a missing key.
+        writer.literal("\",\"cpu\":")
         if let cpu = lost.cpu {
-            writer.literal(",\"cpu\":")
             writer.decimal(Int64(cpu))
+        } else {
+            writer.literal("null")
         }
         writer.literal("}\n")
     }
