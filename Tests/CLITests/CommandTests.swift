@@ -92,6 +92,43 @@ struct CommandTests {
         }
     }
 
+    /// A user who copies a shipped file and runs it sets no variables first:
+    /// every file must validate as shipped, with nothing in the environment.
+    @Test func everyShippedPipelineValidatesWithAnEmptyEnvironment() throws {
+        let directory = CLI.packageRoot.appendingPathComponent("pipelines")
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            .filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count >= 7)
+        for file in files {
+            let result = try CLI.start(["validate", directory.appendingPathComponent(file).path], prefix: ["/usr/bin/env", "-i"])
+                .finish(timeout: 120)
+            #expect(result.status == 0, "\(file): \(result.stderr)")
+            #expect(result.stderr.isEmpty, "\(file): \(result.stderr)")
+            #expect(result.stdout.contains("\(file): ok"), "\(file): \(result.stdout)")
+        }
+    }
+
+    /// The bad-pipeline corpus: one file per stage type, each naming at its
+    /// top (`# expect: LINE:COLUMN: error: ...`) exactly the errors that
+    /// `validate` must print for it, in order, with exit status 78.
+    @Test func badPipelineCorpusGivesEveryExpectedError() throws {
+        let directory = CLI.packageRoot.appendingPathComponent("Tests/CLITests/Corpus")
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            .filter { $0.hasSuffix(".yaml") }.sorted()
+        let types = Set(files.map { String($0.prefix { $0 != "-" }) })
+        #expect(types == ["syscall_monitor", "replay", "event_id", "retval", "scope", "file", "lz4_segments", "unix_socket"])
+        for file in files {
+            let path = directory.appendingPathComponent(file).path
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            let expected = text.split(separator: "\n").filter { $0.hasPrefix("# expect: ") }
+                .map { "\(path):\($0.dropFirst("# expect: ".count))\n" }.joined()
+            #expect(!expected.isEmpty, "\(file) names no expected error")
+            let result = try CLI.run(["validate", path])
+            #expect(result.status == 78, "\(file)")
+            #expect(result.stderr == expected, "\(file):\n\(result.stderr)")
+        }
+    }
+
     @Test func embeddedDefaultPipelineIsTheShippedFile() throws {
         let shipped = try String(contentsOf: CLI.packageRoot.appendingPathComponent("pipelines/default.yaml"), encoding: .utf8)
         let source = try String(contentsOf: CLI.packageRoot.appendingPathComponent("Sources/pipelined/DefaultPipeline.swift"), encoding: .utf8)
