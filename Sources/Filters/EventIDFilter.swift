@@ -53,7 +53,7 @@ public struct EventIDFilter: EventFilter {
         let errors = config.diagnostics.count
         let include = resolve("include")
         let exclude = resolve("exclude")
-        if include == nil && exclude == nil {
+        if !config.has("include") && !config.has("exclude") {
             config.error(nil, "needs 'include' or 'exclude'")
         }
         guard config.diagnostics.count == errors else { return nil }

@@ -29,6 +29,18 @@ public indirect enum ConfigValue: Sendable, Equatable {
         return nil
     }
 
+    /// Why this value cannot stand where a list is wanted, or nil for a list:
+    /// `must be a list (write [connect])` for a lone scalar, so that
+    /// `events: connect` is an error with its fix rather than a silent list
+    /// of one. Every list option and `inputs` report through this.
+    public var notAListMessage: String? {
+        switch self {
+        case .sequence: nil
+        case .scalar(let text, _, _): text.isEmpty ? "must be a list" : "must be a list (write [\(text)])"
+        case .mapping: "must be a list, not a map"
+        }
+    }
+
     /// The value of `key` in a mapping.
     public subscript(key: String) -> ConfigValue? {
         guard case .mapping(let entries, _) = self else { return nil }

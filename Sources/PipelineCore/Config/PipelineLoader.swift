@@ -360,6 +360,10 @@ private struct LoadSession {
         var idLocation: SourceLocation
         var inputs: [InputRef]
         var inputsKeyLocation: SourceLocation?
+        /// `inputs` was written but is not a list (already reported).
+        var inputsInvalid = false
+        /// The stage id a scalar `inputs: kernel` named.
+        var namedByInvalidInputs: String?
         var queue: QueuePolicy
         /// Nil when the stage's options had errors (already reported).
         var instance: StageInstance?
@@ -420,10 +424,12 @@ private struct LoadSession {
                             error(item.location, "\(label): each of 'inputs' must be a stage id, not \(item.kindDescription)")
                         }
                     }
-                case .scalar(let text, _, let itemAt) where !text.isEmpty:
-                    stage.inputs.append(InputRef(id: text, at: itemAt))
                 default:
-                    error(inputsEntry.value.location, "\(label): 'inputs' must be a list of stage ids, not \(inputsEntry.value.kindDescription)")
+                    error(inputsEntry.value.location, "\(label): 'inputs' \(inputsEntry.value.notAListMessage ?? "must be a list")")
+                    // One mistake, one error: the stage it names still counts
+                    // as read, and the stage is not also "without inputs".
+                    stage.inputsInvalid = true
+                    if let text = inputsEntry.value.scalarText, !text.isEmpty { stage.namedByInvalidInputs = text }
                 }
             }
         }
@@ -458,7 +464,7 @@ private struct LoadSession {
 
         for stage in stages where stage.kind != .source {
             let label = "\(stage.kind.rawValue) '\(stage.id)'"
-            if stage.inputs.isEmpty {
+            if stage.inputs.isEmpty, !stage.inputsInvalid {
                 error(stage.inputsKeyLocation ?? stage.idLocation, "\(label): no inputs; list the sources or filters it reads under 'inputs'")
             }
             var listed: Set<String> = []
@@ -486,6 +492,7 @@ private struct LoadSession {
             }
         }
 
+        let alsoRead = alsoRead.union(stages.compactMap(\.namedByInvalidInputs))
         for stage in stages where stage.kind != .sink && readers[stage.id] == nil && !alsoRead.contains(stage.id) {
             let what = stage.kind == .source ? "source" : "filter"
             error(stage.idLocation, "\(what) '\(stage.id)': nothing reads it; list it under 'inputs' of a filter or sink")

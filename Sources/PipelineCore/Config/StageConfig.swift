@@ -168,26 +168,23 @@ public final class StageConfig {
         return text
     }
 
-    /// A list of scalars, each with its location; a lone scalar is a list of one.
+    /// A list of scalars, each with its location. Anything but a list (a lone
+    /// scalar included) is reported, with the fix (``ConfigValue/notAListMessage``).
     public func scalarList(_ key: String) -> [(text: String, location: SourceLocation)]? {
         guard let value = value(key) else { return nil }
-        switch value {
-        case .scalar(let text, _, let at):
-            return [(text, at)]
-        case .sequence(let items, _):
-            var result: [(String, SourceLocation)] = []
-            for item in items {
-                guard case .scalar(let text, _, let at) = item else {
-                    error(at: item.location, "'\(key)' items must be scalars, not \(item.kindDescription)")
-                    continue
-                }
-                result.append((text, at))
-            }
-            return result
-        case .mapping:
-            error(key, "must be a list, not a map")
+        guard case .sequence(let items, _) = value else {
+            error(key, value.notAListMessage ?? "must be a list")
             return nil
         }
+        var result: [(String, SourceLocation)] = []
+        for item in items {
+            guard case .scalar(let text, _, let at) = item else {
+                error(at: item.location, "'\(key)' items must be scalars, not \(item.kindDescription)")
+                continue
+            }
+            result.append((text, at))
+        }
+        return result
     }
 
     /// A list of strings.
