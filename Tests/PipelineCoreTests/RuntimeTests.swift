@@ -176,6 +176,48 @@ struct RuntimeTests {
         #expect(good.closed)
     }
 
+    /// A sink whose write fails mid-stream counts everything it could not
+    /// write, the losses its batches carried included (the same weight a
+    /// full queue counts), so that written + counted = generated.
+    @Test func aSinkThatFailsMidStreamCountsEverythingItCouldNotWrite() throws {
+        final class FailsOnThirdWrite: EventSink {
+            let lock = ConditionLock()
+            // Guarded by `lock`.
+            nonisolated(unsafe) var writes = 0
+            nonisolated(unsafe) var written: UInt64 = 0
+            func open(_ context: StageContext) throws {}
+            func write(_ batch: EventBatch) throws {
+                try lock.withLock {
+                    writes += 1
+                    if writes >= 3 { throw SinkFailure() }
+                    written += batch.lossWeight
+                }
+            }
+            func close() throws {}
+            struct SinkFailure: Error {}
+        }
+        // Every batch of 100 carries a kernel loss of 7 besides its events.
+        var input: [PipelineRecord] = []
+        for batch in 0..<50 {
+            input += events(99, from: batch * 99)
+            input.append(.lost(LostRecord(timeNs: 1, count: 7, site: .kernel, cpu: 0)))
+        }
+        let source = MemorySource(input, batchSize: 100)
+        let failing = FailsOnThirdWrite()
+        let plan = StageHarness.plan(sources: [("src", source)], sinks: [("out", failing, QueuePolicy(capacityEvents: 100_000, whenFull: .block))])
+        let runtime = PipelineRuntime(plan: plan, logger: logger)
+        try runtime.start()
+        let summary = runtime.wait()
+        #expect(!summary.succeeded)
+        #expect(summary.failures.contains { $0.hasPrefix("out: write failed") })
+        let pushed = source.pushed.load(ordering: .relaxed)
+        let generated = EventBatch(Array(input.prefix(pushed))).lossWeight
+        let written = failing.lock.withLock { failing.written }
+        #expect(written == 2 * 106)
+        #expect(generated > written)
+        #expect(written + (summary.metrics["out"]?.lost ?? 0) == generated)
+    }
+
     /// `settings.priority_boost`: the stage threads run at the starting
     /// thread's nice value minus the boost when the process may raise its
     /// priority (root, or CAP_SYS_NICE), and unchanged otherwise; 0 leaves

@@ -146,7 +146,7 @@ public final class PipelineRuntime: Sendable {
             switch queue.pop(untilMonotonicNs: Clock.monotonicNs() + context.idleIntervalNs) {
             case .batch(let batch):
                 if failed {
-                    metrics.add(metrics.lost, UInt64(batch.eventCount))
+                    metrics.add(metrics.lost, batch.lossWeight)
                     continue
                 }
                 do {
@@ -155,7 +155,7 @@ public final class PipelineRuntime: Sendable {
                 } catch {
                     // Keep draining so that producers never block on a dead sink.
                     failed = true
-                    metrics.add(metrics.lost, UInt64(batch.eventCount))
+                    metrics.add(metrics.lost, batch.lossWeight)
                     fail(context.id, "write failed: \(error)", logger: context.logger)
                 }
             case .timedOut:

@@ -31,7 +31,7 @@ public final class SinkQueue: Sendable {
             // empty queue, so that block can never wait forever.
             while !closed, queued > 0, queued + size > policy.capacityEvents {
                 if policy.whenFull == .drop {
-                    let lost = Self.lostCount(batch)
+                    let lost = batch.lossWeight
                     dropped += lost
                     metrics.add(metrics.lost, lost)
                     return
@@ -39,26 +39,13 @@ public final class SinkQueue: Sendable {
                 lock.wait()
             }
             if closed {
-                dropped += Self.lostCount(batch)
+                dropped += batch.lossWeight
                 return
             }
             batches.append(batch)
             queued += size
             lock.broadcast()
         }
-    }
-
-    /// What a dropped batch counts as: its events, plus losses already counted
-    /// upstream by the `lost` records it carried.
-    private static func lostCount(_ batch: EventBatch) -> UInt64 {
-        var count: UInt64 = 0
-        for record in batch.records {
-            switch record {
-            case .event: count += 1
-            case .lost(let lost): count += lost.count
-            }
-        }
-        return count
     }
 
     /// What ``pop(untilMonotonicNs:)`` returns.
