@@ -32,6 +32,13 @@ let package = Package(
             pkgConfig: "liblz4",
             providers: [.apt(["liblz4-dev"])]
         ),
+        // The NATS C client (connections, JetStream publish, pull consumers).
+        .systemLibrary(
+            name: "CNATS",
+            path: "Sources/CNATS",
+            pkgConfig: "libnats",
+            providers: [.apt(["libnats-dev"])]
+        ),
         .target(
             name: "PipelineCore",
             dependencies: [
@@ -41,6 +48,17 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             path: "Sources/PipelineCore"
+        ),
+        // What the nats source and sink share over the C client: connection
+        // options, connecting, errors, subject matching.
+        .target(
+            name: "NATSClient",
+            dependencies: [
+                "CNATS",
+                "PipelineCore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/NATSClient"
         ),
         .target(
             name: "EventFilters",
@@ -52,6 +70,8 @@ let package = Package(
             dependencies: [
                 "PipelineCore",
                 "CLZ4",
+                "CNATS",
+                "NATSClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -65,6 +85,8 @@ let package = Package(
                 "PipelineCore",
                 "CBPF",
                 "CLZ4",
+                "CNATS",
+                "NATSClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
@@ -122,6 +144,13 @@ let package = Package(
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]
+        ),
+        // Nodes and aggregators through real nats-server processes, driving
+        // the built binary; the kernel case builds SourceTests' driver.
+        .testTarget(
+            name: "FleetTests",
+            dependencies: ["PipelineCore", "NATSClient", "CNATS"],
+            path: "Tests/FleetTests"
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,217 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CNATS
+import Logging
+import PipelineCore
+
+/// A failure of the NATS C client: its status and its explanation.
+public struct NATSError: Error, CustomStringConvertible, Sendable {
+    public var status: natsStatus
+    /// The JetStream error code the server gave, 0 when none.
+    public var code: Int
+    public var message: String
+
+    public init(status: natsStatus, code: Int = 0, message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    /// What the client says about `status` right now, on this thread:
+    /// `nats_GetLastError` carries the detail (`No server available for connection`).
+    public init(_ status: natsStatus, code: jsErrCode = jsErrCode(rawValue: 0), _ what: String) {
+        var detail = String(cString: natsStatus_GetText(status))
+        if let last = nats_GetLastError(nil) {
+            let text = String(cString: last)
+            if !text.isEmpty, text != detail { detail = text }
+        }
+        self.init(status: status, code: Int(code.rawValue), message: "\(what): \(detail)")
+    }
+
+    public var description: String { message }
+}
+
+/// Throws a ``NATSError`` for any status but `NATS_OK`.
+@inline(__always)
+public func natsCheck(_ status: natsStatus, code: jsErrCode = jsErrCode(rawValue: 0), _ what: @autoclosure () -> String) throws {
+    if status != NATS_OK { throw NATSError(status, code: code, what()) }
+}
+
+/// One connection to a NATS server (or cluster) through the C client, with
+/// JetStream on it.
+///
+/// It never gives up: a server that cannot be reached at start, or that goes
+/// away later, is retried every ``reconnectWaitMs`` for as long as the
+/// connection lives (the client's `RetryOnFailedConnect`, unlimited
+/// reconnects). ``Event``s say when it connects and disconnects; they are
+/// delivered on the C client's own callback thread.
+public final class NATSConnection: @unchecked Sendable {
+    // `handle` and `jetStream` are set once in `connect` and only read after;
+    // the C client is thread-safe. That is why this is @unchecked Sendable.
+    /// The C client's `natsConnection*`.
+    public let handle: OpaquePointer
+    private var callbacks: Unmanaged<CallbackBox>?
+    public let endpoint: NATSEndpoint
+
+    /// How long the client waits between connection attempts.
+    public static let reconnectWaitMs: Int64 = 500
+
+    /// What happens to the connection, as the C client reports it.
+    public enum Event: Sendable {
+        /// Connected for the first time (after a failed first attempt).
+        case connected
+        case disconnected
+        case reconnected
+        /// Closed for good (only by ``close()``).
+        case closed
+        /// An asynchronous error (a permission violation, a slow consumer).
+        case error(String)
+    }
+
+    /// Holds the event handler for the C callbacks. Its reference is taken
+    /// when the connection is made and given back by the `closed` callback,
+    /// the last one the client delivers for a connection.
+    final class CallbackBox: @unchecked Sendable {
+        // Set once before the connection exists; only read by callbacks.
+        let handler: @Sendable (Event) -> Void
+        init(_ handler: @escaping @Sendable (Event) -> Void) { self.handler = handler }
+    }
+
+    private init(handle: OpaquePointer, callbacks: Unmanaged<CallbackBox>, endpoint: NATSEndpoint) {
+        self.handle = handle
+        self.callbacks = callbacks
+        self.endpoint = endpoint
+    }
+
+    /// Connects to the endpoint's servers. Returns at once whether or not a
+    /// server answered (`connected` says which); when none did, the client
+    /// keeps trying in the background and sends ``Event/connected`` when one
+    /// does. Throws only for what retrying cannot mend: options the client
+    /// rejects (a TLS file it cannot load, credentials it cannot use).
+    public static func connect(
+        _ endpoint: NATSEndpoint, name: String, onEvent: @escaping @Sendable (Event) -> Void
+    ) throws -> (connection: NATSConnection, connected: Bool) {
+        var options: OpaquePointer?
+        try natsCheck(natsOptions_Create(&options), "cannot create NATS options")
+        defer { natsOptions_Destroy(options) }
+
+        let servers = endpoint.urls.map { strdup($0) }
+        defer { servers.forEach { free($0) } }
+        var pointers = servers.map { UnsafePointer<CChar>($0) }
+        try natsCheck(natsOptions_SetServers(options, &pointers, Int32(pointers.count)), "bad server list \(endpoint.urlList)")
+        try natsCheck(natsOptions_SetNoRandomize(options, true), "cannot set server order")
+        try natsCheck(natsOptions_SetName(options, name), "cannot set the connection name")
+        try natsCheck(natsOptions_SetTimeout(options, 2_000), "cannot set the connect timeout")
+        try natsCheck(natsOptions_SetMaxReconnect(options, -1), "cannot set reconnects")
+        try natsCheck(natsOptions_SetReconnectWait(options, reconnectWaitMs), "cannot set the reconnect wait")
+        // A server that hangs without closing the socket is noticed within ~15 s.
+        try natsCheck(natsOptions_SetPingInterval(options, 5_000), "cannot set the ping interval")
+        try natsCheck(natsOptions_SetMaxPingsOut(options, 3), "cannot set pings out")
+        if let credentials = endpoint.credentials {
+            try natsCheck(natsOptions_SetUserCredentialsFromFiles(options, credentials, nil), "cannot use credentials '\(credentials)'")
+        }
+        if let tls = endpoint.tls {
+            try natsCheck(natsOptions_SetSecure(options, true), "cannot enable TLS")
+            if let ca = tls.ca {
+                try natsCheck(natsOptions_LoadCATrustedCertificates(options, ca), "cannot load the TLS roots '\(ca)'")
+            }
+            if let cert = tls.cert, let key = tls.key {
+                try natsCheck(natsOptions_LoadCertificatesChain(options, cert, key), "cannot load the TLS certificate '\(cert)' and key '\(key)'")
+            }
+        }
+
+        let box = Unmanaged.passRetained(CallbackBox(onEvent))
+        let closure = box.toOpaque()
+        try natsCheck(natsOptions_SetRetryOnFailedConnect(options, true, { _, closure in
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.connected)
+        }, closure), "cannot set connect retries")
+        try natsCheck(natsOptions_SetDisconnectedCB(options, { _, closure in
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.disconnected)
+        }, closure), "cannot set the disconnect handler")
+        try natsCheck(natsOptions_SetReconnectedCB(options, { _, closure in
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.reconnected)
+        }, closure), "cannot set the reconnect handler")
+        try natsCheck(natsOptions_SetClosedCB(options, { _, closure in
+            let box = Unmanaged<CallbackBox>.fromOpaque(closure!)
+            box.takeUnretainedValue().handler(.closed)
+            box.release()
+        }, closure), "cannot set the close handler")
+        try natsCheck(natsOptions_SetErrorHandler(options, { _, _, status, closure in
+            let text = String(cString: natsStatus_GetText(status))
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.error(text))
+        }, closure), "cannot set the error handler")
+
+        var handle: OpaquePointer?
+        let status = natsConnection_Connect(&handle, options)
+        guard status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let handle else {
+            box.release()
+            throw NATSError(status, "cannot connect to \(endpoint.urlList)")
+        }
+        return (NATSConnection(handle: handle, callbacks: box, endpoint: endpoint), status == NATS_OK)
+    }
+
+    /// True while a server is connected.
+    public var isConnected: Bool { natsConnection_Status(handle) == NATS_CONN_STATUS_CONNECTED }
+
+    /// The url of the server connected to, if any.
+    public var connectedURL: String? {
+        var buffer = [CChar](repeating: 0, count: 512)
+        guard natsConnection_GetConnectedUrl(handle, &buffer, buffer.count) == NATS_OK, buffer[0] != 0 else { return nil }
+        return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    /// The reason the last attempt failed, for logs (`No server available for connection`).
+    public var lastError: String {
+        var text: UnsafePointer<CChar>?
+        let status = natsConnection_GetLastError(handle, &text)
+        if let text, text.pointee != 0 { return String(cString: text) }
+        return String(cString: natsStatus_GetText(status))
+    }
+
+    /// A JetStream context on this connection; `configure` adjusts its options
+    /// (publish handlers, pending limits) before it is made.
+    public func jetStream(_ configure: (inout jsOptions) -> Void = { _ in }) throws -> OpaquePointer {
+        var options = jsOptions()
+        try natsCheck(jsOptions_Init(&options), "cannot initialise JetStream options")
+        configure(&options)
+        var context: OpaquePointer?
+        try natsCheck(natsConnection_JetStream(&context, handle, &options), "cannot open JetStream")
+        return context!
+    }
+
+    /// Closes and frees the connection; the `closed` event follows on the
+    /// client's thread. Call once, after the last use of ``handle``.
+    public func close() {
+        natsConnection_Close(handle)
+        natsConnection_Destroy(handle)
+        callbacks = nil
+    }
+}
+
+/// NATS subject matching, token by token (`*` one token, `>` the rest).
+public enum NATSSubject {
+    /// True when every subject `pattern` can stand for is matched by `filter`:
+    /// `pipelined.>` covers `pipelined.*.*.*`; `pipelined.*.network.*` does not.
+    public static func covers(_ filter: String, _ pattern: String) -> Bool {
+        let filterTokens = filter.split(separator: ".", omittingEmptySubsequences: false)
+        let patternTokens = pattern.split(separator: ".", omittingEmptySubsequences: false)
+        for (index, token) in filterTokens.enumerated() {
+            if token == ">" { return index < patternTokens.count }
+            guard index < patternTokens.count else { return false }
+            let other = patternTokens[index]
+            if other == ">" { return false }
+            if token == "*" { continue }
+            if token != other { return false }
+        }
+        return filterTokens.count == patternTokens.count
+    }
+
+    /// True when a subject token needs no escaping: NATS separates tokens
+    /// with `.` and treats `*`, `>` and white space specially.
+    public static func isPlainToken(_ token: Substring) -> Bool {
+        !token.isEmpty && !token.contains(where: { $0 == "." || $0 == "*" || $0 == ">" || $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" })
+    }
+}

@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import PipelineCore
+
+/// Where a nats stage connects and how it proves who it is: the options the
+/// `nats` source and sink share (`url`, `credentials`, `tls`).
+///
+/// Files named here are checked when the pipeline is validated (they must be
+/// readable), so a wrong path is a located pipeline error (exit 78), not a
+/// failure at the first connect. Their locations are kept for errors that
+/// only the C client can find when it loads them.
+public struct NATSEndpoint: Sendable, Equatable {
+    /// Servers, tried in order; the client reconnects to any of them.
+    public var urls: [String]
+    /// A NATS credentials file (user JWT and NKey seed), if any.
+    public var credentials: String?
+    /// TLS files; nil for a plain connection (unless a url is `tls://`).
+    public var tls: TLSFiles?
+    /// Where `credentials` and `tls` are written, for errors found at connect.
+    public var credentialsLocation: SourceLocation?
+    public var tlsLocation: SourceLocation?
+
+    /// The `tls` map: `ca` (trusted roots), and `cert` with `key` (the client's own).
+    public struct TLSFiles: Sendable, Equatable {
+        public var ca: String?
+        public var cert: String?
+        public var key: String?
+
+        public init(ca: String? = nil, cert: String? = nil, key: String? = nil) {
+            self.ca = ca
+            self.cert = cert
+            self.key = key
+        }
+    }
+
+    public static let defaultURL = "nats://127.0.0.1:4222"
+
+    public init(urls: [String] = [NATSEndpoint.defaultURL], credentials: String? = nil, tls: TLSFiles? = nil) {
+        self.urls = urls
+        self.credentials = credentials
+        self.tls = tls
+    }
+
+    /// The options as `pipelined plugins` lists them.
+    public static let specs: [OptionSpec] = [
+        OptionSpec("url", "string|[string]", default: defaultURL, "nats server url, or a list of them (nats:// or tls://)"),
+        OptionSpec("credentials", "string", "a NATS credentials file (user JWT and seed)"),
+        OptionSpec("tls", "map", "TLS files: ca (trusted roots), cert and key (client certificate)"),
+    ]
+
+    /// Reads `url`, `credentials` and `tls`; nil after reporting a problem.
+    public init?(_ config: StageConfig) {
+        let errors = config.diagnostics.count
+        var urls = [NATSEndpoint.defaultURL]
+        if let value = config.value("url") {
+            let list: [(text: String, location: SourceLocation)]?
+            if case .scalar(let text, _, let at) = value {
+                list = [(text, at)]
+            } else {
+                list = config.scalarList("url")
+            }
+            if let list {
+                if list.isEmpty { config.error("url", "must name at least one server") }
+                for item in list where !NATSEndpoint.isURL(item.text) {
+                    config.error(at: item.location, "'url' must be nats://HOST:PORT or tls://HOST:PORT, not '\(item.text)'")
+                }
+                urls = list.map(\.text)
+            }
+        }
+        self.init(urls: urls)
+        if let path = config.string("credentials") {
+            credentials = path
+            credentialsLocation = config.value("credentials")?.location
+            if let problem = NATSEndpoint.unreadable(path) { config.error("credentials", problem) }
+        }
+        if let entries = config.scalarMap("tls") {
+            var files = TLSFiles()
+            for entry in entries {
+                switch entry.key {
+                case "ca": files.ca = entry.text
+                case "cert": files.cert = entry.text
+                case "key": files.key = entry.text
+                default:
+                    var message = "unknown key 'tls.\(entry.key)' (ca, cert, key)"
+                    if let guess = closestMatch(to: entry.key, in: ["ca", "cert", "key"]) { message += " (did you mean '\(guess)'?)" }
+                    config.error(at: entry.keyLocation, message)
+                    continue
+                }
+                if let problem = NATSEndpoint.unreadable(entry.text) {
+                    config.error(at: entry.location, "'tls.\(entry.key)' \(problem)")
+                }
+            }
+            if (files.cert == nil) != (files.key == nil) {
+                config.error("tls", "needs both 'cert' and 'key' (a client certificate and its key), or neither")
+            }
+            tls = files
+            tlsLocation = config.value("tls")?.location
+        }
+        guard config.diagnostics.count == errors else { return nil }
+    }
+
+    /// `nats://HOST:PORT` or `tls://HOST:PORT` (user info allowed, as the C client takes it).
+    static func isURL(_ text: String) -> Bool {
+        for scheme in ["nats://", "tls://"] where text.hasPrefix(scheme) {
+            return text.count > scheme.count
+        }
+        return false
+    }
+
+    /// Why `path` cannot be read, or nil when it can.
+    static func unreadable(_ path: String) -> String? {
+        if path.isEmpty { return "must not be empty" }
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "cannot read '\(path)': \(String(cString: strerror(errno)))" }
+        if (info.st_mode & S_IFMT) == S_IFDIR { return "cannot read '\(path)': it is a directory" }
+        guard access(path, R_OK) == 0 else { return "cannot read '\(path)': \(String(cString: strerror(errno)))" }
+        return nil
+    }
+
+    /// The urls joined for messages.
+    public var urlList: String { urls.joined(separator: ", ") }
+}

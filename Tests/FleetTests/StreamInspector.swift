@@ -1,0 +1,111 @@
+import CNATS
+import Foundation
+import NATSClient
+
+/// Reads a JetStream stream from the test's side, through the same C
+/// client: how many messages it holds and every one of them, so a test can
+/// say what reached the stream (not only what an aggregator wrote).
+final class StreamInspector {
+    let connection: NATSConnection
+    let jetStream: OpaquePointer
+
+    init(urls: [String]) throws {
+        let (connection, connected) = try NATSConnection.connect(NATSEndpoint(urls: urls), name: "fleet-test") { _ in }
+        self.connection = connection
+        if !connected {
+            let deadline = Date().addingTimeInterval(30)
+            while !connection.isConnected, Date() < deadline { usleep(20_000) }
+        }
+        jetStream = try connection.jetStream()
+    }
+
+    deinit {
+        jsCtx_Destroy(jetStream)
+        connection.close()
+    }
+
+    /// The stream's message count, or nil when it does not exist (yet) or
+    /// does not answer; retried up to `timeout` seconds (a cluster may be
+    /// electing a leader).
+    func messageCount(_ stream: String, timeout: Double = 30) -> UInt64? {
+        let deadline = Date().addingTimeInterval(timeout)
+        repeat {
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            var code = jsErrCode(rawValue: 0)
+            if js_GetStreamInfo(&info, jetStream, stream, nil, &code) == NATS_OK, let info {
+                defer { jsStreamInfo_Destroy(info) }
+                return info.pointee.State.Msgs
+            }
+            usleep(100_000)
+        } while Date() < deadline
+        return nil
+    }
+
+    /// Waits until the stream holds at least `count` messages (up to
+    /// `timeout` seconds); returns the last count seen.
+    @discardableResult
+    func waitForMessages(_ stream: String, atLeast count: UInt64, timeout: Double = 120) -> UInt64 {
+        let deadline = Date().addingTimeInterval(timeout)
+        var seen: UInt64 = 0
+        while Date() < deadline {
+            seen = messageCount(stream, timeout: 5) ?? seen
+            if seen >= count { return seen }
+            usleep(100_000)
+        }
+        return seen
+    }
+
+    /// Waits until the count stops changing for `quiet` seconds.
+    func settledCount(_ stream: String, quiet: Double = 2, timeout: Double = 120) -> UInt64 {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last = messageCount(stream) ?? 0
+        var since = Date()
+        while Date() < deadline {
+            usleep(250_000)
+            let now = messageCount(stream, timeout: 5) ?? last
+            if now != last {
+                last = now
+                since = Date()
+            } else if Date().timeIntervalSince(since) >= quiet {
+                break
+            }
+        }
+        return last
+    }
+
+    /// Every message's payload, in stream order, through an ephemeral pull
+    /// consumer that acknowledges nothing.
+    func payloads(_ stream: String, subject: String = "pipelined.>", expected: Int, timeout: Double = 120) throws -> [String] {
+        var options = jsSubOptions()
+        jsSubOptions_Init(&options)
+        var result: [String] = []
+        try stream.withCString { streamName in
+            options.Stream = streamName
+            options.Config.AckPolicy = js_AckNone
+            options.Config.DeliverPolicy = js_DeliverAll
+            var subscription: OpaquePointer?
+            var code = jsErrCode(rawValue: 0)
+            try natsCheck(js_PullSubscribe(&subscription, jetStream, subject, nil, nil, &options, &code), code: code, "cannot read stream \(stream)")
+            defer { natsSubscription_Destroy(subscription) }
+            let deadline = Date().addingTimeInterval(timeout)
+            var idle = 0
+            while Date() < deadline, idle < 3 {
+                var list = natsMsgList()
+                let status = natsSubscription_Fetch(&list, subscription, 1024, 1000, &code)
+                if status == NATS_TIMEOUT {
+                    if result.count >= expected { idle += 1 }
+                    continue
+                }
+                try natsCheck(status, code: code, "cannot fetch from \(stream)")
+                for index in 0..<Int(list.Count) {
+                    let message = list.Msgs[index]
+                    let length = Int(natsMsg_GetDataLength(message))
+                    let data = natsMsg_GetData(message)
+                    result.append(data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: length), as: UTF8.self) } ?? "")
+                }
+                natsMsgList_Destroy(&list)
+            }
+        }
+        return result
+    }
+}
