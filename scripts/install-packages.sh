@@ -12,12 +12,14 @@
 set -euo pipefail
 
 # Building: libbpf and libelf (the eBPF loader), liblz4 (archive frames),
-# zlib (libbpf's), pkg-config (SwiftPM finds the libraries with it).
-build=(libbpf-dev libelf-dev liblz4-dev zlib1g-dev pkg-config)
+# zlib (libbpf's), libnats (the NATS C client of the nats source and sink),
+# pkg-config (SwiftPM finds the libraries with it).
+build=(libbpf-dev libelf-dev liblz4-dev zlib1g-dev libnats-dev pkg-config)
 # Testing: lz4 reads archive segments back; socat and nc are socket
 # clients; jq reads records; procps and util-linux give ps, setpriv and
-# unshare (namespace and privilege tests).
-test=(lz4 socat netcat-openbsd jq procps util-linux)
+# unshare (namespace and privilege tests); nats-server is the JetStream
+# broker the fleet tests start (and the README's Fleet section uses).
+test=(lz4 socat netcat-openbsd jq procps util-linux nats-server)
 # The kprobe VM test: Debian's kernel, which has kprobes, booted in qemu.
 vm=(qemu-system-x86 busybox-static cpio linux-image-amd64)
 
