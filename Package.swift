@@ -116,6 +116,15 @@ let package = Package(
             ],
             path: "Sources/pipelined"
         ),
+        // What several test targets share: running the built binary (CLI)
+        // and the syscall driver child (Driver, ExpectedEvent).
+        .target(
+            name: "TestSupport",
+            dependencies: ["PipelineCore"],
+            path: "Tests/TestSupport",
+            // driver.c is compiled by the tests themselves, at run time.
+            exclude: ["Fixtures"]
+        ),
         .testTarget(
             name: "PipelineCoreTests",
             dependencies: ["PipelineCore", "CBPF"],
@@ -133,14 +142,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SourceTests",
-            dependencies: ["PipelineCore", "EventSources", "CBPF"],
-            path: "Tests/SourceTests",
-            // driver.c is compiled by the tests themselves, at run time.
-            exclude: ["Fixtures"]
+            dependencies: ["PipelineCore", "EventSources", "CBPF", "TestSupport"],
+            path: "Tests/SourceTests"
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore", "EventSinks"],
+            dependencies: ["PipelineCore", "EventSinks", "TestSupport"],
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]
@@ -149,7 +156,7 @@ let package = Package(
         // the built binary; the kernel case builds SourceTests' driver.
         .testTarget(
             name: "FleetTests",
-            dependencies: ["PipelineCore", "NATSClient", "CNATS"],
+            dependencies: ["PipelineCore", "NATSClient", "CNATS", "TestSupport"],
             path: "Tests/FleetTests"
         ),
     ],

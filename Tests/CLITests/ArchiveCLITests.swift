@@ -1,6 +1,7 @@
 import Foundation
 import PipelineCore
 import Testing
+@testable import TestSupport
 
 @Suite("pipelined archive")
 struct ArchiveCLITests {

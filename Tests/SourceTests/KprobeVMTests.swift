@@ -2,6 +2,7 @@ import Foundation
 import PipelineCore
 import Testing
 @testable import EventSources
+@testable import TestSupport
 
 /// Whether the kprobe path can be tested here: this project's machines have
 /// no kprobes, so the test boots a kernel that has them (Debian's

@@ -3,6 +3,7 @@ import Foundation
 import PipelineCore
 import Testing
 @testable import EventSources
+@testable import TestSupport
 
 /// The kernel program as built into the package.
 @Suite("embedded BPF object")
