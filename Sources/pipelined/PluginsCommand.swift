@@ -77,7 +77,7 @@ struct PluginsCommand: ParsableCommand {
         }
         out += "\n### \(sinkOptions)\n\nEach sink reads from a queue of its own; these options shape it.\n\n"
         out += optionTable(PipelineSettings.sinkQueueOptions)
-        out += "\n### `settings`\n\nThe keys of the pipeline file's optional top-level `settings` map.\n\n"
+        out += "\n### The `settings` keys\n\nThe keys of the pipeline file's optional top-level `settings` map.\n\n"
         out += optionTable(PipelineSettings.options)
         return out
     }
