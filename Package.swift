@@ -116,11 +116,16 @@ let package = Package(
             ],
             path: "Sources/pipelined"
         ),
-        // What several test targets share: running the built binary (CLI)
-        // and the syscall driver child (Driver, ExpectedEvent).
+        // What several test targets share: running the built binary (CLI),
+        // the syscall driver child (Driver, ExpectedEvent) and whether the
+        // kernel tests can run here (KernelTests).
         .target(
             name: "TestSupport",
-            dependencies: ["PipelineCore"],
+            dependencies: [
+                "PipelineCore",
+                "EventSources",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/TestSupport",
             // driver.c is compiled by the tests themselves, at run time.
             exclude: ["Fixtures"]

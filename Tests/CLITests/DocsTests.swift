@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import TestSupport
 
 /// The docs that are generated from the code stay equal to what the code says.
 @Suite("docs")

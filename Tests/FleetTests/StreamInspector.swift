@@ -73,6 +73,41 @@ final class StreamInspector {
         return last
     }
 
+    /// A durable consumer's progress, as the server counts it.
+    struct ConsumerState {
+        /// The stream sequence of the last message delivered.
+        var deliveredStream: UInt64
+        /// Every message up to this stream sequence is acknowledged.
+        var ackFloorStream: UInt64
+        var ackPending: Int64
+        /// Messages not delivered yet.
+        var pending: UInt64
+        var redelivered: Int64
+    }
+
+    func consumer(_ stream: String, _ durable: String) -> ConsumerState? {
+        var info: UnsafeMutablePointer<jsConsumerInfo>?
+        var code = jsErrCode(rawValue: 0)
+        guard js_GetConsumerInfo(&info, jetStream, stream, durable, nil, &code) == NATS_OK, let info else { return nil }
+        defer { jsConsumerInfo_Destroy(info) }
+        let value = info.pointee
+        return ConsumerState(deliveredStream: value.Delivered.Stream, ackFloorStream: value.AckFloor.Stream,
+                             ackPending: value.NumAckPending, pending: value.NumPending, redelivered: value.NumRedelivered)
+    }
+
+    /// Waits until the consumer has every message of the stream acknowledged
+    /// (at least `count` of them); false after `timeout` seconds.
+    func waitUntilAcknowledged(_ stream: String, _ durable: String, count: UInt64, timeout: Double = 180) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let state = consumer(stream, durable), state.ackFloorStream >= count, state.pending == 0, state.ackPending == 0 {
+                return true
+            }
+            usleep(200_000)
+        }
+        return false
+    }
+
     /// Every message's payload, in stream order, through an ephemeral pull
     /// consumer that acknowledges nothing.
     func payloads(_ stream: String, subject: String = "pipelined.>", expected: Int, timeout: Double = 120) throws -> [String] {
