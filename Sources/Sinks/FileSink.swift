@@ -108,9 +108,7 @@ public final class FileSink: EventSink {
     }
 
     private func openFile(truncate: Bool) throws {
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND)
-        let fd = Glibc.open(options.path, flags, 0o644)
-        guard fd >= 0 else { throw SinkError.system("cannot open '\(options.path)'", errno) }
+        let fd = try FileIO.open(options.path, O_WRONLY | O_CREAT | (truncate ? O_TRUNC : O_APPEND))
         var info = stat()
         fstat(fd, &info)
         state.fd = fd
@@ -157,7 +155,7 @@ public final class FileSink: EventSink {
                 index += 1
                 continue
             }
-            try ArchiveIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
+            try FileIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
             state.size += bytes
             if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(bytes)) }
             index += count
@@ -181,7 +179,7 @@ public final class FileSink: EventSink {
     private func flush() throws {
         guard !state.buffer.isEmpty else { return }
         let written = state.buffer.count
-        try state.buffer.withUnsafeBytes { try ArchiveIO.writeAll(state.fd, $0, path: options.path) }
+        try FileIO.writeAll(state.fd, state.buffer, path: options.path)
         state.size += written
         if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(written)) }
         state.buffer.removeAll(keepingCapacity: true)
@@ -199,10 +197,11 @@ public final class FileSink: EventSink {
             target = "\(options.path).\(stamp)-\(String(suffix).leftPadded(to: 6))"
             suffix += 1
         }
-        guard rename(options.path, target) == 0 else {
-            let code = errno
+        do {
+            try FileIO.rename(options.path, target)
+        } catch {
             try openFile(truncate: false)
-            throw SinkError.system("cannot rotate '\(options.path)' to '\(target)'", code)
+            throw error
         }
         try openFile(truncate: true)
         if let keep = options.keepFiles { removeOldRotations(keep: keep) }
@@ -210,17 +209,10 @@ public final class FileSink: EventSink {
 
     /// Rotated files sort by name in time order (the UTC stamp leads).
     private func removeOldRotations(keep: Int) {
-        let (directory, base) = splitPath(options.path)
-        guard let dir = opendir(directory) else { return }
-        var rotated: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name.hasPrefix(base + "."), name.count > base.count + 1 { rotated.append(name) }
-        }
-        closedir(dir)
-        rotated.sort()
+        let directory = FileIO.directoryOf(options.path)
+        let prefix = FileIO.baseName(options.path) + "."
+        guard let names = try? FileIO.listDirectory(directory) else { return }
+        let rotated = names.filter { $0.hasPrefix(prefix) && $0.count > prefix.count }.sorted()
         for name in rotated.dropLast(keep) { unlink(directory + "/" + name) }
     }
 
@@ -233,25 +225,8 @@ public final class FileSink: EventSink {
     }
 }
 
-/// A sink's I/O failure, with the system's reason.
-public enum SinkError: Error, CustomStringConvertible, Sendable {
-    case system(String, Int32)
-
-    public var description: String {
-        switch self {
-        case .system(let what, let code): "\(what): \(String(cString: strerror(code)))"
-        }
-    }
-}
-
 extension String {
     func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
-}
-
-func splitPath(_ path: String) -> (directory: String, base: String) {
-    guard let slash = path.lastIndex(of: "/") else { return (".", path) }
-    let directory = String(path[..<slash])
-    return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
 }

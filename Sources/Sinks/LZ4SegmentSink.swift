@@ -162,11 +162,16 @@ public final class LZ4SegmentSink: EventSink {
     }
 
     /// Creates and locks the directory, recovers what a crash left (salvage,
-    /// manifest repair) and applies retention. Throws when the directory
-    /// cannot be created, is locked by another writer, or recovery fails.
+    /// manifest repair) and applies retention. Throws an ``ArchiveError`` when
+    /// the directory cannot be created or is locked by another writer, and
+    /// what recovery throws when that fails.
     public func open(_ context: StageContext) throws {
         state.context = context
-        try ArchiveIO.makeDirectories(options.directory)
+        do throws(SystemError) {
+            try FileIO.makeDirectories(options.directory)
+        } catch {
+            throw ArchiveError(error)
+        }
         try lockDirectory()
         let recovered = try ArchiveRecovery.recover(directory, blockSize: options.blockSize, logger: context.logger)
         state.entries = recovered.entries
@@ -232,15 +237,20 @@ public final class LZ4SegmentSink: EventSink {
     /// sink, or another pipelined) cannot salvage this one's `.open` segment or
     /// apply its retention to this one's files. The kernel drops the lock when
     /// the process dies, so a crash never leaves the archive locked.
-    private func lockDirectory() throws {
-        let fd = try ArchiveIO.open(options.directory, O_RDONLY | O_DIRECTORY)
+    private func lockDirectory() throws(ArchiveError) {
+        let fd: Int32
+        do throws(SystemError) {
+            fd = try FileIO.open(options.directory, O_RDONLY | O_DIRECTORY)
+        } catch {
+            throw ArchiveError(error)
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let code = errno
             Glibc.close(fd)
             if code == EWOULDBLOCK {
                 throw ArchiveError(path: options.directory, message: "in use by another lz4_segments writer (the directory is locked)")
             }
-            throw ArchiveError.system(options.directory, "cannot lock", code)
+            throw ArchiveError(SystemError("cannot lock", code, path: options.directory))
         }
         state.lockFD = fd
     }
@@ -260,7 +270,7 @@ public final class LZ4SegmentSink: EventSink {
                     attempts += 1
                     continue
                 }
-                throw ArchiveError.system(path, "cannot create segment", errno)
+                throw SystemError("cannot create segment", errno, path: path)
             }
             do {
                 let writer = try LZ4FrameWriter(fd: fd, path: path, blockSize: options.blockSize)
@@ -287,14 +297,14 @@ public final class LZ4SegmentSink: EventSink {
         do {
             try segment.writer.finish()
             report(segment)
-            try ArchiveIO.fsync(segment.fd, path: openPath)
+            try FileIO.fsync(segment.fd, path: openPath)
         } catch {
             Glibc.close(segment.fd)
             throw error
         }
         Glibc.close(segment.fd)
-        try ArchiveIO.rename(openPath, directory.path(of: sealedName))
-        try ArchiveIO.syncDirectory(directory.path)
+        try FileIO.rename(openPath, directory.path(of: sealedName))
+        try FileIO.syncDirectory(directory.path)
         let entry = ManifestEntry(
             segment: sealedName.sealedFileName, firstTimeNs: segment.firstTimeNs, lastTimeNs: segment.lastTimeNs,
             events: segment.records, bytes: segment.writer.bytesWritten
@@ -343,9 +353,9 @@ public final class LZ4SegmentSink: EventSink {
         try manifest.write(kept)
         state.entries = kept
         for entry in removed {
-            try ArchiveIO.unlink(directory.path + "/" + entry.segment)
+            try FileIO.unlink(directory.path + "/" + entry.segment)
         }
-        try ArchiveIO.syncDirectory(directory.path)
+        try FileIO.syncDirectory(directory.path)
         let bytes = removed.reduce(0) { $0 + $1.bytes }
         state.context?.logger.info("retention removed \(removed.count) segment(s), \(bytes) bytes")
     }

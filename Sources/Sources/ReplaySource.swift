@@ -87,7 +87,7 @@ public final class ReplaySource: EventSource {
             fd = STDIN_FILENO
             return
         }
-        if ArchiveIO.isDirectory(options.path) {
+        if FileIO.isDirectory(options.path) {
             let archive = ArchiveDirectory(options.path)
             do {
                 segments = try archive.segments().map { archive.path(of: $0) }
@@ -101,7 +101,7 @@ public final class ReplaySource: EventSource {
         // the start; `run` waits for its data (LineReader).
         fd = Glibc.open(options.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
-            throw StageStartError(stage: context.id, message: "cannot open '\(options.path)': \(String(cString: strerror(errno)))")
+            throw StageStartError(stage: context.id, message: SystemError("cannot open", errno, path: options.path).description)
         }
         if SegmentReader.isSegment(path: options.path) {
             Glibc.close(fd)
@@ -267,7 +267,7 @@ struct LineReader {
             }
             if ready < 0 {
                 if errno == EINTR { return }
-                throw ReplayError.read(errno)
+                throw SystemError("read failed", errno)
             }
             if fds[1].revents != 0 {
                 eof = true
@@ -280,19 +280,10 @@ struct LineReader {
         }
         if count < 0 {
             if errno == EINTR || errno == EAGAIN { return }
-            throw ReplayError.read(errno)
+            throw SystemError("read failed", errno)
         }
         if count == 0 { eof = true }
         end += count
-    }
-}
-
-enum ReplayError: Error, CustomStringConvertible {
-    case read(Int32)
-    var description: String {
-        switch self {
-        case .read(let code): "read failed: \(String(cString: strerror(code)))"
-        }
     }
 }
 

@@ -244,7 +244,7 @@ struct RuntimeTests {
         try runtime.start()
         #expect(runtime.wait().succeeded)
         // CAP_SYS_NICE (bit 23) in the effective set, which root has.
-        let status = String(decoding: try ArchiveIO.readAll("/proc/self/status"), as: UTF8.self)
+        let status = String(decoding: try FileIO.readAll("/proc/self/status"), as: UTF8.self)
         let capabilities = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }
             .flatMap { UInt64($0.dropFirst("CapEff:".count).trimmingPrefix(while: \.isWhitespace), radix: 16) } ?? 0
         let mayRaise = capabilities & (1 << 23) != 0

@@ -167,6 +167,6 @@ final class FileSinkTests {
 
     @Test func anUnwritableDirectoryFailsAtOpen() {
         let sink = FileSink(FileSinkOptions(path: directory + "/missing/dir/events.jsonl"))
-        #expect(throws: SinkError.self) { try sink.open(context()) }
+        #expect(throws: SystemError.self) { try sink.open(context()) }
     }
 }

@@ -83,7 +83,7 @@ public enum ArchiveVerifier {
             case .damaged(let reason):
                 report.findings.append(.init(file: name.fileName, message: reason))
             }
-            actual[name.sealedFileName] = (summary, ArchiveIO.fileSize(path) ?? 0)
+            actual[name.sealedFileName] = (summary, FileIO.fileSize(path) ?? 0)
         }
 
         for damaged in try directory.damagedFiles() {

@@ -121,7 +121,7 @@ public final class LZ4FrameWriter {
     private func emit(_ count: Int) throws {
         guard count > 0 else { return }
         try output.withUnsafeBytes { raw in
-            try ArchiveIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: raw[0..<count]), path: path)
+            try FileIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: raw[0..<count]), path: path)
         }
         bytesWritten += count
     }

@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
 /// Turns a pipeline file (SPEC section 2) into a checked ``PipelinePlan``.
 ///
 /// The loader knows the file's shape (sections, `type`, `inputs`, `settings`)
@@ -27,13 +21,25 @@ public struct PipelineLoader: Sendable {
 
     /// Loads the file at `path`; the diagnostics name it as written.
     public func load(path: String) throws(PipelineFileError) -> PipelinePlan {
-        let text: String
-        do {
-            text = try readTextFile(path)
-        } catch {
-            throw PipelineFileError([Diagnostic(SourceLocation(file: path, line: 1, column: 1), error.description)])
+        try load(text: Self.readText(path), file: path)
+    }
+
+    /// A pipeline file's text: at most 16 MiB of UTF-8, or one diagnostic
+    /// at its first line that says why not.
+    static func readText(_ path: String) throws(PipelineFileError) -> String {
+        func problem(_ message: String) -> PipelineFileError {
+            PipelineFileError([Diagnostic(SourceLocation(file: path, line: 1, column: 1), message)])
         }
-        return try load(text: text, file: path)
+        let limit = 16 << 20
+        let bytes: [UInt8]
+        do throws(SystemError) {
+            bytes = try FileIO.readAll(path, limit: limit + 1)
+        } catch {
+            throw problem(error.message)
+        }
+        if bytes.count > limit { throw problem("the file is larger than 16 MiB; is it a pipeline file?") }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw problem("the file is not valid UTF-8") }
+        return text
     }
 
     /// Loads pipeline text; `file` is the name diagnostics carry.
@@ -320,27 +326,4 @@ private extension String {
         let trimmed = self.hasSuffix("/") ? String(self.dropLast()) : self
         return trimmed.split(separator: "/").last.map(String.init) ?? trimmed
     }
-}
-
-/// Why a file could not be read.
-struct ReadError: Error, CustomStringConvertible {
-    var description: String
-}
-
-/// A pipeline file's text: at most 16 MiB of UTF-8.
-func readTextFile(_ path: String) throws(ReadError) -> String {
-    let limit = 16 << 20
-    let bytes: [UInt8]
-    do {
-        bytes = try ArchiveIO.readAll(path, limit: limit + 1)
-    } catch let error as ArchiveError {
-        throw ReadError(description: error.message)
-    } catch {
-        throw ReadError(description: "\(error)")
-    }
-    if bytes.count > limit { throw ReadError(description: "the file is larger than 16 MiB; is it a pipeline file?") }
-    guard let text = String(validating: bytes, as: UTF8.self) else {
-        throw ReadError(description: "the file is not valid UTF-8")
-    }
-    return text
 }
