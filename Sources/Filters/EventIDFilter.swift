@@ -6,14 +6,14 @@ import PipelineCore
 /// both together keep what is included and not excluded. The name `lost` in
 /// `exclude` removes `lost` records, which otherwise always pass.
 public struct EventIDFilter: EventFilter {
-    public static let descriptor = StageDescriptor(
-        type: "event_id", kind: .filter,
+    public static let descriptor = StageDescriptor.filter(
+        type: "event_id",
         summary: "keep events by name or id (include / exclude)",
         options: [
             OptionSpec("include", "[event]", "keep only these events (names such as connect, or ids such as 42)"),
             OptionSpec("exclude", "[event]", "drop these events; 'lost' here also drops lost records"),
         ],
-        make: { config in EventIDFilter(config).map { .filter($0) } }
+        make: { config in EventIDFilter(config) }
     )
 
     /// Pass/drop by event id: a dense table indexed by id.

@@ -8,8 +8,8 @@ import PipelineCore
 /// listed), `not_equals` excludes each listed value, `min`/`max` bound the
 /// value inclusively. `lost` records pass unless `lost: drop`.
 public struct RetvalFilter: EventFilter {
-    public static let descriptor = StageDescriptor(
-        type: "retval", kind: .filter,
+    public static let descriptor = StageDescriptor.filter(
+        type: "retval",
         summary: "keep events by return value: success, exact values, ranges, errno names",
         options: [
             OptionSpec("success", "bool", "true keeps retval >= 0, false keeps failures (retval < 0)"),
@@ -20,7 +20,7 @@ public struct RetvalFilter: EventFilter {
             OptionSpec("errno", "[name]", "keep failures with one of these errno names (ECONNREFUSED, ENOENT, ...)"),
             LostPolicy.option,
         ],
-        make: { config in RetvalFilter(config).map { .filter($0) } }
+        make: { config in RetvalFilter(config) }
     )
 
     public let success: Bool?

@@ -2,15 +2,15 @@ import PipelineCore
 
 /// The `scope` filter: keeps events by scope and by origin (host or container).
 public struct ScopeFilter: EventFilter {
-    public static let descriptor = StageDescriptor(
-        type: "scope", kind: .filter,
+    public static let descriptor = StageDescriptor.filter(
+        type: "scope",
         summary: "keep events by scope (file, process, network, capabilities) and origin",
         options: [
             OptionSpec("scopes", "[file|process|network|capabilities]", "keep events of these scopes (default: all)"),
             OptionSpec("origin", "host|container|any", default: "any", "keep events from the host, from containers, or both"),
             LostPolicy.option,
         ],
-        make: { config in ScopeFilter(config).map { .filter($0) } }
+        make: { config in ScopeFilter(config) }
     )
 
     /// Where an event comes from, by its namespaces.

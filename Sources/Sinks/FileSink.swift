@@ -62,11 +62,11 @@ public struct FileSinkOptions: Sendable, Equatable {
 /// that name is taken, so that names sort in rotation order) and starts a new, empty `PATH`. A record never spans two files.
 /// `close()` fsyncs the file so that a clean shutdown leaves it whole on disk.
 public final class FileSink: EventSink {
-    public static let descriptor = StageDescriptor(
-        type: "file", kind: .sink,
+    public static let descriptor = StageDescriptor.sink(
+        type: "file",
         summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
         options: FileSinkOptions.specs,
-        make: { config in FileSinkOptions(config).map { .sink(FileSink($0)) } }
+        make: { config in FileSinkOptions(config).map(FileSink.init) }
     )
 
     public let options: FileSinkOptions

@@ -107,11 +107,11 @@ public struct LZ4SegmentSinkOptions: Sendable, Equatable {
 /// One writer per directory: ``open(_:)`` takes an exclusive `flock` on it.
 /// Every method runs on the sink's own thread (fsync blocks).
 public final class LZ4SegmentSink: EventSink {
-    public static let descriptor = StageDescriptor(
-        type: "lz4_segments", kind: .sink,
+    public static let descriptor = StageDescriptor.sink(
+        type: "lz4_segments",
         summary: "archive NDJSON in LZ4-framed segments with a manifest, rotation and retention",
         options: LZ4SegmentSinkOptions.specs,
-        make: { config in LZ4SegmentSinkOptions(config).map { .sink(LZ4SegmentSink($0)) } }
+        make: { config in LZ4SegmentSinkOptions(config).map(LZ4SegmentSink.init) }
     )
 
     public let options: LZ4SegmentSinkOptions

@@ -37,11 +37,11 @@ import PipelineCore
 ///   for them (closing one that takes nothing for `close_timeout`), closes them and removes the socket file.
 public final class UnixSocketSink: EventSink {
     /// The `unix_socket` stage type, for the registry.
-    public static let descriptor = StageDescriptor(
-        type: "unix_socket", kind: .sink,
+    public static let descriptor = StageDescriptor.sink(
+        type: "unix_socket",
         summary: "serve NDJSON event lines to local clients on a unix stream socket (socat, nc -U, pipelined tail)",
         options: UnixSocketSinkOptions.specs,
-        make: { config in UnixSocketSinkOptions(config).map { .sink(UnixSocketSink($0)) } }
+        make: { config in UnixSocketSinkOptions(config).map(UnixSocketSink.init) }
     )
 
     /// The options the sink was made with.

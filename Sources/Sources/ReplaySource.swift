@@ -43,11 +43,11 @@ public struct ReplaySourceOptions: Sendable, Equatable {
 /// malformed and skipped; a damaged segment is read up to the damage, logged,
 /// and the next one follows.
 public final class ReplaySource: EventSource {
-    public static let descriptor = StageDescriptor(
-        type: "replay", kind: .source,
+    public static let descriptor = StageDescriptor.source(
+        type: "replay",
         summary: "replay NDJSON event records from a file, a segment or an archive directory, optionally at a fixed rate",
         options: ReplaySourceOptions.specs,
-        make: { config in ReplaySourceOptions(config).map { .source(ReplaySource($0)) } }
+        make: { config in ReplaySourceOptions(config).map(ReplaySource.init) }
     )
 
     public let options: ReplaySourceOptions

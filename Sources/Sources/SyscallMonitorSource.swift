@@ -21,11 +21,11 @@ import PipelineCore
 /// objects.
 public final class SyscallMonitorSource: EventSource {
     /// The registry entry for `type: syscall_monitor`.
-    public static let descriptor = StageDescriptor(
-        type: "syscall_monitor", kind: .source,
+    public static let descriptor = StageDescriptor.source(
+        type: "syscall_monitor",
         summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
         options: SyscallMonitorOptions.specs,
-        make: { config in SyscallMonitorOptions(config).map { .source(SyscallMonitorSource($0)) } }
+        make: { config in SyscallMonitorOptions(config).map(SyscallMonitorSource.init) }
     )
 
     /// How one event's programs were attached.
