@@ -12,7 +12,7 @@ public struct UnixSocketSinkOptions: Sendable, Equatable {
         /// Its events are dropped and counted; once it has caught up it
         /// receives a `lost` record (`"where":"client"`) with the count.
         case drop
-        /// It is disconnected (and counted in the stage's `clientsDropped`).
+        /// It is disconnected (and counted in the stage's `clients_dropped`).
         case disconnect
     }
 

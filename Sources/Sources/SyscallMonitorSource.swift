@@ -72,6 +72,8 @@ public final class SyscallMonitorSource: EventSource {
     /// needed, loads the program with the options set, and attaches it.
     public func prepare(_ context: StageContext) throws {
         self.context = context
+        // Kernel losses are this source's: its lost series exists from the start.
+        context.metrics.loss(.kernel)
         let fail = { (message: String) in StageStartError(stage: context.id, message: message) }
         if let missing = KernelSupport.missingPrivilege() {
             throw StageStartError(stage: context.id, message: missing, exitCode: 77)

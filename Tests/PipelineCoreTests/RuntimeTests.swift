@@ -132,7 +132,7 @@ struct RuntimeTests {
         let (events, lost) = stalled.accounted
         #expect(events + Int(lost) == input.count)
         #expect(lost > 0)
-        #expect(summary.metrics["slow"]?.lost == lost)
+        #expect(summary.metrics["slow"]?.lostTotal == lost)
         let lostRecords = stalled.records.compactMap { record -> LostRecord? in
             if case .lost(let lost) = record { return lost }
             return nil
@@ -215,7 +215,7 @@ struct RuntimeTests {
         let written = failing.lock.withLock { failing.written }
         #expect(written == 2 * 106)
         #expect(generated > written)
-        #expect(written + (summary.metrics["out"]?.lost ?? 0) == generated)
+        #expect(written + (summary.metrics["out"]?.lostTotal ?? 0) == generated)
     }
 
     /// `settings.priority_boost`: the stage threads run at the starting

@@ -53,7 +53,7 @@ struct RecordParser {
                 case "where":
                     let name = try scanner.string()
                     guard let parsed = LossSite(rawValue: name) else {
-                        throw scanner.fail("unknown loss site '\(name)'", at: valueOffset)
+                        throw scanner.fail("invalid loss site '\(name)' (a word of a-z and _)", at: valueOffset)
                     }
                     site = parsed
                 case "cpu":

@@ -141,12 +141,14 @@ public final class PipelineRuntime: Sendable {
 
     private func drain(_ sink: any EventSink, queue: SinkQueue, context: StageContext) {
         let metrics = context.metrics
+        // What a failed sink drops is lost `where: sink`.
+        let sinkLoss = metrics.loss(.sink)
         var failed = false
         loop: while true {
             switch queue.pop(untilMonotonicNs: Clock.monotonicNs() + context.idleIntervalNs) {
             case .batch(let batch):
                 if failed {
-                    metrics.add(metrics.lost, batch.lossWeight)
+                    sinkLoss.add(batch.lossWeight)
                     continue
                 }
                 do {
@@ -155,7 +157,7 @@ public final class PipelineRuntime: Sendable {
                 } catch {
                     // Keep draining so that producers never block on a dead sink.
                     failed = true
-                    metrics.add(metrics.lost, batch.lossWeight)
+                    sinkLoss.add(batch.lossWeight)
                     fail(context.id, "write failed: \(error)", logger: context.logger)
                 }
             case .timedOut:
@@ -209,6 +211,20 @@ public final class PipelineRuntime: Sendable {
             state.withLock { failures.append("queues did not drain within \(Units.formatDuration(plan.settings.drainTimeoutNs))") }
         }
         return RunSummary(metrics: metrics.mapValues(\.snapshot), failures: state.withLock { failures })
+    }
+
+    /// Every series of every stage, in plan order, each labelled with the
+    /// stage's `stage` id and `type`: what the summary and the metrics
+    /// endpoint list.
+    public var series: [StageMetrics.Series] {
+        plan.stages.flatMap { stage in
+            (metrics[stage.id]?.series ?? []).map { series in
+                var labelled = series
+                labelled.labels["stage"] = stage.id
+                labelled.labels["type"] = stage.type
+                return labelled
+            }
+        }
     }
 
     /// Starts, waits on a thread of its own, and stops when the calling task
