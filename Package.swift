@@ -35,12 +35,22 @@ let package = Package(
         .target(
             name: "PipelineCore",
             dependencies: [
-                "CLZ4",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             path: "Sources/PipelineCore"
+        ),
+        // The archive format: LZ4 segments, their manifest, salvage and
+        // verification; shared by lz4_segments, replay and `archive`.
+        .target(
+            name: "EventArchive",
+            dependencies: [
+                "PipelineCore",
+                "CLZ4",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Archive"
         ),
         .target(
             name: "EventFilters",
@@ -51,7 +61,7 @@ let package = Package(
             name: "EventSinks",
             dependencies: [
                 "PipelineCore",
-                "CLZ4",
+                "EventArchive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -63,8 +73,8 @@ let package = Package(
             name: "EventSources",
             dependencies: [
                 "PipelineCore",
+                "EventArchive",
                 "CBPF",
-                "CLZ4",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
@@ -84,6 +94,7 @@ let package = Package(
             name: "pipelined",
             dependencies: [
                 "PipelineCore",
+                "EventArchive",
                 "EventFilters",
                 "EventSinks",
                 "EventSources",
@@ -100,13 +111,18 @@ let package = Package(
             path: "Tests/PipelineCoreTests"
         ),
         .testTarget(
+            name: "ArchiveTests",
+            dependencies: ["EventArchive", "PipelineCore"],
+            path: "Tests/ArchiveTests"
+        ),
+        .testTarget(
             name: "FilterTests",
             dependencies: ["PipelineCore", "EventFilters"],
             path: "Tests/FilterTests"
         ),
         .testTarget(
             name: "SinkTests",
-            dependencies: ["PipelineCore", "EventSinks", "CLZ4"],
+            dependencies: ["PipelineCore", "EventArchive", "EventSinks"],
             path: "Tests/SinkTests"
         ),
         .testTarget(
@@ -118,7 +134,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore", "EventSinks"],
+            dependencies: ["PipelineCore", "EventArchive", "EventSinks"],
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]

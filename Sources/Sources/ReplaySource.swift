@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import Atomics
+import EventArchive
 import Logging
 import PipelineCore
 

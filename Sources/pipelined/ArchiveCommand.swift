@@ -2,6 +2,7 @@ import ArgumentParser
 #if canImport(Glibc)
 import Glibc
 #endif
+import EventArchive
 import PipelineCore
 
 /// `pipelined archive ls|cat|verify`: read what an `lz4_segments` sink wrote.

@@ -1,3 +1,4 @@
+import EventArchive
 import EventSinks
 import Foundation
 import Logging

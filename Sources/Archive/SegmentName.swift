@@ -1,3 +1,5 @@
+import PipelineCore
+
 /// The name of an archive segment (SPEC section 5):
 /// `<sink id>-<first event time, UTC, yyyyMMdd'T'HHmmss'Z'>-<sequence, 6 digits>`,
 /// with `.jsonl.lz4` once sealed and `.jsonl.lz4.open` while being written.

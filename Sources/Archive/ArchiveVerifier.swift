@@ -1,3 +1,5 @@
+import PipelineCore
+
 /// What `archive verify` found in a directory.
 public struct ArchiveReport: Sendable, Equatable {
     /// One problem, naming the file it is in (a segment or the manifest).

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import Logging
+import PipelineCore
 
 /// What salvaging one `.open` segment did.
 public struct SalvageOutcome: Sendable, Equatable {

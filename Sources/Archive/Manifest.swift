@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import PipelineCore
 
 /// One line of `DIR/manifest.jsonl`: a sealed segment and what it holds.
 ///

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CLZ4
+import PipelineCore
 
 /// How reading a segment's LZ4 frame ended.
 public struct SegmentReadResult: Sendable, Equatable {

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CLZ4
+import PipelineCore
 
 /// The LZ4 block sizes a segment may use (`block_size`).
 public enum LZ4BlockSize: Int, Sendable, CaseIterable {

@@ -1,3 +1,5 @@
+import PipelineCore
+
 /// What is wrong with an archive, naming the file: a segment in the way, a
 /// directory another writer holds, a frame liblz4 refused, or a system call
 /// that failed on it (then ``system`` carries that ``SystemError``).
