@@ -7,6 +7,9 @@ let package = Package(
     products: [
         .executable(name: "pipelined", targets: ["pipelined"]),
         .library(name: "PipelineCore", targets: ["PipelineCore"]),
+        // In-memory stages and helpers for testing a stage (what pipelined's
+        // own tests use), for plugin authors too.
+        .library(name: "PipelineTesting", targets: ["PipelineTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -51,6 +54,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/Archive"
+        ),
+        .target(
+            name: "PipelineTesting",
+            dependencies: [
+                "PipelineCore",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/PipelineTesting"
         ),
         .target(
             name: "EventFilters",
@@ -107,7 +118,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PipelineCoreTests",
-            dependencies: ["PipelineCore", "CBPF"],
+            dependencies: ["PipelineCore", "PipelineTesting", "CBPF"],
             path: "Tests/PipelineCoreTests"
         ),
         .testTarget(
@@ -117,24 +128,24 @@ let package = Package(
         ),
         .testTarget(
             name: "FilterTests",
-            dependencies: ["PipelineCore", "EventFilters"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventFilters"],
             path: "Tests/FilterTests"
         ),
         .testTarget(
             name: "SinkTests",
-            dependencies: ["PipelineCore", "EventArchive", "EventSinks"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks"],
             path: "Tests/SinkTests"
         ),
         .testTarget(
             name: "SourceTests",
-            dependencies: ["PipelineCore", "EventSources", "CBPF"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventSources", "CBPF"],
             path: "Tests/SourceTests",
             // driver.c is compiled by the tests themselves, at run time.
             exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore", "EventArchive", "EventSinks"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks"],
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]

@@ -1,5 +1,6 @@
 import EventFilters
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("scope filter")

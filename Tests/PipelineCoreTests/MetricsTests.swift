@@ -1,5 +1,6 @@
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("stage metrics")

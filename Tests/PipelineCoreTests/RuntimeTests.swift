@@ -4,6 +4,7 @@ import Glibc
 #endif
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 /// A source that pushes numbered events until stopped, like a live kernel source.

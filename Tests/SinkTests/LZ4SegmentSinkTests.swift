@@ -3,6 +3,7 @@ import EventSinks
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("lz4_segments sink")

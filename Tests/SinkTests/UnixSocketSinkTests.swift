@@ -3,6 +3,7 @@ import Atomics
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import PipelineCore
+import PipelineTesting
 import Testing
 @testable import EventSources
 
