@@ -1,9 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Linux only (eBPF, epoll, SO_PEERCRED): `platforms` lists minimum versions
+// of Apple platforms and has no Linux entry, so the package names none.
 let package = Package(
     name: "pipelined",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "pipelined", targets: ["pipelined"]),
         .library(name: "PipelineCore", targets: ["PipelineCore"]),
