@@ -24,7 +24,7 @@ struct EventIDFilterTests {
 
     private func make(_ options: KeyValuePairs<String, Any>) -> (EventIDFilter?, StageConfig) {
         let config = StageHarness.config(.filter, "event_id", specs: EventIDFilter.descriptor.options, options)
-        return (EventIDFilter(config), config)
+        return (EventIDFilterOptions(config).map(EventIDFilter.init), config)
     }
 
     @Test func includeKeepsOnlyTheNamedEventsAndLostRecords() throws {
