@@ -7,11 +7,8 @@ import PipelineCore
 /// `exclude` removes `lost` records, which otherwise always pass.
 public struct EventIDFilter: EventFilter {
     public static let descriptor = StageDescriptor.filter(
-        type: "event_id",
-        summary: "keep events by name or id (include / exclude)",
-        options: EventIDFilterOptions.specs,
-        make: { config in EventIDFilterOptions(config).map(EventIDFilter.init) }
-    )
+        type: "event_id", summary: "keep events by name or id (include / exclude)",
+        options: EventIDFilterOptions.self, make: EventIDFilter.init)
 
     /// The options the filter was made with.
     public let options: EventIDFilterOptions

@@ -1,7 +1,7 @@
 import PipelineCore
 
 /// Options of the `event_id` filter.
-public struct EventIDFilterOptions: Sendable, Equatable {
+public struct EventIDFilterOptions: StageOptions, Equatable {
     /// The ids kept; nil keeps every event that is not excluded.
     public var include: Set<UInt32>?
     /// The ids removed.
@@ -15,7 +15,7 @@ public struct EventIDFilterOptions: Sendable, Equatable {
         self.keepLost = keepLost
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("include", "[event]", "keep only these events (names such as connect, or ids such as 42)"),
         OptionSpec("exclude", "[event]", "drop these events; 'lost' here also drops lost records"),
     ]

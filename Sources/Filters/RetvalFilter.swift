@@ -9,11 +9,8 @@ import PipelineCore
 /// value inclusively. `lost` records pass unless `lost: drop`.
 public struct RetvalFilter: EventFilter {
     public static let descriptor = StageDescriptor.filter(
-        type: "retval",
-        summary: "keep events by return value: success, exact values, ranges, errno names",
-        options: RetvalFilterOptions.specs,
-        make: { config in RetvalFilterOptions(config).map(RetvalFilter.init) }
-    )
+        type: "retval", summary: "keep events by return value: success, exact values, ranges, errno names",
+        options: RetvalFilterOptions.self, make: RetvalFilter.init)
 
     /// The options the filter was made with.
     public let options: RetvalFilterOptions

@@ -1,7 +1,7 @@
 import PipelineCore
 
 /// Options of the `retval` filter; every one given must hold.
-public struct RetvalFilterOptions: Sendable, Equatable {
+public struct RetvalFilterOptions: StageOptions, Equatable {
     /// True keeps `retval >= 0`, false keeps failures.
     public var success: Bool?
     /// Values kept (one of these); nil when unset.
@@ -28,7 +28,7 @@ public struct RetvalFilterOptions: Sendable, Equatable {
         self.keepLost = keepLost
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("success", "bool", "true keeps retval >= 0, false keeps failures (retval < 0)"),
         OptionSpec("equals", "[int]", "keep events whose retval is one of these"),
         OptionSpec("not_equals", "[int]", "drop events whose retval is one of these"),

@@ -3,11 +3,8 @@ import PipelineCore
 /// The `scope` filter: keeps events by scope and by origin (host or container).
 public struct ScopeFilter: EventFilter {
     public static let descriptor = StageDescriptor.filter(
-        type: "scope",
-        summary: "keep events by scope (file, process, network, capabilities) and origin",
-        options: ScopeFilterOptions.specs,
-        make: { config in ScopeFilterOptions(config).map(ScopeFilter.init) }
-    )
+        type: "scope", summary: "keep events by scope (file, process, network, capabilities) and origin",
+        options: ScopeFilterOptions.self, make: ScopeFilter.init)
 
     /// The options the filter was made with.
     public let options: ScopeFilterOptions

@@ -1,7 +1,7 @@
 import PipelineCore
 
 /// Options of the `scope` filter.
-public struct ScopeFilterOptions: Sendable, Equatable {
+public struct ScopeFilterOptions: StageOptions, Equatable {
     /// Where an event comes from, by its namespaces.
     public enum Origin: String, Sendable { case host, container, any }
 
@@ -17,7 +17,7 @@ public struct ScopeFilterOptions: Sendable, Equatable {
         self.keepLost = keepLost
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("scopes", "[file|process|network|capabilities]", "keep events of these scopes (default: all)"),
         OptionSpec("origin", "host|container|any", default: "any", "keep events from the host, from containers, or both"),
         LostPolicy.option,

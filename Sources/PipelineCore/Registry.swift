@@ -42,6 +42,22 @@ public struct StageDescriptor: Sendable {
         StageDescriptor(type: type, kind: .sink, summary: summary, options: options) { make($0).map(StageInstance.sink) }
     }
 
+    /// A source type whose options are `Options`: the source is made from
+    /// them once they decode.
+    public static func source<Options: StageOptions>(type: String, summary: String, options: Options.Type, make: @escaping @Sendable (Options) -> any EventSource) -> StageDescriptor {
+        source(type: type, summary: summary, options: Options.specs) { Options($0).map(make) }
+    }
+
+    /// A filter type whose options are `Options`.
+    public static func filter<Options: StageOptions>(type: String, summary: String, options: Options.Type, make: @escaping @Sendable (Options) -> any EventFilter) -> StageDescriptor {
+        filter(type: type, summary: summary, options: Options.specs) { Options($0).map(make) }
+    }
+
+    /// A sink type whose options are `Options`.
+    public static func sink<Options: StageOptions>(type: String, summary: String, options: Options.Type, make: @escaping @Sendable (Options) -> any EventSink) -> StageDescriptor {
+        sink(type: type, summary: summary, options: Options.specs) { Options($0).map(make) }
+    }
+
     /// Builds a stage from its options: always of ``kind``; nil when the
     /// config reported a problem.
     public func make(_ config: StageConfig) -> StageInstance? { factory(config) }
@@ -50,6 +66,15 @@ public struct StageDescriptor: Sendable {
     public var allOptions: [OptionSpec] {
         kind == .sink ? options + PipelineSettings.sinkQueueOptions : options
     }
+}
+
+/// A stage type's options struct (`RetvalFilterOptions`, in the file beside
+/// its stage): the options it documents and its decoding from a config.
+public protocol StageOptions: Sendable {
+    /// The options `plugins` prints and the loader accepts for this type.
+    static var specs: [OptionSpec] { get }
+    /// Reads the options, reporting every problem on `config`; nil when there was one.
+    init?(_ config: StageConfig)
 }
 
 /// The one explicit map from stage type names to their descriptors. The

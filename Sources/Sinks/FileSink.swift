@@ -14,11 +14,8 @@ import PipelineCore
 /// `close()` fsyncs the file so that a clean shutdown leaves it whole on disk.
 public final class FileSink: EventSink {
     public static let descriptor = StageDescriptor.sink(
-        type: "file",
-        summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
-        options: FileSinkOptions.specs,
-        make: { config in FileSinkOptions(config).map(FileSink.init) }
-    )
+        type: "file", summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
+        options: FileSinkOptions.self, make: FileSink.init)
 
     public let options: FileSinkOptions
     // Touched only from the sink's own thread (the EventSink contract).

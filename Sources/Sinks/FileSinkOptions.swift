@@ -1,7 +1,7 @@
 import PipelineCore
 
 /// Options of the `file` sink.
-public struct FileSinkOptions: Sendable, Equatable {
+public struct FileSinkOptions: StageOptions, Equatable {
     /// The file to write, or `-` for standard output.
     public var path: String
     /// Rotate before a record would take the file past this many bytes.
@@ -21,7 +21,7 @@ public struct FileSinkOptions: Sendable, Equatable {
         self.append = append
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("path", "string", required: true, "file to write NDJSON to; '-' is standard output"),
         OptionSpec("rotate_bytes", "size", "rotate before the file would pass this size (at least 4KiB)"),
         OptionSpec("rotate_age", "duration", "rotate a non-empty file this long after it was opened (at least 1s)"),

@@ -35,11 +35,8 @@ import PipelineCore
 /// Every method runs on the sink's own thread (fsync blocks).
 public final class LZ4SegmentSink: EventSink {
     public static let descriptor = StageDescriptor.sink(
-        type: "lz4_segments",
-        summary: "archive NDJSON in LZ4-framed segments with a manifest, rotation and retention",
-        options: LZ4SegmentSinkOptions.specs,
-        make: { config in LZ4SegmentSinkOptions(config).map(LZ4SegmentSink.init) }
-    )
+        type: "lz4_segments", summary: "archive NDJSON in LZ4-framed segments with a manifest, rotation and retention",
+        options: LZ4SegmentSinkOptions.self, make: LZ4SegmentSink.init)
 
     public let options: LZ4SegmentSinkOptions
     private let directory: ArchiveDirectory

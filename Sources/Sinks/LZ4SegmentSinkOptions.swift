@@ -2,7 +2,7 @@ import EventArchive
 import PipelineCore
 
 /// Options of the `lz4_segments` sink.
-public struct LZ4SegmentSinkOptions: Sendable, Equatable {
+public struct LZ4SegmentSinkOptions: StageOptions, Equatable {
     /// The archive directory (created if missing).
     public var directory: String
     /// Seal a segment once its file reaches this many (compressed) bytes.
@@ -35,7 +35,7 @@ public struct LZ4SegmentSinkOptions: Sendable, Equatable {
         self.flushIntervalNs = flushIntervalNs
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("directory", "string", required: true, "archive directory: segments NAME.jsonl.lz4 and manifest.jsonl (created if missing)"),
         OptionSpec("segment_bytes", "size", default: "64MiB", "seal a segment once its file reaches this size (at least 4KiB)"),
         OptionSpec("segment_age", "duration", default: "10m", "seal a non-empty segment this long after it was started (at least 1s)"),

@@ -38,11 +38,8 @@ import PipelineCore
 public final class UnixSocketSink: EventSink {
     /// The `unix_socket` stage type, for the registry.
     public static let descriptor = StageDescriptor.sink(
-        type: "unix_socket",
-        summary: "serve NDJSON event lines to local clients on a unix stream socket (socat, nc -U, pipelined tail)",
-        options: UnixSocketSinkOptions.specs,
-        make: { config in UnixSocketSinkOptions(config).map(UnixSocketSink.init) }
-    )
+        type: "unix_socket", summary: "serve NDJSON event lines to local clients on a unix stream socket (socat, nc -U, pipelined tail)",
+        options: UnixSocketSinkOptions.self, make: UnixSocketSink.init)
 
     /// The options the sink was made with.
     public let options: UnixSocketSinkOptions

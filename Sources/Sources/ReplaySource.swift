@@ -15,11 +15,8 @@ import PipelineCore
 /// and the next one follows.
 public final class ReplaySource: EventSource {
     public static let descriptor = StageDescriptor.source(
-        type: "replay",
-        summary: "replay NDJSON event records from a file, a segment or an archive directory, optionally at a fixed rate",
-        options: ReplaySourceOptions.specs,
-        make: { config in ReplaySourceOptions(config).map(ReplaySource.init) }
-    )
+        type: "replay", summary: "replay NDJSON event records from a file, a segment or an archive directory, optionally at a fixed rate",
+        options: ReplaySourceOptions.self, make: ReplaySource.init)
 
     public let options: ReplaySourceOptions
     private let stopped = ManagedAtomic<Bool>(false)

@@ -1,7 +1,7 @@
 import PipelineCore
 
 /// Options of the `replay` source.
-public struct ReplaySourceOptions: Sendable, Equatable {
+public struct ReplaySourceOptions: StageOptions, Equatable {
     /// An NDJSON file (`-` for standard input), an `lz4_segments` segment
     /// (`.jsonl.lz4`, or a `.jsonl.lz4.open` up to its last complete block), or
     /// an archive directory, whose segments are read oldest first.
@@ -14,7 +14,7 @@ public struct ReplaySourceOptions: Sendable, Equatable {
         self.rate = rate
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("path", "string", required: true, "an NDJSON event file ('-' for stdin), an lz4_segments segment, or an archive directory (oldest segment first)"),
         OptionSpec("rate", "number", "events per second (default: as fast as possible)"),
     ]

@@ -22,11 +22,8 @@ import PipelineCore
 public final class SyscallMonitorSource: EventSource {
     /// The registry entry for `type: syscall_monitor`.
     public static let descriptor = StageDescriptor.source(
-        type: "syscall_monitor",
-        summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
-        options: SyscallMonitorOptions.specs,
-        make: { config in SyscallMonitorOptions(config).map(SyscallMonitorSource.init) }
-    )
+        type: "syscall_monitor", summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
+        options: SyscallMonitorOptions.self, make: SyscallMonitorSource.init)
 
     /// How one event's programs were attached.
     public enum AttachMode: String, Sendable, Equatable {
