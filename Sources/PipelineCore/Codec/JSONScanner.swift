@@ -45,6 +45,29 @@ struct JSONScanner {
         return false
     }
 
+    /// Consumes an object's `{`; true when a member follows (false for `{}`).
+    /// With ``memberKey()`` and ``nextMember()``, reads an object:
+    /// `var more = try beginObject(); while more { key, value; more = try nextMember() }`.
+    mutating func beginObject() throws(NDJSONError) -> Bool {
+        try expect(UInt8(ascii: "{"))
+        return !take(UInt8(ascii: "}"))
+    }
+
+    /// A member's key and its `:`; the scanner is then at the value, whose offset comes back too.
+    mutating func memberKey() throws(NDJSONError) -> (key: String, valueOffset: Int) {
+        let key = try string()
+        try expect(UInt8(ascii: ":"))
+        skipSpace()
+        return (key, position)
+    }
+
+    /// After a member's value: true when another member follows, false at the object's `}`.
+    mutating func nextMember() throws(NDJSONError) -> Bool {
+        if take(UInt8(ascii: ",")) { return true }
+        try expect(UInt8(ascii: "}"))
+        return false
+    }
+
     /// Consumes `null` when it is next.
     mutating func takeNull() -> Bool {
         skipSpace()
@@ -182,6 +205,14 @@ struct JSONScanner {
         let value = try uint64()
         guard value <= UInt64(UInt32.max) else { throw fail("number out of range", at: start) }
         return UInt32(value)
+    }
+
+    /// A number that fits 16 bits; `what` names it when it does not.
+    mutating func uint16(_ what: String) throws(NDJSONError) -> UInt16 {
+        skipSpace()
+        let start = position
+        guard let value = UInt16(exactly: try uint32()) else { throw fail("\(what) out of range", at: start) }
+        return value
     }
 
     mutating func int32() throws(NDJSONError) -> Int32 {

@@ -20,49 +20,44 @@ struct RecordParser {
         var site: LossSite?
         var cpu: Int32?
 
-        try scanner.expect(UInt8(ascii: "{"))
-        if !scanner.take(UInt8(ascii: "}")) {
-            repeat {
-                let key = try scanner.string()
-                try scanner.expect(UInt8(ascii: ":"))
-                scanner.skipSpace()
-                let valueOffset = scanner.position
-                switch key {
-                case "time": timeNs = try time()
-                case "ktime_ns": ktimeNs = try scanner.uint64()
-                case "event":
-                    eventName = try scanner.string()
-                    eventNameOffset = valueOffset
-                case "event_id":
-                    eventID = try scanner.uint32()
-                    eventIDOffset = valueOffset
-                case "retval": retval = try scanner.int64()
-                case "pid": pid = try scanner.uint32()
-                case "ppid": ppid = try scanner.uint32()
-                case "host_pid": hostPid = try scanner.uint32()
-                case "host_ppid": hostPpid = try scanner.uint32()
-                case "uid": uid = try scanner.uint32()
-                case "pid_ns": pidNamespace = try scanner.uint32()
-                case "mnt_ns": mountNamespace = try scanner.uint32()
-                case "comm": comm = Comm(try scanner.string())
-                case "args":
-                    // Read once the event is known; the key may come before `event`.
-                    argsOffset = valueOffset
-                    try scanner.skipValue()
-                case "count": count = try scanner.uint64()
-                case "where":
-                    let name = try scanner.string()
-                    guard let parsed = LossSite(rawValue: name) else {
-                        throw scanner.fail("invalid loss site '\(name)' (a word of a-z and _)", at: valueOffset)
-                    }
-                    site = parsed
-                case "cpu":
-                    if !scanner.takeNull() { cpu = try scanner.int32() }
-                default:
-                    try scanner.skipValue()
+        var more = try scanner.beginObject()
+        while more {
+            let (key, valueOffset) = try scanner.memberKey()
+            switch key {
+            case "time": timeNs = try time()
+            case "ktime_ns": ktimeNs = try scanner.uint64()
+            case "event":
+                eventName = try scanner.string()
+                eventNameOffset = valueOffset
+            case "event_id":
+                eventID = try scanner.uint32()
+                eventIDOffset = valueOffset
+            case "retval": retval = try scanner.int64()
+            case "pid": pid = try scanner.uint32()
+            case "ppid": ppid = try scanner.uint32()
+            case "host_pid": hostPid = try scanner.uint32()
+            case "host_ppid": hostPpid = try scanner.uint32()
+            case "uid": uid = try scanner.uint32()
+            case "pid_ns": pidNamespace = try scanner.uint32()
+            case "mnt_ns": mountNamespace = try scanner.uint32()
+            case "comm": comm = Comm(try scanner.string())
+            case "args":
+                // Read once the event is known; the key may come before `event`.
+                argsOffset = valueOffset
+                try scanner.skipValue()
+            case "count": count = try scanner.uint64()
+            case "where":
+                let name = try scanner.string()
+                guard let parsed = LossSite(rawValue: name) else {
+                    throw scanner.fail("invalid loss site '\(name)' (a word of a-z and _)", at: valueOffset)
                 }
-            } while scanner.take(UInt8(ascii: ","))
-            try scanner.expect(UInt8(ascii: "}"))
+                site = parsed
+            case "cpu":
+                if !scanner.takeNull() { cpu = try scanner.int32() }
+            default:
+                try scanner.skipValue()
+            }
+            more = try scanner.nextMember()
         }
         scanner.skipSpace()
         guard scanner.atEnd else { throw scanner.fail("unexpected bytes after the record") }
@@ -250,49 +245,36 @@ struct RecordParser {
 
     mutating func sockaddr() throws(NDJSONError) -> SocketAddress {
         let start = scanner.position
-        try scanner.expect(UInt8(ascii: "{"))
+        var more = try scanner.beginObject()
         var family: UInt16?
         var ip: String?
         var ipOffset = 0
         var port: UInt16 = 0
         var path: String?
-        if !scanner.take(UInt8(ascii: "}")) {
-            repeat {
-                let key = try scanner.string()
-                try scanner.expect(UInt8(ascii: ":"))
-                scanner.skipSpace()
-                let valueOffset = scanner.position
-                switch key {
-                case "family":
-                    if scanner.peek() == 0x22 {
-                        let name = try scanner.string()
-                        guard let number = FlagVocabulary.family(named: name) else {
-                            throw scanner.fail("unknown address family '\(name)'", at: valueOffset)
-                        }
-                        family = number
-                    } else {
-                        let number = try scanner.uint32()
-                        guard let narrow = UInt16(exactly: number) else {
-                            throw scanner.fail("address family out of range", at: valueOffset)
-                        }
-                        family = narrow
+        while more {
+            let (key, valueOffset) = try scanner.memberKey()
+            switch key {
+            case "family":
+                if scanner.peek() == 0x22 {
+                    let name = try scanner.string()
+                    guard let number = FlagVocabulary.family(named: name) else {
+                        throw scanner.fail("unknown address family '\(name)'", at: valueOffset)
                     }
-                case "ip":
-                    ip = try scanner.string()
-                    ipOffset = valueOffset
-                case "port":
-                    let number = try scanner.uint32()
-                    guard let narrow = UInt16(exactly: number) else {
-                        throw scanner.fail("port out of range", at: valueOffset)
-                    }
-                    port = narrow
-                case "path":
-                    path = try scanner.string()
-                default:
-                    try scanner.skipValue()
+                    family = number
+                } else {
+                    family = try scanner.uint16("address family")
                 }
-            } while scanner.take(UInt8(ascii: ","))
-            try scanner.expect(UInt8(ascii: "}"))
+            case "ip":
+                ip = try scanner.string()
+                ipOffset = valueOffset
+            case "port":
+                port = try scanner.uint16("port")
+            case "path":
+                path = try scanner.string()
+            default:
+                try scanner.skipValue()
+            }
+            more = try scanner.nextMember()
         }
         guard let family else { throw scanner.fail("address without 'family'", at: start) }
         switch family {

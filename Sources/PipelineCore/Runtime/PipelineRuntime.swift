@@ -77,26 +77,19 @@ public final class PipelineRuntime: Sendable {
     /// Prepares sources, opens sinks and starts every thread. Throws the first
     /// ``StageStartError``, after undoing what was already started.
     public func start() throws {
-        var prepared: [any EventSource] = []
-        for (stage, source, _) in sources {
+        // Sources first, then sinks; each step with what undoes it.
+        let steps: [(stage: PlannedStage, start: () throws -> Void, undo: () -> Void)] =
+            sources.map { stage, source, _ in (stage, { try source.prepare(self.context(for: stage)) }, { source.stop() }) }
+            + sinks.map { stage, sink, _ in (stage, { try sink.open(self.context(for: stage)) }, { try? sink.close() }) }
+        var undoes: [() -> Void] = []
+        for step in steps {
             do {
-                try source.prepare(context(for: stage))
-                prepared.append(source)
+                try step.start()
             } catch {
-                prepared.forEach { $0.stop() }
-                throw Self.startError(stage.id, error)
+                undoes.forEach { $0() }
+                throw Self.startError(step.stage.id, error)
             }
-        }
-        var opened: [any EventSink] = []
-        for (stage, sink, _) in sinks {
-            do {
-                try sink.open(context(for: stage))
-                opened.append(sink)
-            } catch {
-                prepared.forEach { $0.stop() }
-                for sink in opened { try? sink.close() }
-                throw Self.startError(stage.id, error)
-            }
+            undoes.append(step.undo)
         }
         let priority = StagePriority(boost: plan.settings.priorityBoost, logger: logger)
         state.withLock {
