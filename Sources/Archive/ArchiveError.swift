@@ -4,7 +4,9 @@ import PipelineCore
 /// directory another writer holds, a frame liblz4 refused, or a system call
 /// that failed on it (then ``system`` carries that ``SystemError``).
 public struct ArchiveError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The file or directory the error is about.
     public var path: String
+    /// What is wrong with it.
     public var message: String
     /// The failed call behind this error, when one failed.
     public var system: SystemError?
@@ -22,5 +24,6 @@ public struct ArchiveError: Error, CustomStringConvertible, Sendable, Equatable 
         self.system = system
     }
 
+    /// `PATH: MESSAGE`.
     public var description: String { path.isEmpty ? message : "\(path): \(message)" }
 }

@@ -35,8 +35,10 @@ public final class StageMetrics: Sendable {
     // Guarded by `declaring`.
     private nonisolated(unsafe) var declared: [Declared] = []
 
+    /// A stage's counters, all zero, with no loss site and no series of its own yet.
     public init() {}
 
+    /// Adds `value` to one of the common counters (relaxed; nothing for 0).
     @inlinable public func add(_ counter: ManagedAtomic<UInt64>, _ value: UInt64) {
         if value != 0 { counter.wrappingIncrement(by: value, ordering: .relaxed) }
     }
@@ -175,6 +177,7 @@ public final class StageMetrics: Sendable {
         )
     }
 
+    /// Every value of one stage at one moment (each read on its own, relaxed).
     public struct Snapshot: Sendable, Equatable {
         public var recordsIn, recordsOut, lostTotal, malformed, bytes: UInt64
         /// Lost events by where they were lost.
@@ -185,6 +188,7 @@ public final class StageMetrics: Sendable {
 
     /// One series as the metrics endpoint and the summary list it.
     public struct Series: Sendable, Equatable {
+        /// A counter only goes up; a gauge is a level.
         public enum Kind: String, Sendable { case counter, gauge }
         /// `records_out`, `clients_dropped`: lower case, digits and `_`.
         public var name: String
@@ -194,6 +198,7 @@ public final class StageMetrics: Sendable {
         public var labels: [String: String]
         public var value: Int64
 
+        /// A series with these fields, as listed at one moment.
         public init(name: String, help: String, kind: Kind, labels: [String: String] = [:], value: Int64) {
             self.name = name
             self.help = help
@@ -230,12 +235,14 @@ public final class StageMetrics: Sendable {
             self.total = total
         }
 
+        /// Adds `value` (relaxed; a loss counter adds to the stage's lost total too).
         public func add(_ value: UInt64 = 1) {
             guard value != 0 else { return }
             count.wrappingIncrement(by: value, ordering: .relaxed)
             total?.wrappingIncrement(by: value, ordering: .relaxed)
         }
 
+        /// The count so far.
         public var value: UInt64 { count.load(ordering: .relaxed) }
 
         var series: Series {
@@ -254,8 +261,11 @@ public final class StageMetrics: Sendable {
             self.help = help
         }
 
+        /// Sets the level (relaxed).
         public func set(_ value: Int64) { level.store(value, ordering: .relaxed) }
+        /// Moves the level by `delta`, up or down (relaxed).
         public func add(_ delta: Int64) { level.wrappingIncrement(by: delta, ordering: .relaxed) }
+        /// The level now.
         public var value: Int64 { level.load(ordering: .relaxed) }
     }
 

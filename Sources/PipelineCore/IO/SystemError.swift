@@ -34,5 +34,6 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
     /// `CALL: REASON`, without the path.
     public var message: String { "\(call): \(reason)" }
 
+    /// `PATH: CALL: REASON`, or `CALL: REASON` without a path.
     public var description: String { path.map { "\($0): \(message)" } ?? message }
 }
