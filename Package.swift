@@ -1,12 +1,16 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Linux only (eBPF, epoll, SO_PEERCRED): `platforms` lists minimum versions
+// of Apple platforms and has no Linux entry, so the package names none.
 let package = Package(
     name: "pipelined",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "pipelined", targets: ["pipelined"]),
         .library(name: "PipelineCore", targets: ["PipelineCore"]),
+        // In-memory stages and helpers for testing a stage (what pipelined's
+        // own tests use), for plugin authors too.
+        .library(name: "PipelineTesting", targets: ["PipelineTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -42,12 +46,30 @@ let package = Package(
         .target(
             name: "PipelineCore",
             dependencies: [
-                "CLZ4",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             path: "Sources/PipelineCore"
+        ),
+        // The archive format: LZ4 segments, their manifest, salvage and
+        // verification; shared by lz4_segments, replay and `archive`.
+        .target(
+            name: "EventArchive",
+            dependencies: [
+                "PipelineCore",
+                "CLZ4",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Archive"
+        ),
+        .target(
+            name: "PipelineTesting",
+            dependencies: [
+                "PipelineCore",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/PipelineTesting"
         ),
         // What the nats source and sink share over the C client: connection
         // options, connecting, errors, subject matching.
@@ -69,7 +91,7 @@ let package = Package(
             name: "EventSinks",
             dependencies: [
                 "PipelineCore",
-                "CLZ4",
+                "EventArchive",
                 "CNATS",
                 "NATSClient",
                 .product(name: "Logging", package: "swift-log"),
@@ -83,8 +105,8 @@ let package = Package(
             name: "EventSources",
             dependencies: [
                 "PipelineCore",
+                "EventArchive",
                 "CBPF",
-                "CLZ4",
                 "CNATS",
                 "NATSClient",
                 .product(name: "Logging", package: "swift-log"),
@@ -106,6 +128,7 @@ let package = Package(
             name: "pipelined",
             dependencies: [
                 "PipelineCore",
+                "EventArchive",
                 "EventFilters",
                 "EventSinks",
                 "EventSources",
@@ -132,33 +155,38 @@ let package = Package(
         ),
         .testTarget(
             name: "PipelineCoreTests",
-            dependencies: ["PipelineCore", "CBPF"],
+            dependencies: ["PipelineCore", "PipelineTesting", "CBPF"],
             path: "Tests/PipelineCoreTests"
         ),
         .testTarget(
+            name: "ArchiveTests",
+            dependencies: ["EventArchive", "PipelineCore"],
+            path: "Tests/ArchiveTests"
+        ),
+        .testTarget(
             name: "FilterTests",
-            dependencies: ["PipelineCore", "EventFilters"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventFilters"],
             path: "Tests/FilterTests"
         ),
         .testTarget(
             name: "SinkTests",
-            dependencies: ["PipelineCore", "EventSinks", "CLZ4"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks"],
             path: "Tests/SinkTests"
         ),
         .testTarget(
             name: "SourceTests",
-            dependencies: ["PipelineCore", "EventSources", "CBPF", "TestSupport"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventSources", "CBPF", "TestSupport"],
             path: "Tests/SourceTests"
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore", "EventSinks", "TestSupport"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks", "TestSupport"],
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]
         ),
         // Nodes and aggregators through real nats-server processes, driving
-        // the built binary; the kernel case builds SourceTests' driver.
+        // the built binary; the kernel case runs TestSupport's driver.
         .testTarget(
             name: "FleetTests",
             dependencies: ["PipelineCore", "NATSClient", "CNATS", "TestSupport"],
