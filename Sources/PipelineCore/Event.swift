@@ -297,8 +297,17 @@ public enum PipelineRecord: Sendable, Equatable {
 /// The unit that moves between stages.
 public struct EventBatch: Sendable, Equatable {
     public var records: [PipelineRecord]
+    /// Whom to tell when every sink the batch reached has written it (see
+    /// ``BatchCompletion``); nil for most sources. Filtered copies carry it.
+    public var completion: BatchCompletion?
 
-    public init(_ records: [PipelineRecord] = []) { self.records = records }
+    public init(_ records: [PipelineRecord] = [], completion: BatchCompletion? = nil) {
+        self.records = records
+        self.completion = completion
+    }
+
+    /// Batches are equal when their records are (the completion is not content).
+    public static func == (lhs: EventBatch, rhs: EventBatch) -> Bool { lhs.records == rhs.records }
 
     public var count: Int { records.count }
     public var isEmpty: Bool { records.isEmpty }

@@ -24,6 +24,9 @@
 ///   blocks its producers (back-pressure down to the kernel buffer, where loss
 ///   is counted) or drops the batch and counts it; the count reaches the sink as
 ///   a ``LostRecord`` with `where: queue`. Nothing is lost silently.
+/// - A source that must know when its records are safe downstream (a broker
+///   it acknowledges) attaches a ``BatchCompletion`` to a batch: it completes
+///   once every sink queue the batch reached has written it or counted it.
 /// - Shutdown: sources stop, the producers return, each queue drains, each sink
 ///   is closed. See ``PipelineRuntime``.
 public enum PipelineCoreInfo {

@@ -80,6 +80,13 @@ extension EventFilter {
 /// rotation); ``close()`` once after the queue has drained. Throwing from
 /// `write` stops the pipeline with a runtime failure (exit 1); the sink is
 /// still closed.
+///
+/// When `write` returns, the batch counts as written for its
+/// ``EventBatch/completion`` (a source may then acknowledge it upstream). A
+/// sink that only buffers records in `write` (a block filled over several
+/// batches) calls ``BatchCompletion/hold()`` there and
+/// ``BatchCompletion/release(written:)`` once the records have reached its
+/// storage.
 public protocol EventSink: AnyObject, Sendable {
     /// Opens files or sockets. Called once, after sources are prepared.
     func open(_ context: StageContext) throws

@@ -142,15 +142,18 @@ public final class PipelineRuntime: Sendable {
             case .batch(let batch):
                 if failed {
                     sinkLoss.add(batch.lossWeight)
+                    batch.completion?.release(written: false)
                     continue
                 }
                 do {
                     try sink.write(batch)
                     metrics.add(metrics.recordsIn, UInt64(batch.count))
+                    batch.completion?.release(written: true)
                 } catch {
                     // Keep draining so that producers never block on a dead sink.
                     failed = true
                     sinkLoss.add(batch.lossWeight)
+                    batch.completion?.release(written: false)
                     fail(context.id, "write failed: \(error)", logger: context.logger)
                 }
             case .timedOut:

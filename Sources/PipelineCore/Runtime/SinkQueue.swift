@@ -5,6 +5,10 @@
 /// the batch and adds its size to a loss count (``QueuePolicy/WhenFull/drop``).
 /// The consumer turns that count into a `lost` record (`where: queue`) ahead
 /// of the next batch it pops, so every event is delivered or counted.
+///
+/// A batch the queue takes keeps a hold on its ``BatchCompletion`` until the
+/// consumer releases it (after the sink's write); a batch it drops is
+/// released at once, as not written.
 public final class SinkQueue: Sendable {
     public let policy: QueuePolicy
     private let lock = ConditionLock()
@@ -27,7 +31,8 @@ public final class SinkQueue: Sendable {
     public func push(_ batch: EventBatch) {
         guard !batch.isEmpty else { return }
         let size = batch.count
-        lock.withLock {
+        batch.completion?.hold()
+        let taken = lock.withLock { () -> Bool in
             // A batch larger than the whole queue is still admitted into an
             // empty queue, so that block can never wait forever.
             while !closed, queued > 0, queued + size > policy.capacityEvents {
@@ -35,18 +40,20 @@ public final class SinkQueue: Sendable {
                     let lost = batch.lossWeight
                     dropped += lost
                     queueLoss.add(lost)
-                    return
+                    return false
                 }
                 lock.wait()
             }
             if closed {
                 dropped += batch.lossWeight
-                return
+                return false
             }
             batches.append(batch)
             queued += size
             lock.broadcast()
+            return true
         }
+        if !taken { batch.completion?.release(written: false) }
     }
 
     /// What ``pop(untilMonotonicNs:)`` returns.

@@ -23,8 +23,10 @@ public final class SourceOutput: Sendable {
     }
 
     /// Pushes one batch downstream: every route gets it (fan-out shares the
-    /// storage until a filter removes something).
+    /// storage until a filter removes something). Gives back the source's
+    /// hold on the batch's ``BatchCompletion`` once every route has it.
     public func emit(_ batch: EventBatch) {
+        defer { batch.completion?.release(written: true) }
         guard !batch.isEmpty else { return }
         metrics.add(metrics.recordsIn, UInt64(batch.count))
         for route in routes { Self.deliver(batch, along: route) }
