@@ -29,6 +29,11 @@ import PipelineCore
 /// complete block, into a new valid frame), sealed and logged, and sealed
 /// segments a crash kept out of the manifest are added to it.
 ///
+/// A batch counts as written for its ``BatchCompletion`` (a `nats` source
+/// acknowledges it then) only once its records are in a block written to
+/// the file, which salvage keeps after a crash, not while they wait in the
+/// block being filled (at most `flush_interval`).
+///
 /// `segment_bytes` is compared with the compressed bytes written, checked
 /// after every batch: a segment can pass it by one batch and one block.
 /// One writer per directory: ``open(_:)`` takes an exclusive `flock` on it.
@@ -66,6 +71,10 @@ public final class LZ4SegmentSink: EventSink {
         var records = 0
         var lastBlockAtNs: Int64
         var reportedBytes = 0
+        /// Completions of batches whose records are (partly) still in the
+        /// block being filled, with the content offset their records end at:
+        /// they are released once a block or the frame's end has written them.
+        var held: [(completion: BatchCompletion, end: Int)] = []
 
         init(name: SegmentName, fd: Int32, writer: LZ4FrameWriter, startedAtNs: Int64, firstTimeNs: Int64) {
             self.name = name
@@ -117,6 +126,10 @@ public final class LZ4SegmentSink: EventSink {
         encoder.encode(batch, into: &state.buffer)
         let blocksBefore = segment.writer.bytesWritten
         try segment.writer.append(state.buffer)
+        if let completion = batch.completion {
+            completion.hold()
+            segment.held.append((completion, segment.writer.contentBytes))
+        }
         segment.records += batch.count
         if let metrics = state.context?.metrics { metrics.add(metrics.recordsOut, UInt64(batch.count)) }
         segment.lastTimeNs = batch.records[batch.count - 1].timeNs
@@ -127,9 +140,28 @@ public final class LZ4SegmentSink: EventSink {
             segment.lastBlockAtNs = now
         }
         report(segment)
+        releaseStored(segment)
         if segment.writer.bytesWritten >= options.segmentBytes {
             try seal()
         }
+    }
+
+    /// Releases the completions whose records are all in written blocks (a
+    /// crash now keeps them: salvage reads every complete block).
+    private func releaseStored(_ segment: Segment) {
+        let stored = segment.writer.contentBytes - segment.writer.pendingBytes
+        var count = 0
+        while count < segment.held.count, segment.held[count].end <= stored {
+            segment.held[count].completion.release(written: true)
+            count += 1
+        }
+        segment.held.removeFirst(count)
+    }
+
+    /// Releases every completion still held, once the frame is finished (or could not be).
+    private func releaseAll(_ segment: Segment, written: Bool) {
+        for entry in segment.held { entry.completion.release(written: written) }
+        segment.held.removeAll()
     }
 
     /// Seals a segment older than `segment_age`, else writes what is gathered
@@ -143,6 +175,7 @@ public final class LZ4SegmentSink: EventSink {
                 try segment.writer.flush()
                 segment.lastBlockAtNs = nowNs
                 report(segment)
+                releaseStored(segment)
             }
         }
         if options.retentionAgeNs != nil { try applyRetention(nowNs: nowNs) }
@@ -224,8 +257,10 @@ public final class LZ4SegmentSink: EventSink {
             try FileIO.fsync(segment.fd, path: openPath)
         } catch {
             Glibc.close(segment.fd)
+            releaseAll(segment, written: false)
             throw error
         }
+        releaseAll(segment, written: true)
         Glibc.close(segment.fd)
         try FileIO.rename(openPath, directory.path(of: sealedName))
         try FileIO.syncDirectory(directory.path)

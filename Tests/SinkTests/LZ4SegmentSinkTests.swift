@@ -116,6 +116,42 @@ final class LZ4SegmentSinkTests {
         #expect(try ArchiveVerifier.verify(ArchiveDirectory(directory)).isClean)
     }
 
+    /// A batch counts as written (its completion released) only once its
+    /// records are in a block on disk, which a crash keeps: not while they
+    /// wait in the block being filled.
+    @Test func aBatchCompletesOnceItsRecordsAreInAWrittenBlock() throws {
+        let sink = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory, blockSize: .kib64, flushIntervalNs: 3_600_000_000_000))
+        try sink.open(context())
+        final class Done: @unchecked Sendable {
+            // Only touched under `lock`.
+            let lock = ConditionLock()
+            var count = 0
+            func load() -> Int { lock.withLock { count } }
+        }
+        let done = Done()
+        func batch(_ records: [PipelineRecord]) -> EventBatch {
+            EventBatch(records, completion: BatchCompletion { written in if written { done.lock.withLock { done.count += 1 } } })
+        }
+        // The runtime's own hold is released after write; the sink's remains.
+        let small = batch(records(10))
+        try sink.write(small)
+        small.completion?.release(written: true)
+        #expect(done.load() == 0)
+        // Enough to fill the 64 KiB block: the first batch is in it, the second partly.
+        let large = batch(records(400, from: 10))
+        try sink.write(large)
+        large.completion?.release(written: true)
+        #expect(done.load() == 1)
+        // Idle writes the partial block: the rest is stored.
+        try sink.idle(nowNs: Clock.wallNs())
+        #expect(done.load() == 2)
+        let last = batch(records(5, from: 410))
+        try sink.write(last)
+        last.completion?.release(written: true)
+        try sink.close()
+        #expect(done.load() == 3)
+    }
+
     @Test func rotatesBySize() throws {
         let limit = 16 << 10
         let sink = LZ4SegmentSink(LZ4SegmentSinkOptions(directory: directory, segmentBytes: limit, blockSize: .kib64))
