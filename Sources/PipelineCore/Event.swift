@@ -7,6 +7,8 @@
 public struct SyscallEvent: Sendable, Equatable {
     /// Wall-clock time, nanoseconds since the Unix epoch (UTC).
     public var timeNs: Int64
+    /// The machine the event happened on.
+    public var node: NodeID
     /// The kernel's monotonic clock when the event was built (`bpf_ktime_get_ns`).
     public var ktimeNs: UInt64
     /// The wire event id (the x86-64 syscall number).
@@ -27,11 +29,12 @@ public struct SyscallEvent: Sendable, Equatable {
     public var args: Arguments
 
     public init(
-        timeNs: Int64, ktimeNs: UInt64, eventID: UInt32, retval: Int64,
+        timeNs: Int64, node: NodeID = .host, ktimeNs: UInt64, eventID: UInt32, retval: Int64,
         pid: UInt32 = 0, ppid: UInt32 = 0, hostPid: UInt32, hostPpid: UInt32, uid: UInt32,
         pidNamespace: UInt32 = 0, mountNamespace: UInt32 = 0, comm: Comm, args: Arguments
     ) {
         self.timeNs = timeNs
+        self.node = node
         self.ktimeNs = ktimeNs
         self.eventID = eventID
         self.retval = retval
@@ -271,12 +274,19 @@ public struct LostRecord: Sendable, Equatable {
     public var site: LossSite
     /// The CPU whose kernel buffer overflowed; nil where no CPU applies.
     public var cpu: Int32?
+    /// The machine where the events were lost.
+    public var node: NodeID
+    /// The id of the stage that lost them, for `where: sink` (the record's
+    /// `stage` key); nil for the other sites.
+    public var stage: String?
 
-    public init(timeNs: Int64, count: UInt64, site: LossSite, cpu: Int32? = nil) {
+    public init(timeNs: Int64, count: UInt64, site: LossSite, cpu: Int32? = nil, node: NodeID = .host, stage: String? = nil) {
         self.timeNs = timeNs
         self.count = count
         self.site = site
         self.cpu = cpu
+        self.node = node
+        self.stage = stage
     }
 }
 
@@ -290,6 +300,22 @@ public enum PipelineRecord: Sendable, Equatable {
         switch self {
         case .event(let event): event.timeNs
         case .lost(let lost): lost.timeNs
+        }
+    }
+
+    /// The machine the record comes from.
+    public var node: NodeID {
+        switch self {
+        case .event(let event): event.node
+        case .lost(let lost): lost.node
+        }
+    }
+
+    /// What losing this record loses: 1 for an event, a `lost` record's count.
+    public var lossWeight: UInt64 {
+        switch self {
+        case .event: 1
+        case .lost(let lost): lost.count
         }
     }
 }
@@ -317,14 +343,7 @@ public struct EventBatch: Sendable, Equatable {
     /// otherwise vanish with it). Every place that drops a batch counts this,
     /// so that delivered + counted equals generated.
     public var lossWeight: UInt64 {
-        var weight: UInt64 = 0
-        for record in records {
-            switch record {
-            case .event: weight += 1
-            case .lost(let lost): weight += lost.count
-            }
-        }
-        return weight
+        records.reduce(0) { $0 + $1.lossWeight }
     }
 
     /// Events only (not lost records) in this batch.

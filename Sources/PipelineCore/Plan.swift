@@ -75,8 +75,13 @@ public struct PipelineSettings: Sendable, Equatable {
     /// fair share of a busy machine falls behind the very load it watches,
     /// and its buffers overflow.
     public var priorityBoost: Int = 4
+    /// The name records carry in `node` (SPEC section 2); nil for the host name.
+    public var node: String?
 
     public init() {}
+
+    /// The node records made by this pipeline carry.
+    public var nodeID: NodeID { node.map(NodeID.init) ?? .host }
 
     /// The options of the `settings` map, for `plugins` and unknown-key checks.
     public static let options: [OptionSpec] = [
@@ -84,6 +89,7 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("drain_timeout", "duration", default: "30s", "how long shutdown waits for queues to drain"),
         OptionSpec("log_level", "trace|debug|info|notice|warning|error|critical", default: "info", "log verbosity (stderr)"),
         OptionSpec("priority_boost", "int", default: "4", "raise the stage threads' scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
+        OptionSpec("node", "string", default: "the host name", "the machine's name in every record's node key (a fleet's records say where they came from)"),
     ]
 
     /// Options every sink accepts: its input queue.

@@ -112,29 +112,48 @@ public struct StageContext: Sendable {
     public let metrics: StageMetrics
     /// How often an idle sink's ``EventSink/idle(nowNs:)`` is called.
     public let idleIntervalNs: Int64
+    /// This machine's name in records (`settings.node`, default the host
+    /// name): what a source stamps on the records it makes.
+    public let node: NodeID
 
-    public init(id: String, logger: Logger, metrics: StageMetrics, idleIntervalNs: Int64 = 200_000_000) {
+    public init(id: String, logger: Logger, metrics: StageMetrics, idleIntervalNs: Int64 = 200_000_000, node: NodeID = .host) {
         self.id = id
         self.logger = logger
         self.metrics = metrics
         self.idleIntervalNs = idleIntervalNs
+        self.node = node
     }
 }
 
 /// A failure to start a stage, with the process exit status it maps to
-/// (77 for missing privilege, 1 otherwise; SPEC section 1).
+/// (77 for missing privilege, 78 for a pipeline file error only the start
+/// could find, 1 otherwise; SPEC section 1).
+///
+/// With a `location` it is a pipeline file error found at start (a broker's
+/// stream that cannot take the configured subjects): it prints compiler
+/// style, `FILE:LINE:COLUMN: error: MESSAGE`, and the message names the
+/// stage itself (`sink 'fleet': ...`), as ``Diagnostic``s do.
 public struct StageStartError: Error, CustomStringConvertible, Sendable {
     public var stage: String
     public var message: String
     public var exitCode: Int32
+    /// Where in the pipeline file the cause is written, if the file is at fault.
+    public var location: SourceLocation?
 
-    public init(stage: String, message: String, exitCode: Int32 = 1) {
+    public init(stage: String, message: String, exitCode: Int32 = 1, location: SourceLocation? = nil) {
         self.stage = stage
         self.message = message
         self.exitCode = exitCode
+        self.location = location
     }
 
-    public var description: String { "\(stage): \(message)" }
+    public var description: String {
+        if let location { return Diagnostic(location, message).description }
+        return "\(stage): \(message)"
+    }
+
+    /// The line `run` prints: located errors as they stand, others after `pipelined: `.
+    public var report: String { location == nil ? "pipelined: \(description)" : description }
 }
 
 /// A stage built from its options, ready to be wired.

@@ -92,7 +92,8 @@ public final class ReplaySource: EventSource {
             if fd > STDIN_FILENO { Glibc.close(fd) }
             fd = -1
         }
-        let decoder = NDJSONDecoder()
+        // Records keep the node they name; those without one are this machine's.
+        let decoder = NDJSONDecoder(defaultNode: context.node)
         var batch: [PipelineRecord] = []
         batch.reserveCapacity(output.batchEvents)
         var pacer = options.rate.map { Pacer(rate: $0) }

@@ -148,7 +148,7 @@ public final class SyscallMonitorSource: EventSource {
 
         do {
             reader = try KernelReader(
-                transport: transport(object), decoder: WireDecoder(wallOffsetNs: Clock.monotonicToWallOffsetNs()),
+                transport: transport(object), decoder: WireDecoder(wallOffsetNs: Clock.monotonicToWallOffsetNs(), node: context.node),
                 metrics: context.metrics, dropCheckIntervalNs: options.flushIntervalNs)
         } catch let error as BPFError {
             object.detachAll()

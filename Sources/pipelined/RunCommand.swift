@@ -75,12 +75,12 @@ struct RunCommand: AsyncParsableCommand {
         do {
             try await group.run()
         } catch let error as StageStartError {
-            FileHandleStderr.write("pipelined: \(error.description)\n")
+            FileHandleStderr.write(error.report + "\n")
             throw ExitCode(error.exitCode)
         } catch let error as ServiceGroupError {
             // A service that throws ends the group; unwrap what it threw.
             if let start = service.startError {
-                FileHandleStderr.write("pipelined: \(start.description)\n")
+                FileHandleStderr.write(start.report + "\n")
                 throw ExitCode(start.exitCode)
             }
             FileHandleStderr.write("pipelined: \(error)\n")
@@ -89,7 +89,7 @@ struct RunCommand: AsyncParsableCommand {
 
         guard let summary = service.summary else {
             if let start = service.startError {
-                FileHandleStderr.write("pipelined: \(start.description)\n")
+                FileHandleStderr.write(start.report + "\n")
                 throw ExitCode(start.exitCode)
             }
             throw ExitCode(ExitStatus.failure)

@@ -6,13 +6,15 @@ import Testing
 
 /// 2026-11-24T16:34:13.123456789Z, the time of SPEC section 3's example.
 private let specTimeNs: Int64 = 1_795_538_053_123_456_789
-private let timePrefix = #"{"time":"2026-11-24T16:34:13.123456789Z","ktime_ns":8123456789,"#
+private let timePrefix = #"{"time":"2026-11-24T16:34:13.123456789Z","node":"web-1","ktime_ns":8123456789,"#
+/// The node of SPEC section 3's example.
+private let web1 = NodeID("web-1")
 private let processFields =
     #""pid":4242,"ppid":1,"host_pid":4242,"host_ppid":1,"uid":0,"pid_ns":0,"mnt_ns":0,"origin":"host","comm":"python3""#
 
 private func event(_ id: UInt32, retval: Int64, _ args: [Argument]) -> SyscallEvent {
     SyscallEvent(
-        timeNs: specTimeNs, ktimeNs: 8_123_456_789, eventID: id, retval: retval, pid: 4242, ppid: 1,
+        timeNs: specTimeNs, node: web1, ktimeNs: 8_123_456_789, eventID: id, retval: retval, pid: 4242, ppid: 1,
         hostPid: 4242, hostPpid: 1, uid: 0, comm: Comm("python3"), args: Arguments(args))
 }
 
@@ -99,7 +101,7 @@ struct CodecNDJSONTests {
     }
 
     @Test func specExampleIsReproducedExactly() {
-        let spec = #"{"time":"2026-11-24T16:34:13.123456789Z","ktime_ns":8123456789,"event":"connect","event_id":42,"#
+        let spec = #"{"time":"2026-11-24T16:34:13.123456789Z","node":"web-1","ktime_ns":8123456789,"event":"connect","event_id":42,"#
             + #""scope":"network","retval":-111,"result":"ECONNREFUSED","pid":4242,"ppid":1,"host_pid":4242,"#
             + #""host_ppid":1,"uid":0,"pid_ns":0,"mnt_ns":0,"origin":"host","comm":"python3","#
             + #""args":{"fd":3,"addr":{"family":"AF_INET","ip":"127.0.0.1","port":1}}}"#
@@ -121,16 +123,38 @@ struct CodecNDJSONTests {
     }
 
     @Test func lostRecords() {
-        let kernel = LostRecord(timeNs: specTimeNs, count: 17, site: .kernel, cpu: 1)
+        let kernel = LostRecord(timeNs: specTimeNs, count: 17, site: .kernel, cpu: 1, node: web1)
         #expect(line(.lost(kernel))
-            == #"{"time":"2026-11-24T16:34:13.123456789Z","event":"lost","count":17,"where":"kernel","cpu":1}"# + "\n")
-        #expect(line(.lost(LostRecord(timeNs: specTimeNs, count: 2, site: .queue)))
-            == #"{"time":"2026-11-24T16:34:13.123456789Z","event":"lost","count":2,"where":"queue","cpu":null}"# + "\n")
-        let client = LostRecord(timeNs: 0, count: UInt64.max, site: LossSite("client"))
+            == #"{"time":"2026-11-24T16:34:13.123456789Z","node":"web-1","event":"lost","count":17,"where":"kernel","cpu":1}"# + "\n")
+        #expect(line(.lost(LostRecord(timeNs: specTimeNs, count: 2, site: .queue, node: web1)))
+            == #"{"time":"2026-11-24T16:34:13.123456789Z","node":"web-1","event":"lost","count":2,"where":"queue","cpu":null}"# + "\n")
+        let client = LostRecord(timeNs: 0, count: UInt64.max, site: LossSite("client"), node: web1)
         // No CPU applies to a client's (or a queue's) loss: the key is still there.
         #expect(line(.lost(client))
-            == #"{"time":"1970-01-01T00:00:00.000000000Z","event":"lost","count":18446744073709551615,"where":"client","cpu":null}"#
+            == #"{"time":"1970-01-01T00:00:00.000000000Z","node":"web-1","event":"lost","count":18446744073709551615,"where":"client","cpu":null}"#
             + "\n")
+        // A sink that could not deliver names itself, after `cpu`.
+        let sink = LostRecord(timeNs: specTimeNs, count: 5, site: .sink, node: web1, stage: "fleet")
+        #expect(line(.lost(sink))
+            == #"{"time":"2026-11-24T16:34:13.123456789Z","node":"web-1","event":"lost","count":5,"where":"sink","cpu":null,"stage":"fleet"}"# + "\n")
+    }
+
+    @Test func nodeNamesAreEscapedAndKeptByTheDecoder() throws {
+        var odd = event(3, retval: 0, [.int(1)])
+        odd.node = NodeID("rack \"7\"\\db\n")
+        let text = line(.event(odd))
+        #expect(text.hasPrefix(#"{"time":"2026-11-24T16:34:13.123456789Z","node":"rack \"7\"\\db\n","ktime_ns":"#))
+        let decoded = try NDJSONDecoder(defaultNode: NodeID("elsewhere")).decode(text.dropLast())
+        #expect(decoded == .event(odd))
+        // A record without a node (written before the fleet work) gets the decoder's default.
+        let old = text.replacingOccurrences(of: #""node":"rack \"7\"\\db\n","#, with: "")
+        guard case .event(let defaulted) = try NDJSONDecoder(defaultNode: NodeID("elsewhere")).decode(old.dropLast()) else {
+            Issue.record("not an event")
+            return
+        }
+        #expect(defaulted.node.name == "elsewhere")
+        let lost = LostRecord(timeNs: specTimeNs, count: 5, site: .sink, node: NodeID("db-2"), stage: "fleet")
+        #expect(try NDJSONDecoder().decode(line(.lost(lost)).dropLast()) == .lost(lost))
     }
 
     @Test func timeFormatting() {
@@ -496,7 +520,7 @@ struct CodecNDJSONTests {
         let text = #"{"args":{"addr":{"port":1,"ip":"127.0.0.1","family":"AF_INET"},"fd":3},"comm":"python3","#
             + #""extra":{"nested":[1,2.5e3,true,false,null,"x"]},"origin":"host","mnt_ns":0,"pid_ns":0,"uid":0,"#
             + #""host_ppid":1,"host_pid":4242,"ppid":1,"pid":4242,"result":"whatever","retval":-111,"scope":"network","#
-            + #""event_id":42,"event":"connect","ktime_ns":8123456789,"time":"2026-11-24T17:34:13.123456789+01:00"}"#
+            + #""event_id":42,"event":"connect","ktime_ns":8123456789,"node":"web-1","time":"2026-11-24T17:34:13.123456789+01:00"}"#
         let expected = goldens.first { $0.0.eventID == 42 }!.0
         #expect(try NDJSONDecoder().decode(text) == .event(expected))
         // Fewer fractional digits, `umount2`, and an event named by id only.

@@ -66,6 +66,7 @@ struct LoaderTests {
           batch_events: 128
           drain_timeout: 5s
           priority_boost: 0
+          node: web-1
         sources:
           a:
             type: gen
@@ -95,6 +96,8 @@ struct LoaderTests {
         #expect(plan.settings.drainTimeoutNs == 5_000_000_000)
         #expect(plan.settings.priorityBoost == 0)
         #expect(PipelineSettings().priorityBoost == 4)
+        #expect(plan.settings.nodeID.name == "web-1")
+        #expect(PipelineSettings().nodeID == .host)
         #expect(plan.stages.map(\.id) == ["a", "f", "s1", "s2"])
         #expect(plan.stage("s2")?.inputs == ["a", "f"])
         #expect(plan.stage("s1")?.queue == QueuePolicy(capacityEvents: 1024, whenFull: .drop))
@@ -246,7 +249,7 @@ struct LoaderTests {
         #expect(Units.parseDurationNs("1h") == 3_600_000_000_000)
         #expect(Units.parseDurationNs("soon") == nil)
         let errors = TestStages.errors("""
-            settings: {drain_timeout: forever, batch_events: 0, log_lvl: info, priority_boost: -1}
+            settings: {drain_timeout: forever, batch_events: 0, log_lvl: info, priority_boost: -1, node: ""}
             sources:
               a: {type: gen, count: 1}
             sinks:
@@ -257,6 +260,7 @@ struct LoaderTests {
             "p.yaml:1:50: error: settings: 'batch_events' must be an integer between 1 and 65536, not '0'",
             "p.yaml:1:53: error: settings: unknown key 'log_lvl' (did you mean 'log_level'?)",
             "p.yaml:1:84: error: settings: 'priority_boost' must be an integer between 0 and 20, not '-1'",
+            "p.yaml:1:94: error: settings: 'node' must be a non-empty name without control characters, not ''",
         ])
     }
 

@@ -139,10 +139,14 @@ enum CLI {
 
 /// A connect record in the exact shape of SPEC section 3, numbered by `n`.
 /// Every third one fails with ECONNREFUSED.
-func connectLine(_ n: Int) -> String {
+/// Its `node` is `web-1` (SPEC's example), or absent with `node: nil` (as
+/// records written before the fleet work: a replaying pipeline gives them
+/// its own node).
+func connectLine(_ n: Int, node: String? = "web-1") -> String {
     let failed = n % 3 == 0
     let nanos = String(format: "%09d", n % 1_000_000_000)
-    return #"{"time":"2026-11-24T16:34:13.\#(nanos)Z","ktime_ns":\#(8_000_000_000 + n),"event":"connect","event_id":42,"#
+    let nodeKey = node.map { #","node":"\#($0)""# } ?? ""
+    return #"{"time":"2026-11-24T16:34:13.\#(nanos)Z"\#(nodeKey),"ktime_ns":\#(8_000_000_000 + n),"event":"connect","event_id":42,"#
         + #""scope":"network","retval":\#(failed ? -111 : 0),"result":"\#(failed ? "ECONNREFUSED" : "ok")","pid":4242,"ppid":1,"#
         + #""host_pid":4242,"host_ppid":1,"uid":0,"pid_ns":0,"mnt_ns":0,"origin":"host","comm":"python3","#
         + #""args":{"fd":\#(3 + n % 5),"addr":{"family":"AF_INET","ip":"127.0.0.1","port":\#(1 + n % 60000)}}}"#

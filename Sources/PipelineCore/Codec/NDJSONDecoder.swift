@@ -20,14 +20,20 @@
 /// bounds-checked, ``RecordParser`` turns one object into a record, and
 /// ``IPText`` parses the address text.
 public struct NDJSONDecoder: Sendable {
-    public init() {}
+    /// The `node` of records that carry none (written before the fleet work,
+    /// or by hand); a record's own `node` is always kept.
+    public let defaultNode: NodeID
+
+    public init(defaultNode: NodeID = .host) {
+        self.defaultNode = defaultNode
+    }
 
     /// Decodes one line (without its `\n`; trailing spaces and `\r` are allowed).
     public func decode(_ line: UnsafeRawBufferPointer) throws(NDJSONError) -> PipelineRecord {
         guard let base = line.baseAddress, line.count > 0 else {
             throw NDJSONError(message: "empty line", offset: 0)
         }
-        var parser = RecordParser(JSONScanner(base: base.assumingMemoryBound(to: UInt8.self), count: line.count))
+        var parser = RecordParser(JSONScanner(base: base.assumingMemoryBound(to: UInt8.self), count: line.count), defaultNode: defaultNode)
         return try parser.record()
     }
 

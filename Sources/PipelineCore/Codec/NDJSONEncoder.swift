@@ -1,9 +1,10 @@
 /// Encodes records as NDJSON lines, exactly as SPEC section 3 fixes them.
 ///
-/// An event line has the keys `time, ktime_ns, event, event_id, scope, retval,
-/// result, pid, ppid, host_pid, host_ppid, uid, pid_ns, mnt_ns, origin, comm,
-/// args` in that order; a lost record has `time, event ("lost"), count, where,
-/// cpu`, with `cpu` null where no CPU applies. `time` is RFC 3339 UTC with nine fractional
+/// An event line has the keys `time, node, ktime_ns, event, event_id, scope,
+/// retval, result, pid, ppid, host_pid, host_ppid, uid, pid_ns, mnt_ns, origin,
+/// comm, args` in that order; a lost record has `time, node, event ("lost"),
+/// count, where, cpu`, with `cpu` null where no CPU applies, and `stage` last
+/// when the record names the stage that lost the events (`where: sink`). `time` is RFC 3339 UTC with nine fractional
 /// digits. Strings are escaped per RFC 8259; a comm that is not UTF-8 has each
 /// bad sequence replaced by U+FFFD. Flags print symbolically (see
 /// ``FlagKind/symbolic(_:)``), an unreadable argument as `null`.
@@ -45,14 +46,14 @@ public struct NDJSONEncoder: Sendable {
         _ records: Records, into buffer: inout [UInt8]
     ) {
         var index = records.startIndex
-        var clock = TimeCache()
+        var clock = LineCache()
         var stalled = false
         while index != records.endIndex {
             let start = buffer.count
             // Room for about the records left (600 bytes is a generous line),
             // at most a chunk, and at least the next record's bound.
             let left = records.distance(from: index, to: records.endIndex)
-            var room = Swift.max(Swift.min(EncoderTables.chunkBytes, left * 600), tables.bound(records, index))
+            var room = Swift.max(Swift.min(EncoderTables.chunkBytes, left * 600), tables.bound(records, index, cache: &clock))
             // The bound is exact by construction; should it ever be short, grow
             // instead of looping without progress.
             if stalled { room *= 4 }
@@ -85,7 +86,7 @@ public struct NDJSONEncoder: Sendable {
         let origin = base.assumingMemoryBound(to: UInt8.self)
         var writer = ByteWriter(origin)
         let limit = origin + output.count
-        var clock = TimeCache()
+        var clock = LineCache()
         var index = start
         while index < records.count, tables.write(records, index, to: &writer, limit: limit, clock: &clock) {
             index += 1
@@ -175,19 +176,25 @@ final class EncoderTables: Sendable {
 
     /// An upper bound of the bytes ``write(_:_:to:limit:clock:)`` produces for
     /// `records[index]` (read piece by piece, as there).
-    func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index) -> Int {
+    func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index, cache: inout LineCache) -> Int {
         let argumentCount: Int
         switch records[index] {
-        case .lost(let lost): return EncoderTables.lostBound + lost.site.rawValue.utf8.count
+        case .lost(let lost): return lostBound(lost, cache: &cache)
         case .event(let event): argumentCount = event.args.count
         }
-        var total = fixedBound
+        var total = fixedBound + cache.nodeLength(records[index].node.rawValue)
         for position in 0..<argumentCount {
             let argument: Argument
             if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
             total += 32 + bound(of: argument)
         }
         return total
+    }
+
+    /// An upper bound of a lost record's line.
+    private func lostBound(_ lost: LostRecord, cache: inout LineCache) -> Int {
+        EncoderTables.lostBound + lost.site.rawValue.utf8.count + cache.nodeLength(lost.node.rawValue)
+            + (lost.stage.map { 12 + 6 * $0.utf8.count } ?? 0)
     }
 
     private func bound(of argument: Argument) -> Int {
@@ -217,19 +224,19 @@ final class EncoderTables: Sendable {
     /// each argument is copied out on its own (cheap) before it is written.
     func write<Records: RandomAccessCollection<PipelineRecord>>(
         _ records: Records, _ index: Records.Index, to writer: inout ByteWriter,
-        limit: UnsafeMutablePointer<UInt8>, clock: inout TimeCache
+        limit: UnsafeMutablePointer<UInt8>, clock: inout LineCache
     ) -> Bool {
         let lineStart = writer.cursor
         let head: EventHead
         switch records[index] {
         case .lost(let lost):
-            guard limit - writer.cursor >= EncoderTables.lostBound + lost.site.rawValue.utf8.count else { return false }
+            guard limit - writer.cursor >= lostBound(lost, cache: &clock) else { return false }
             write(lost, to: &writer, clock: &clock)
             return true
         case .event(let event):
             head = EventHead(event)
         }
-        guard limit - writer.cursor >= fixedBound else { return false }
+        guard limit - writer.cursor >= fixedBound + clock.nodeLength(head.node) else { return false }
         writeHead(head, to: &writer, clock: &clock)
         let argumentCount = head.argumentCount
         let eventID = head.eventID
@@ -262,10 +269,12 @@ final class EncoderTables: Sendable {
         return true
     }
 
-    private func write(_ lost: LostRecord, to writer: inout ByteWriter, clock: inout TimeCache) {
+    private func write(_ lost: LostRecord, to writer: inout ByteWriter, clock: inout LineCache) {
         writer.literal("{\"time\":\"")
         writeTime(lost.timeNs, to: &writer, clock: &clock)
-        writer.literal("\",\"event\":\"lost\",\"count\":")
+        writer.literal("\",\"node\":")
+        clock.writeNode(lost.node.rawValue, to: &writer)
+        writer.literal(",\"event\":\"lost\",\"count\":")
         writer.decimal(lost.count)
         writer.literal(",\"where\":\"")
         // A site is a short word of a-z and _: nothing to escape.
@@ -278,16 +287,22 @@ final class EncoderTables: Sendable {
         } else {
             writer.literal("null")
         }
+        if let stage = lost.stage {
+            writer.literal(",\"stage\":")
+            writeString(stage, to: &writer)
+        }
         writer.literal("}\n")
     }
 
     /// An event line up to and including `"args":{`.
-    private func writeHead(_ event: EventHead, to writer: inout ByteWriter, clock: inout TimeCache) {
+    private func writeHead(_ event: EventHead, to writer: inout ByteWriter, clock: inout LineCache) {
         pool.withUnsafeBufferPointer { pool in
             let poolBase = pool.baseAddress!
             writer.literal("{\"time\":\"")
             writeTime(event.timeNs, to: &writer, clock: &clock)
-            writer.literal("\",\"ktime_ns\":")
+            writer.literal("\",\"node\":")
+            clock.writeNode(event.node, to: &writer)
+            writer.literal(",\"ktime_ns\":")
             writer.decimal(event.ktimeNs)
             if event.eventID < 512 && eventSpans[Int(event.eventID)].count > 0 {
                 let span = eventSpans[Int(event.eventID)]
@@ -406,7 +421,7 @@ final class EncoderTables: Sendable {
 
     /// `yyyy-MM-ddTHH:mm:ss.nnnnnnnnnZ` (30 bytes). The text up to the
     /// seconds is kept in `clock` and reused while records stay in one second.
-    private func writeTime(_ epochNs: Int64, to writer: inout ByteWriter, clock: inout TimeCache) {
+    private func writeTime(_ epochNs: Int64, to writer: inout ByteWriter, clock: inout LineCache) {
         var seconds = epochNs / 1_000_000_000
         var nanos = Int(epochNs % 1_000_000_000)
         if nanos < 0 {
@@ -443,17 +458,34 @@ final class EncoderTables: Sendable {
     }
 }
 
-/// The date and time text of the last second written (`yyyy-MM-ddTHH:mm:ss.`,
-/// 20 bytes), so a batch of records in one second formats its date once.
-struct TimeCache {
+/// What one encode call reuses from line to line: the date and time text of
+/// the last second written (`yyyy-MM-ddTHH:mm:ss.`, 20 bytes), so a batch of
+/// records in one second formats its date once, and the node names' JSON
+/// bytes, taken from the node table once per call (again only if a record
+/// names a node interned since).
+struct LineCache {
     var second = Int64.min
     var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
+    private var nodes = NodeTable.shared.snapshot
+
+    /// The length of node `id`'s JSON bytes (quoted and escaped).
+    mutating func nodeLength(_ id: UInt32) -> Int {
+        if Int(id) >= nodes.json.count { nodes = NodeTable.shared.snapshot }
+        return Int(id) < nodes.json.count ? nodes.json[Int(id)].count : 2
+    }
+
+    mutating func writeNode(_ id: UInt32, to writer: inout ByteWriter) {
+        if Int(id) >= nodes.json.count { nodes = NodeTable.shared.snapshot }
+        guard Int(id) < nodes.json.count else { return writer.literal("\"\"") }
+        nodes.json[Int(id)].withUnsafeBytes { writer.bytes($0) }
+    }
 }
 
 /// The plain fields of an event (no strings, nothing to retain), copied out
 /// of a record before its line is written.
 struct EventHead {
     var timeNs: Int64
+    var node: UInt32
     var ktimeNs: UInt64
     var eventID: UInt32
     var retval: Int64
@@ -464,6 +496,7 @@ struct EventHead {
     @inline(__always)
     init(_ event: SyscallEvent) {
         timeNs = event.timeNs
+        node = event.node.rawValue
         ktimeNs = event.ktimeNs
         eventID = event.eventID
         retval = event.retval

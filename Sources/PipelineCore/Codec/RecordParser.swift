@@ -1,8 +1,13 @@
 /// Reads one record object with a ``JSONScanner``.
 struct RecordParser {
     var scanner: JSONScanner
+    /// The node of a record that names none.
+    let defaultNode: NodeID
 
-    init(_ scanner: JSONScanner) { self.scanner = scanner }
+    init(_ scanner: JSONScanner, defaultNode: NodeID) {
+        self.scanner = scanner
+        self.defaultNode = defaultNode
+    }
 
     mutating func record() throws(NDJSONError) -> PipelineRecord {
         var timeNs: Int64?
@@ -19,12 +24,15 @@ struct RecordParser {
         var count: UInt64?
         var site: LossSite?
         var cpu: Int32?
+        var node: NodeID?
+        var stage: String?
 
         var more = try scanner.beginObject()
         while more {
             let (key, valueOffset) = try scanner.memberKey()
             switch key {
             case "time": timeNs = try time()
+            case "node": node = NodeID(try scanner.string())
             case "ktime_ns": ktimeNs = try scanner.uint64()
             case "event":
                 eventName = try scanner.string()
@@ -54,6 +62,8 @@ struct RecordParser {
                 site = parsed
             case "cpu":
                 if !scanner.takeNull() { cpu = try scanner.int32() }
+            case "stage":
+                if !scanner.takeNull() { stage = try scanner.string() }
             default:
                 try scanner.skipValue()
             }
@@ -65,7 +75,7 @@ struct RecordParser {
 
         if eventName == "lost" {
             guard let count else { throw scanner.fail("lost record without 'count'", at: 0) }
-            return .lost(LostRecord(timeNs: timeNs, count: count, site: site ?? .kernel, cpu: cpu))
+            return .lost(LostRecord(timeNs: timeNs, count: count, site: site ?? .kernel, cpu: cpu, node: node ?? defaultNode, stage: stage))
         }
         let kind: EventKind
         if let eventName {
@@ -90,7 +100,7 @@ struct RecordParser {
             args = try arguments(of: kind)
         }
         return .event(SyscallEvent(
-            timeNs: timeNs, ktimeNs: ktimeNs, eventID: kind.id, retval: retval, pid: pid, ppid: ppid,
+            timeNs: timeNs, node: node ?? defaultNode, ktimeNs: ktimeNs, eventID: kind.id, retval: retval, pid: pid, ppid: ppid,
             hostPid: hostPid, hostPpid: hostPpid, uid: uid, pidNamespace: pidNamespace,
             mountNamespace: mountNamespace, comm: comm, args: args
         ))

@@ -12,6 +12,8 @@
 public struct WireDecoder: Sendable {
     /// Added to the header's monotonic `ts` to give wall-clock time.
     public var wallOffsetNs: Int64
+    /// The node every decoded event is stamped with (this machine).
+    public var node: NodeID
 
     /// Per event id: the wire tag of each declared argument, one byte each
     /// from the low end, and the argument count in the top byte; 0 for an id
@@ -19,9 +21,10 @@ public struct WireDecoder: Sendable {
     private let layouts: [UInt64]
 
     /// A decoder that maps kernel time to wall time by adding `wallOffsetNs`
-    /// (see ``Clock/monotonicToWallOffsetNs()``).
-    public init(wallOffsetNs: Int64) {
+    /// (see ``Clock/monotonicToWallOffsetNs()``), and stamps events with `node`.
+    public init(wallOffsetNs: Int64, node: NodeID = .host) {
         self.wallOffsetNs = wallOffsetNs
+        self.node = node
         layouts = WireDecoder.sharedLayouts
     }
 
@@ -96,6 +99,7 @@ public struct WireDecoder: Sendable {
 
         return SyscallEvent(
             timeNs: Int64(truncatingIfNeeded: ts) &+ wallOffsetNs,
+            node: node,
             ktimeNs: ts,
             eventID: eventID,
             retval: base.loadUnaligned(fromByteOffset: 44, as: Int64.self).littleEndian,

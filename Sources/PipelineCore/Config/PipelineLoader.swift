@@ -202,6 +202,12 @@ struct LoadSession {
                 } else {
                     error(at, "settings: 'priority_boost' must be an integer between 0 and 20, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
                 }
+            case "node":
+                if let text, !text.isEmpty, !text.utf8.contains(where: { $0 < 0x20 }) {
+                    settings.node = text
+                } else {
+                    error(at, "settings: 'node' must be a non-empty name without control characters, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
+                }
             default:
                 var message = "settings: unknown key '\(entry.key)'"
                 if let suggestion = closestMatch(to: entry.key, in: known) { message += " (did you mean '\(suggestion)'?)" }

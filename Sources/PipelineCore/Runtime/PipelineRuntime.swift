@@ -39,7 +39,7 @@ public final class PipelineRuntime: Sendable {
         var sinks: [(PlannedStage, any EventSink, SinkQueue)] = []
         for stage in plan.stages {
             if case .sink(let sink) = stage.instance {
-                let queue = SinkQueue(policy: stage.queue, metrics: metrics[stage.id]!)
+                let queue = SinkQueue(policy: stage.queue, metrics: metrics[stage.id]!, node: plan.settings.nodeID)
                 queues[stage.id] = queue
                 sinks.append((stage, sink, queue))
             }
@@ -61,7 +61,7 @@ public final class PipelineRuntime: Sendable {
         var sources: [(PlannedStage, any EventSource, SourceOutput)] = []
         for stage in plan.stages {
             if case .source(let source) = stage.instance {
-                let output = SourceOutput(routes: routes(from: stage.id), metrics: metrics[stage.id]!, batchEvents: plan.settings.batchEvents)
+                let output = SourceOutput(routes: routes(from: stage.id), metrics: metrics[stage.id]!, batchEvents: plan.settings.batchEvents, node: plan.settings.nodeID)
                 sources.append((stage, source, output))
             }
         }
@@ -71,7 +71,7 @@ public final class PipelineRuntime: Sendable {
     private func context(for stage: PlannedStage) -> StageContext {
         var stageLogger = logger
         stageLogger[metadataKey: "stage"] = "\(stage.id)"
-        return StageContext(id: stage.id, logger: stageLogger, metrics: metrics[stage.id]!)
+        return StageContext(id: stage.id, logger: stageLogger, metrics: metrics[stage.id]!, node: plan.settings.nodeID)
     }
 
     /// Prepares sources, opens sinks and starts every thread. Throws the first

@@ -21,8 +21,12 @@ public final class SinkQueue: Sendable {
     /// The stage's `lost` counter at `where: queue`.
     private let queueLoss: StageMetrics.Counter
 
-    public init(policy: QueuePolicy, metrics: StageMetrics) {
+    /// The node of the `lost` records the queue makes.
+    private let node: NodeID
+
+    public init(policy: QueuePolicy, metrics: StageMetrics, node: NodeID = .host) {
         self.policy = policy
+        self.node = node
         queueLoss = metrics.loss(.queue)
     }
 
@@ -71,7 +75,7 @@ public final class SinkQueue: Sendable {
         lock.withLock {
             while true {
                 if dropped > 0 {
-                    let lost = LostRecord(timeNs: Clock.wallNs(), count: dropped, site: .queue)
+                    let lost = LostRecord(timeNs: Clock.wallNs(), count: dropped, site: .queue, node: node)
                     dropped = 0
                     return .batch(EventBatch([.lost(lost)]))
                 }

@@ -14,12 +14,15 @@ public final class SourceOutput: Sendable {
     public let metrics: StageMetrics
     /// The most records the source should put in one batch.
     public let batchEvents: Int
+    /// The node of the `lost` records ``emitLost(count:site:cpu:)`` makes.
+    public let node: NodeID
     private let stopping = ManagedAtomic<Bool>(false)
 
-    public init(routes: [Route], metrics: StageMetrics, batchEvents: Int = 512) {
+    public init(routes: [Route], metrics: StageMetrics, batchEvents: Int = 512, node: NodeID = .host) {
         self.routes = routes
         self.metrics = metrics
         self.batchEvents = batchEvents
+        self.node = node
     }
 
     /// Pushes one batch downstream: every route gets it (fan-out shares the
@@ -52,7 +55,7 @@ public final class SourceOutput: Sendable {
     public func emitLost(count: UInt64, site: LossSite = .kernel, cpu: Int32? = nil) {
         guard count > 0 else { return }
         metrics.addLost(count, at: site)
-        emit(EventBatch([.lost(LostRecord(timeNs: Clock.wallNs(), count: count, site: site, cpu: cpu))]))
+        emit(EventBatch([.lost(LostRecord(timeNs: Clock.wallNs(), count: count, site: site, cpu: cpu, node: node))]))
     }
 
     /// True once the pipeline asked sources to stop.
