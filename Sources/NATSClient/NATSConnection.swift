@@ -60,7 +60,7 @@ public final class NATSConnection: @unchecked Sendable {
     public static let reconnectWaitMs: Int64 = 500
 
     /// What happens to the connection, as the C client reports it.
-    public enum Event: Sendable {
+    public enum Event: Sendable, Equatable {
         /// Connected for the first time (after a failed first attempt).
         case connected
         case disconnected

@@ -120,6 +120,16 @@ public struct NATSEndpoint: Sendable, Equatable {
         return nil
     }
 
+    /// Why `name` cannot name a JetStream stream or consumer (white space,
+    /// `.`, `*`, `>`, `/`, `\\` are not allowed), or nil when it can.
+    public static func plainNameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "must not be empty" }
+        if let bad = name.first(where: { " \t\r\n.*>/\\".contains($0) }) {
+            return "must not contain '\(bad == " " ? "space" : String(bad))' (a JetStream name is one plain word such as PIPELINED)"
+        }
+        return nil
+    }
+
     /// The urls joined for messages.
     public var urlList: String { urls.joined(separator: ", ") }
 }

@@ -80,8 +80,12 @@ public protocol StageOptions: Sendable {
 /// The one explicit map from stage type names to their descriptors. The
 /// `pipelined` command registers every built-in stage once at start-up; tests
 /// and plugin authors build registries of their own.
+///
+/// A name is unique within its kind: a source and a sink may share one (the
+/// `nats` source reads what the `nats` sink publishes).
 public struct StageRegistry: Sendable {
-    public private(set) var descriptors: [String: StageDescriptor] = [:]
+    /// Every descriptor, by kind and type name.
+    public private(set) var descriptors: [StageKind: [String: StageDescriptor]] = [:]
 
     public init() {}
 
@@ -89,16 +93,22 @@ public struct StageRegistry: Sendable {
         for descriptor in descriptors { register(descriptor) }
     }
 
-    /// Adds a stage type; registering a name twice is a programming error.
+    /// Adds a stage type; registering a name twice for one kind is a programming error.
     public mutating func register(_ descriptor: StageDescriptor) {
-        precondition(descriptors[descriptor.type] == nil, "stage type '\(descriptor.type)' registered twice")
-        descriptors[descriptor.type] = descriptor
+        precondition(descriptors[descriptor.kind]?[descriptor.type] == nil, "\(descriptor.kind.rawValue) type '\(descriptor.type)' registered twice")
+        descriptors[descriptor.kind, default: [:]][descriptor.type] = descriptor
     }
 
-    public func descriptor(for type: String) -> StageDescriptor? { descriptors[type] }
+    /// The `kind` type named `type`.
+    public func descriptor(for type: String, kind: StageKind) -> StageDescriptor? { descriptors[kind]?[type] }
+
+    /// The kinds that have a type named `type` (to say where a misplaced one belongs).
+    public func kinds(named type: String) -> [StageKind] {
+        StageKind.allCases.filter { descriptors[$0]?[type] != nil }
+    }
 
     /// Descriptors of one kind, sorted by type name.
     public func types(of kind: StageKind) -> [StageDescriptor] {
-        descriptors.values.filter { $0.kind == kind }.sorted { $0.type < $1.type }
+        (descriptors[kind] ?? [:]).values.sorted { $0.type < $1.type }
     }
 }

@@ -6,6 +6,7 @@ public enum BuiltinSinks {
         [
             FileSink.descriptor,
             LZ4SegmentSink.descriptor,
+            NATSSink.descriptor,
             UnixSocketSink.descriptor,
         ]
     }

@@ -4,6 +4,7 @@ import PipelineCore
 public enum BuiltinSources {
     public static var descriptors: [StageDescriptor] {
         [
+            NATSSource.descriptor,
             ReplaySource.descriptor,
             SyscallMonitorSource.descriptor,
         ]

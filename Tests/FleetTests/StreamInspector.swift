@@ -73,6 +73,29 @@ final class StreamInspector {
         return last
     }
 
+    /// Creates a stream as another user of the server might have.
+    func addStream(_ name: String, subjects: [String]) throws {
+        var config = jsStreamConfig()
+        jsStreamConfig_Init(&config)
+        let cName = strdup(name)
+        let cSubjects = subjects.map { strdup($0) }
+        defer {
+            free(cName)
+            cSubjects.forEach { free($0) }
+        }
+        var list: [UnsafePointer<CChar>?] = cSubjects.map { UnsafePointer($0) }
+        var info: UnsafeMutablePointer<jsStreamInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let status = list.withUnsafeMutableBufferPointer { pointers in
+            config.Name = UnsafePointer(cName)
+            config.Subjects = pointers.baseAddress
+            config.SubjectsLen = Int32(pointers.count)
+            return js_AddStream(&info, jetStream, &config, nil, &code)
+        }
+        try natsCheck(status, code: code, "cannot create stream \(name)")
+        jsStreamInfo_Destroy(info)
+    }
+
     /// A durable consumer's progress, as the server counts it.
     struct ConsumerState {
         /// The stream sequence of the last message delivered.

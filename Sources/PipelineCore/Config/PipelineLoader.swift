@@ -256,12 +256,10 @@ struct LoadSession {
         if let typeEntry {
             if case .scalar(let type, _, let typeAt) = typeEntry.value {
                 stage.type = type
-                if let found = registry.descriptor(for: type) {
-                    if found.kind == kind {
-                        descriptor = found
-                    } else {
-                        error(typeAt, "\(label): '\(type)' is a \(found.kind.rawValue) type; move it under '\(found.kind.sectionKey)' or use a \(kind.rawValue) type (\(typeNames(kind)))")
-                    }
+                if let found = registry.descriptor(for: type, kind: kind) {
+                    descriptor = found
+                } else if let other = registry.kinds(named: type).first {
+                    error(typeAt, "\(label): '\(type)' is a \(other.rawValue) type; move it under '\(other.sectionKey)' or use a \(kind.rawValue) type (\(typeNames(kind)))")
                 } else {
                     var message = "\(label): unknown type '\(type)'"
                     if let suggestion = closestMatch(to: type, in: registry.types(of: kind).map(\.type)) {

@@ -1,5 +1,4 @@
 import Foundation
-@testable import TestSupport
 
 /// A FIFO that a test feeds connect records into while `pipelined run`
 /// replays it. The run cannot reach the end of its input until the test closes

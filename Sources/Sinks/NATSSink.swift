@@ -1,0 +1,837 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Atomics
+import CNATS
+import Logging
+import NATSClient
+import PipelineCore
+
+/// The `nats` sink: every record becomes one JetStream message, its payload
+/// the record's NDJSON line (without the `\n`), published asynchronously.
+///
+/// ```
+///  sink thread               publisher thread                 C client's threads
+///  write(batch) ─encode─▶ ┌────────────────────────┐  publish  ┌──────────────┐
+///                         │ Outbox: held lines in a │─────────▶│ nats-server  │
+///   drop + count when ◀── │ ring of buffer_bytes,   │  ◀─acks── │ (JetStream)  │
+///   the ring is full      │ by sequence number      │ ack handler└──────────────┘
+///                         └────────────────────────┘
+/// ```
+///
+/// - At least once into the stream, exactly once in it: each message carries
+///   `Nats-Msg-Id: NODE:BOOT:SEQ` (the sink's node, a random id drawn when the
+///   sink opens, the record's sequence number in this run). A publish whose
+///   ack does not come back within `ack_timeout` (or that the server
+///   refuses) is sent again with the same id, so the stream's duplicate
+///   window drops the copy if the first one was stored after all.
+/// - A line is held until its ack arrives. While the server is unreachable
+///   the sink holds up to `buffer_bytes`, then drops new records and counts
+///   them; once there is room again it publishes a `lost` record
+///   (`"where":"sink"`, `"stage":"<id>"`) with the count, so the stream
+///   accounts for every event.
+/// - The pipeline never waits for the broker: ``write(_:)`` only encodes and
+///   copies into the outbox. At most `max_pending` publishes are in flight.
+/// - ``close()`` waits up to `close_timeout` for the acks of everything held,
+///   then counts what is left as lost (logged; the stream cannot be told).
+/// - The stream is created when missing (subjects `<first token>.>`, file
+///   storage, `max_age`, `max_bytes`, `duplicate_window`, `replicas`) and
+///   checked when present: subjects that do not take the sink's subjects are
+///   a pipeline error located at `stream` (exit 78 at start).
+public final class NATSSink: EventSink {
+    public static let descriptor = StageDescriptor.sink(
+        type: "nats", summary: "publish every record to a NATS JetStream stream (at least once, duplicates removed by message id)",
+        options: NATSSinkOptions.self, make: NATSSink.init)
+
+    public let options: NATSSinkOptions
+    // Touched only from the sink's own thread (the EventSink contract).
+    private nonisolated(unsafe) var state = State()
+
+    private struct State {
+        var context: StageContext?
+        var outbox: Outbox?
+        var link: PublishLink?
+        /// NDJSON of the batch being written.
+        var scratch: [UInt8] = []
+        /// Line ends within `scratch`.
+        var lineEnds: [Int] = []
+        /// Subject index in the outbox, by (node, event id).
+        var subjects: [UInt64: Int32] = [:]
+        /// The subject of the sink's own `lost` records.
+        var lostSubject: Int32 = 0
+    }
+
+    private let encoder = NDJSONEncoder()
+
+    public init(_ options: NATSSinkOptions) {
+        self.options = options
+    }
+
+    public func open(_ context: StageContext) throws {
+        state.context = context
+        state.scratch.reserveCapacity(1 << 20)
+        let outbox = Outbox(capacity: options.bufferBytes, maxPending: options.maxPending)
+        let link = PublishLink(options: options, outbox: outbox, context: context)
+        try link.start()
+        state.lostSubject = subject(for: .lost(LostRecord(timeNs: 0, count: 0, site: .sink, node: context.node, stage: context.id)), outbox: outbox)
+        state.outbox = outbox
+        state.link = link
+    }
+
+    public func write(_ batch: EventBatch) throws {
+        guard let outbox = state.outbox, let link = state.link, let context = state.context else { return }
+        try link.throwIfFailed()
+        state.scratch.removeAll(keepingCapacity: true)
+        encoder.encode(batch, into: &state.scratch)
+        state.lineEnds.removeAll(keepingCapacity: true)
+        state.scratch.withUnsafeBufferPointer { bytes in
+            for index in bytes.indices where bytes[index] == UInt8(ascii: "\n") { state.lineEnds.append(index) }
+        }
+        precondition(state.lineEnds.count == batch.count, "one NDJSON line per record")
+        var subjectIndices: [Int32] = []
+        subjectIndices.reserveCapacity(batch.count)
+        for index in batch.records.indices {
+            subjectIndices.append(subject(for: batch.records[index], outbox: outbox))
+        }
+        let dropped = state.scratch.withUnsafeBytes { bytes in
+            outbox.lock.withLock { () -> UInt64 in
+                appendPendingLost(outbox, context: context)
+                var start = 0
+                var dropped: UInt64 = 0
+                for (index, end) in state.lineEnds.enumerated() {
+                    let line = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+                    start = end + 1
+                    let weight = batch.records[index].lossWeight
+                    if !outbox.append(line, subject: subjectIndices[index], weight: weight) {
+                        dropped += weight
+                    }
+                }
+                if dropped > 0 { outbox.dropped(dropped) }
+                outbox.lock.broadcast()
+                return dropped
+            }
+        }
+        if dropped > 0 {
+            context.metrics.addLost(dropped, at: .sink)
+            link.reportDropping()
+        }
+    }
+
+    /// Puts the `lost` record for what was dropped so far in front, if it
+    /// fits now. Called with the outbox locked.
+    private func appendPendingLost(_ outbox: Outbox, context: StageContext) {
+        let count = outbox.droppedUnreported
+        guard count > 0 else { return }
+        let record = PipelineRecord.lost(LostRecord(timeNs: Clock.wallNs(), count: count, site: .sink, node: context.node, stage: context.id))
+        var line: [UInt8] = []
+        encoder.encode(record, into: &line)
+        line.removeLast()
+        // The count rides in the stream on this record, not on top of it.
+        let appended = line.withUnsafeBytes { outbox.append($0, subject: state.lostSubject, weight: count) }
+        if appended {
+            outbox.reportedDropped()
+            state.link?.reportDropEnded(count)
+        }
+    }
+
+    /// The outbox's index of the record's subject, made once per (node, kind).
+    private func subject(for record: PipelineRecord, outbox: Outbox) -> Int32 {
+        let node: NodeID
+        let eventID: UInt32
+        switch record {
+        case .event(let event):
+            node = event.node
+            eventID = event.eventID
+        case .lost(let lost):
+            node = lost.node
+            eventID = UInt32.max
+        }
+        let key = UInt64(node.rawValue) << 32 | UInt64(eventID)
+        if let index = state.subjects[key] { return index }
+        let scope: String
+        let event: String
+        if eventID == UInt32.max {
+            (scope, event) = ("lost", "lost")
+        } else if let kind = EventCatalog.kind(id: eventID) {
+            (scope, event) = (kind.scope.name, kind.name)
+        } else {
+            (scope, event) = ("unknown", "unknown")
+        }
+        let index = outbox.addSubject(options.subject.render(node: node.name, scope: scope, event: event))
+        state.subjects[key] = index
+        return index
+    }
+
+    public func idle(nowNs: Int64) throws {
+        guard let link = state.link, let outbox = state.outbox, let context = state.context else { return }
+        try link.throwIfFailed()
+        outbox.lock.withLock {
+            appendPendingLost(outbox, context: context)
+            outbox.lock.broadcast()
+        }
+    }
+
+    public func close() throws {
+        guard let link = state.link, let outbox = state.outbox, let context = state.context else { return }
+        let deadline = Clock.monotonicNs() + options.closeTimeoutNs
+        // The count of what was dropped goes into the stream too, if it can.
+        outbox.lock.withLock {
+            while outbox.droppedUnreported > 0, !link.hasFailedLocked {
+                appendPendingLost(outbox, context: context)
+                if outbox.droppedUnreported == 0 || !outbox.lock.wait(untilMonotonicNs: deadline) && Clock.monotonicNs() >= deadline { break }
+            }
+        }
+        let left = link.finish(deadlineNs: deadline)
+        state.link = nil
+        if left.events > 0 {
+            context.metrics.addLost(left.weight, at: .sink)
+            context.logger.error("\(left.events) record(s) (\(left.weight) event(s)) not acknowledged by stream '\(options.stream)' within close_timeout \(Units.formatDuration(options.closeTimeoutNs)): counted as lost")
+        }
+        if left.unreported > 0 {
+            context.logger.error("the count of \(left.unreported) dropped event(s) could not be put in the stream (counted in this stage's lost)")
+        }
+        try link.throwIfFailed()
+    }
+}
+
+// MARK: - Outbox
+
+/// The lines a sink holds until the stream acknowledges them, in sequence
+/// order: their bytes in one ring of `capacity` bytes, their state in a
+/// ring of entries. Everything is guarded by ``lock``, which the sink's
+/// thread (appending), the publisher thread (taking work) and the C client's
+/// ack thread (acknowledging) take in turn.
+final class Outbox: @unchecked Sendable {
+    // All mutable state is guarded by `lock` (see the type's comment); the
+    // bytes of an entry never move while it is held, so the publisher reads
+    // them without the lock once it has taken the entry.
+    let lock = ConditionLock()
+    let capacity: Int
+    let maxPending: Int
+    private let storage: UnsafeMutableRawBufferPointer
+
+    enum EntryState: UInt8 {
+        /// Never sent.
+        case unsent
+        /// Sent; no ack yet.
+        case inflight
+        /// To be sent again (an ack timed out or the server refused).
+        case retry
+        /// Acknowledged; released once every older entry is too.
+        case acked
+    }
+
+    struct Entry {
+        var offset: Int
+        var length: Int32
+        var subject: Int32
+        var state: EntryState
+        /// Events it stands for: 1, or the count a `lost` record carries.
+        var weight: UInt64
+    }
+
+    /// What the publisher sends next.
+    struct Work {
+        var sequence: UInt64
+        var bytes: UnsafeRawPointer
+        var length: Int32
+        var subject: UnsafePointer<CChar>
+    }
+
+    private var entries: [Entry] = []
+    private var head = 0
+    private(set) var count = 0
+    /// The sequence number of the oldest entry.
+    private(set) var firstSequence: UInt64 = 0
+    /// The oldest sequence never sent.
+    private var nextUnsent: UInt64 = 0
+    private var retries: [UInt64] = []
+    private var retryHead = 0
+    private(set) var inflight = 0
+    /// Subjects as C strings, by index; never freed before the outbox.
+    private var subjects: [UnsafeMutablePointer<CChar>] = []
+    /// Events dropped (the ring was full) and not yet reported by a `lost` record.
+    private(set) var droppedUnreported: UInt64 = 0
+    /// Set by ``close()``-time teardown: late acks are ignored.
+    var closed = false
+    /// No work is handed out before this (monotonic ns): the server refused
+    /// a publish (a stream without a leader answers at once), so resending
+    /// at once would only spin.
+    var pausedUntilNs: Int64 = 0
+
+    init(capacity: Int, maxPending: Int) {
+        self.capacity = capacity
+        self.maxPending = maxPending
+        // Reserved, not touched: pages are only backed once lines are written.
+        storage = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
+        entries = [Entry](repeating: Entry(offset: 0, length: 0, subject: 0, state: .acked, weight: 0), count: 1024)
+    }
+
+    deinit {
+        storage.deallocate()
+        subjects.forEach { free($0) }
+    }
+
+    var nextSequence: UInt64 { firstSequence + UInt64(count) }
+    var isEmpty: Bool { count == 0 }
+
+    private func slot(_ sequence: UInt64) -> Int {
+        (head + Int(sequence - firstSequence)) & (entries.count - 1)
+    }
+
+    /// Adds a subject; returns its index.
+    func addSubject(_ subject: String) -> Int32 {
+        lock.withLock {
+            subjects.append(strdup(subject))
+            return Int32(subjects.count - 1)
+        }
+    }
+
+    /// Where a line of `length` bytes fits in the ring, if it does.
+    private func place(_ length: Int) -> Int? {
+        guard count > 0 else { return length <= capacity ? 0 : nil }
+        let oldest = entries[head].offset
+        let newest = entries[(head + count - 1) & (entries.count - 1)]
+        let end = newest.offset + Int(newest.length)
+        if newest.offset >= oldest {
+            if capacity - end >= length { return end }
+            return oldest >= length ? 0 : nil
+        }
+        return oldest - end >= length ? end : nil
+    }
+
+    /// Copies a line in as the next sequence number; false when it does not
+    /// fit (the caller counts it as dropped). Call with ``lock`` held.
+    func append(_ line: UnsafeRawBufferPointer, subject: Int32, weight: UInt64) -> Bool {
+        guard line.count > 0, let offset = place(line.count) else { return false }
+        if count == entries.count { grow() }
+        storage.baseAddress!.advanced(by: offset).copyMemory(from: line.baseAddress!, byteCount: line.count)
+        entries[(head + count) & (entries.count - 1)] = Entry(offset: offset, length: Int32(line.count), subject: subject, state: .unsent, weight: weight)
+        count += 1
+        return true
+    }
+
+    private func grow() {
+        var larger = [Entry](repeating: Entry(offset: 0, length: 0, subject: 0, state: .acked, weight: 0), count: entries.count * 2)
+        for index in 0..<count { larger[index] = entries[(head + index) & (entries.count - 1)] }
+        entries = larger
+        head = 0
+    }
+
+    /// Counts events dropped for want of room. Call with ``lock`` held.
+    func dropped(_ weight: UInt64) { droppedUnreported += weight }
+
+    /// The dropped count is now on its way in a `lost` record. Call with ``lock`` held.
+    func reportedDropped() { droppedUnreported = 0 }
+
+    /// Takes up to `limit` entries to publish, retries first, as far as
+    /// `max_pending` allows; marks them in flight. Call with ``lock`` held.
+    func takeWork(limit: Int, into work: inout [Work]) {
+        work.removeAll(keepingCapacity: true)
+        while work.count < limit, inflight < maxPending {
+            let sequence: UInt64
+            if retryHead < retries.count {
+                sequence = retries[retryHead]
+                retryHead += 1
+                if retryHead == retries.count {
+                    retries.removeAll(keepingCapacity: true)
+                    retryHead = 0
+                }
+                guard sequence >= firstSequence, sequence < nextSequence, entries[slot(sequence)].state == .retry else { continue }
+            } else if nextUnsent < nextSequence {
+                sequence = max(nextUnsent, firstSequence)
+                nextUnsent = sequence + 1
+                guard entries[slot(sequence)].state == .unsent else { continue }
+            } else {
+                break
+            }
+            let index = slot(sequence)
+            entries[index].state = .inflight
+            inflight += 1
+            let entry = entries[index]
+            work.append(Work(sequence: sequence, bytes: UnsafeRawPointer(storage.baseAddress!.advanced(by: entry.offset)),
+                             length: entry.length, subject: UnsafePointer(subjects[Int(entry.subject)])))
+        }
+    }
+
+    /// True when ``takeWork(limit:into:)`` would find something.
+    var hasWork: Bool {
+        inflight < maxPending && (retryHead < retries.count || nextUnsent < nextSequence) && Clock.monotonicNs() >= pausedUntilNs
+    }
+
+    /// An ack for `sequence`: releases every acknowledged entry at the
+    /// front. Returns what was released (records, bytes). Call with ``lock`` held.
+    func acknowledge(_ sequence: UInt64) -> (records: Int, bytes: Int) {
+        guard !closed, sequence >= firstSequence, sequence < nextSequence else { return (0, 0) }
+        let index = slot(sequence)
+        guard entries[index].state == .inflight || entries[index].state == .retry else { return (0, 0) }
+        if entries[index].state == .inflight { inflight -= 1 }
+        entries[index].state = .acked
+        var released = (records: 0, bytes: 0)
+        while count > 0, entries[head].state == .acked {
+            released.records += 1
+            released.bytes += Int(entries[head].length)
+            head = (head + 1) & (entries.count - 1)
+            count -= 1
+            firstSequence += 1
+        }
+        if nextUnsent < firstSequence { nextUnsent = firstSequence }
+        return released
+    }
+
+    /// `sequence` is to be sent again (no ack in time, a refusal, a failed
+    /// send, or reclaimed after a reconnect). Call with ``lock`` held.
+    func retry(_ sequence: UInt64) {
+        guard !closed, sequence >= firstSequence, sequence < nextSequence else { return }
+        let index = slot(sequence)
+        guard entries[index].state == .inflight else { return }
+        entries[index].state = .retry
+        inflight -= 1
+        retries.append(sequence)
+    }
+
+    /// What is still held: records, and the events they stand for. Call with ``lock`` held.
+    var held: (records: Int, weight: UInt64) {
+        var weight: UInt64 = 0
+        for offset in 0..<count { weight += entries[(head + offset) & (entries.count - 1)].weight }
+        return (count, weight)
+    }
+}
+
+// MARK: - Publishing
+
+/// The sink's connection, JetStream context and publisher thread, and the
+/// handlers the C client calls: everything that talks to the server.
+final class PublishLink: @unchecked Sendable {
+    // `connection`, `jetStream` and `thread` are set in `start()` before any
+    // other thread can see them and cleared only in `finish()` after those
+    // threads are done; `failure`, `streamReady` and the log flags are
+    // guarded by the outbox's lock. That is why this is @unchecked Sendable.
+    let options: NATSSinkOptions
+    let outbox: Outbox
+    let context: StageContext
+    private var connection: NATSConnection?
+    private var jetStream: OpaquePointer?
+    private var thread: RuntimeThread?
+    private var failure: StageStartError?
+    private var streamReady = false
+    private var closing = false
+    private var closeDeadlineNs: Int64 = .max
+    private let connected = ManagedAtomic<Bool>(false)
+    /// Set before the connection is closed on purpose.
+    private let tornDown = ManagedAtomic<Bool>(false)
+    /// The `Nats-Msg-Id` prefix: `NODE:BOOT:`.
+    private let idPrefix: [CChar]
+    private var droppingReported = false
+    private var lastRefusal = ""
+    /// Publishes sent again (no ack in time, a refusal, a reconnect): the
+    /// stage's `resent` series.
+    private let resent: StageMetrics.Counter
+
+    init(options: NATSSinkOptions, outbox: Outbox, context: StageContext) {
+        self.options = options
+        self.outbox = outbox
+        self.context = context
+        resent = context.metrics.counter("resent", help: "publishes sent again with the same message id (no ack in time, refused, or after a reconnect)")
+        var random = SystemRandomNumberGenerator()
+        let boot = String(random.next() as UInt64, radix: 16)
+        idPrefix = Array("\(context.node.name):\(boot):".utf8CString.dropLast())
+    }
+
+    /// The stage's location in the file for errors about `stream`.
+    private func located(_ message: String) -> StageStartError {
+        StageStartError(stage: context.id, message: message, exitCode: 78, location: options.streamLocation)
+    }
+
+    /// Connects; if a server answers, checks or creates the stream now (a
+    /// stream that cannot take the subjects fails the start, exit 78).
+    /// Otherwise says so and lets the publisher thread keep trying.
+    func start() throws {
+        let target = AckTarget(self)
+        let (connection, isConnected): (NATSConnection, Bool)
+        do {
+            (connection, isConnected) = try NATSConnection.connect(options.endpoint, name: "pipelined \(context.node.name) \(context.id)") { [weak target] event in
+                target?.link?.connectionEvent(event)
+            }
+        } catch let error as NATSError {
+            throw StageStartError(stage: context.id, message: "\(error)", exitCode: options.endpoint.credentials != nil || options.endpoint.tls != nil ? 78 : 1,
+                                  location: options.endpoint.credentialsLocation ?? options.endpoint.tlsLocation)
+        }
+        self.connection = connection
+        // The ack handler's context lives as long as the process: the C
+        // client may call it until its reply subscription is gone, which
+        // nothing reports. It holds the link weakly.
+        let closure = Unmanaged.passRetained(target).toOpaque()
+        jetStream = try connection.jetStream { options in
+            options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
+                Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue().link?.acknowledged(message, ok: ack != nil, refusal: refusal)
+                natsMsg_Destroy(message)
+            }
+            options.PublishAsync.AckHandlerClosure = closure
+            // No stall inside the client: the outbox keeps max_pending.
+            options.PublishAsync.MaxPending = 0
+        }
+        if isConnected {
+            connected.store(true, ordering: .releasing)
+            context.logger.info("connected to \(connection.connectedURL ?? options.endpoint.urlList)")
+            do {
+                try ensureStream()
+                streamReady = true
+            } catch StreamProblem.fatal(let message) {
+                teardown()
+                throw located(message)
+            } catch StreamProblem.transient(let message) {
+                context.logger.warning("stream '\(options.stream)' not ready yet (\(message)); retrying")
+            }
+        } else {
+            context.logger.error("cannot reach \(options.endpoint.urlList) (\(connection.lastError)): retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000)); holding up to \(Units.formatSize(options.bufferBytes)) of events meanwhile")
+        }
+        thread = RuntimeThread(name: "nats:\(context.id)") { [self] in publishLoop() }
+    }
+
+    // MARK: Stream
+
+    enum StreamProblem: Error {
+        /// Retrying cannot help: the stream's configuration is wrong.
+        case fatal(String)
+        /// The server or cluster cannot answer yet.
+        case transient(String)
+    }
+
+    /// Creates the stream, or checks that the one there takes our subjects.
+    private func ensureStream() throws {
+        guard let jetStream else { return }
+        for _ in 0..<3 {
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            var code = jsErrCode(rawValue: 0)
+            let status = js_GetStreamInfo(&info, jetStream, options.stream, nil, &code)
+            if status == NATS_OK, let info {
+                defer { jsStreamInfo_Destroy(info) }
+                try check(info.pointee.Config.pointee)
+                return
+            }
+            guard status == NATS_NOT_FOUND || code == JSStreamNotFoundErr else {
+                throw StreamProblem.transient(NATSError(status, code: code, "cannot look up stream '\(options.stream)'").message)
+            }
+            let created = try create()
+            if created { return }
+            // Another node created it meanwhile: check that one.
+        }
+    }
+
+    /// Adds the stream; false when one of that name appeared meanwhile.
+    private func create() throws -> Bool {
+        guard let jetStream else { return false }
+        var config = jsStreamConfig()
+        jsStreamConfig_Init(&config)
+        let name = strdup(options.stream)
+        let subject = strdup(options.subject.streamSubjects)
+        defer {
+            free(name)
+            free(subject)
+        }
+        var subjects: [UnsafePointer<CChar>?] = [UnsafePointer(subject)]
+        var info: UnsafeMutablePointer<jsStreamInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let status = subjects.withUnsafeMutableBufferPointer { list in
+            config.Name = UnsafePointer(name)
+            config.Subjects = list.baseAddress
+            config.SubjectsLen = 1
+            config.Storage = js_FileStorage
+            config.Replicas = Int64(options.replicas)
+            config.Duplicates = options.duplicateWindowNs
+            config.MaxAge = options.maxAgeNs ?? 0
+            config.MaxBytes = options.maxBytes.map(Int64.init) ?? -1
+            return js_AddStream(&info, jetStream, &config, nil, &code)
+        }
+        if status == NATS_OK {
+            jsStreamInfo_Destroy(info)
+            context.logger.info("created stream '\(options.stream)' (subjects \(options.subject.streamSubjects), replicas \(options.replicas), duplicate window \(Units.formatDuration(options.duplicateWindowNs)))")
+            return true
+        }
+        if code == JSStreamNameExistErr { return false }
+        let error = NATSError(status, code: code, "cannot create stream '\(options.stream)'")
+        // 10065: the subjects overlap another stream's; 10074: too many replicas for the cluster.
+        if code.rawValue == 10065 || code.rawValue == 10074 || code.rawValue == 10052 { throw StreamProblem.fatal(error.message) }
+        throw StreamProblem.transient(error.message)
+    }
+
+    private func check(_ config: jsStreamConfig) throws {
+        var subjects: [String] = []
+        for index in 0..<Int(config.SubjectsLen) {
+            if let subject = config.Subjects[index] { subjects.append(String(cString: subject)) }
+        }
+        let pattern = options.subject.pattern
+        guard subjects.contains(where: { NATSSubject.covers($0, pattern) }) else {
+            throw StreamProblem.fatal("stream '\(options.stream)' exists with subjects [\(subjects.joined(separator: ", "))], which do not take this sink's subjects '\(pattern)' (subject '\(options.subject.render(node: "{node}", scope: "{scope}", event: "{event}"))'); name another stream, or give this one the subjects '\(options.subject.streamSubjects)'")
+        }
+        if config.Duplicates < options.duplicateWindowNs {
+            context.logger.notice("stream '\(options.stream)' drops duplicate message ids for \(Units.formatDuration(config.Duplicates)), less than this sink's duplicate_window \(Units.formatDuration(options.duplicateWindowNs)): a retry after that is stored twice")
+        }
+    }
+
+    // MARK: Publisher thread
+
+    private func publishLoop() {
+        var work: [Outbox.Work] = []
+        work.reserveCapacity(256)
+        var publishOptions = jsPubOptions()
+        jsPubOptions_Init(&publishOptions)
+        publishOptions.MaxWait = options.ackTimeoutNs / 1_000_000
+        var id = [CChar](repeating: 0, count: idPrefix.count + 24)
+        for (index, byte) in idPrefix.enumerated() { id[index] = byte }
+        var backoffNs: Int64 = 0
+        var streamWaitNs: Int64 = 0
+        while true {
+            let ready = outbox.lock.withLock { streamReady }
+            if !ready {
+                if outbox.lock.withLock({ closing && Clock.monotonicNs() >= closeDeadlineNs || failure != nil }) { return }
+                if connected.load(ordering: .acquiring) {
+                    do {
+                        try ensureStream()
+                        outbox.lock.withLock {
+                            streamReady = true
+                            outbox.lock.broadcast()
+                        }
+                        continue
+                    } catch StreamProblem.fatal(let message) {
+                        fail(located(message))
+                        return
+                    } catch {
+                        if streamWaitNs == 0 { context.logger.warning("stream '\(options.stream)' not ready yet (\(error)); retrying") }
+                        streamWaitNs = min(max(streamWaitNs * 2, 100_000_000), 2_000_000_000)
+                    }
+                }
+                waitIdle(Swift.max(streamWaitNs, 100_000_000))
+                continue
+            }
+            let finished: Bool = outbox.lock.withLock {
+                while true {
+                    if failure != nil { return true }
+                    if closing, outbox.isEmpty || Clock.monotonicNs() >= closeDeadlineNs { return true }
+                    if connected.load(ordering: .acquiring), outbox.hasWork {
+                        outbox.takeWork(limit: 256, into: &work)
+                        return false
+                    }
+                    _ = outbox.lock.wait(untilMonotonicNs: Clock.monotonicNs() + 100_000_000)
+                }
+            }
+            if finished { return }
+            var failed: [UInt64] = []
+            var lastError: natsStatus = NATS_OK
+            for item in work {
+                let digits = writeDecimal(item.sequence, into: &id, at: idPrefix.count)
+                id[idPrefix.count + digits] = 0
+                var message: OpaquePointer?
+                var status = natsMsg_Create(&message, item.subject, nil, item.bytes.assumingMemoryBound(to: CChar.self), item.length)
+                if status == NATS_OK {
+                    status = id.withUnsafeBufferPointer { id in
+                        publishOptions.MsgId = id.baseAddress
+                        return js_PublishMsgAsync(jetStream, &message, &publishOptions)
+                    }
+                }
+                if status != NATS_OK {
+                    natsMsg_Destroy(message)
+                    failed.append(item.sequence)
+                    lastError = status
+                }
+            }
+            if !failed.isEmpty {
+                // Not connected after all, or the client's buffer is full:
+                // hold them and try again shortly.
+                outbox.lock.withLock {
+                    for sequence in failed { outbox.retry(sequence) }
+                }
+                backoffNs = min(max(backoffNs * 2, 50_000_000), 1_000_000_000)
+                context.logger.debug("publish failed (\(String(cString: natsStatus_GetText(lastError)))); retrying in \(Units.formatDuration(backoffNs))")
+                waitIdle(backoffNs)
+            } else {
+                backoffNs = 0
+            }
+        }
+    }
+
+    /// Waits on the outbox for up to `ns` (woken by acks, writes, reconnects).
+    private func waitIdle(_ ns: Int64) {
+        outbox.lock.withLock { _ = outbox.lock.wait(untilMonotonicNs: Clock.monotonicNs() + ns) }
+    }
+
+    private func writeDecimal(_ value: UInt64, into buffer: inout [CChar], at offset: Int) -> Int {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        return withUnsafeMutableBytes(of: &digits) { scratch in
+            var count = 0
+            var rest = value
+            repeat {
+                scratch[count] = UInt8(48 + rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            for index in 0..<count { buffer[offset + index] = CChar(bitPattern: scratch[count - 1 - index]) }
+            return count
+        }
+    }
+
+    // MARK: Client callbacks
+
+    /// The C client's ack handler: a stored message (or a duplicate of one)
+    /// releases its entry; a timeout or a refusal sends it again.
+    func acknowledged(_ message: OpaquePointer?, ok: Bool, refusal: UnsafeMutablePointer<jsPubAckErr>?) {
+        guard let sequence = Self.sequence(of: message) else { return }
+        if ok {
+            let released = outbox.lock.withLock {
+                let released = outbox.acknowledge(sequence)
+                outbox.lock.broadcast()
+                return released
+            }
+            if released.records > 0 {
+                context.metrics.add(context.metrics.recordsOut, UInt64(released.records))
+                context.metrics.add(context.metrics.bytes, UInt64(released.bytes))
+            }
+            return
+        }
+        let reason = refusal.map { refusal -> String in
+            if let text = refusal.pointee.ErrText { return String(cString: text) }
+            return String(cString: natsStatus_GetText(refusal.pointee.Err))
+        } ?? "no ack"
+        let timedOut = refusal?.pointee.Err == NATS_TIMEOUT
+        let report: Bool = outbox.lock.withLock {
+            outbox.retry(sequence)
+            if !timedOut { outbox.pausedUntilNs = Clock.monotonicNs() + 250_000_000 }
+            outbox.lock.broadcast()
+            defer { lastRefusal = reason }
+            return reason != lastRefusal
+        }
+        resent.add(1)
+        if report { context.logger.notice("publish not acknowledged (\(reason)); sending again with the same message id") }
+    }
+
+    /// The sequence number at the end of the message's `Nats-Msg-Id`.
+    private static func sequence(of message: OpaquePointer?) -> UInt64? {
+        var value: UnsafePointer<CChar>?
+        guard let message, natsMsgHeader_Get(message, "Nats-Msg-Id", &value) == NATS_OK, let value else { return nil }
+        var sequence: UInt64 = 0
+        var end = strlen(value)
+        var scale: UInt64 = 1
+        while end > 0 {
+            let byte = UInt8(bitPattern: value[end - 1])
+            guard byte >= 48, byte <= 57 else { break }
+            sequence += UInt64(byte - 48) * scale
+            scale &*= 10
+            end -= 1
+        }
+        return sequence
+    }
+
+    fileprivate func connectionEvent(_ event: NATSConnection.Event) {
+        switch event {
+        case .connected, .reconnected:
+            connected.store(true, ordering: .releasing)
+            context.logger.info("\(event == .connected ? "connected" : "reconnected") to \(connection?.connectedURL ?? options.endpoint.urlList)")
+            if event == .reconnected { reclaimPending() }
+            outbox.lock.withLock { outbox.lock.broadcast() }
+        case .disconnected:
+            connected.store(false, ordering: .releasing)
+            // Our own close at the end disconnects too: nothing to report.
+            guard !tornDown.load(ordering: .acquiring) else { return }
+            let held = outbox.lock.withLock { outbox.count }
+            context.logger.warning("disconnected from the nats server; reconnecting, holding \(held) record(s)")
+        case .closed:
+            connected.store(false, ordering: .releasing)
+        case .error(let text):
+            context.logger.warning("nats client: \(text)")
+        }
+    }
+
+    /// After a reconnect, what the old connection sent may never be
+    /// answered: take every unanswered publish back and send it again (the
+    /// stream drops the ones it already has, by id).
+    private func reclaimPending() {
+        guard let jetStream else { return }
+        var pending = natsMsgList()
+        guard js_PublishAsyncGetPendingList(&pending, jetStream) == NATS_OK else { return }
+        defer { natsMsgList_Destroy(&pending) }
+        var sequences: [UInt64] = []
+        for index in 0..<Int(pending.Count) {
+            if let sequence = Self.sequence(of: pending.Msgs[index]) { sequences.append(sequence) }
+        }
+        outbox.lock.withLock {
+            for sequence in sequences.sorted() { outbox.retry(sequence) }
+            outbox.lock.broadcast()
+        }
+        if !sequences.isEmpty {
+            resent.add(UInt64(sequences.count))
+            context.logger.info("sending \(sequences.count) unacknowledged publish(es) again after the reconnect")
+        }
+    }
+
+    // MARK: State for the sink's thread
+
+    private func fail(_ error: StageStartError) {
+        outbox.lock.withLock {
+            if failure == nil { failure = error }
+            outbox.lock.broadcast()
+        }
+    }
+
+    /// True once the link gave up. Call with the outbox's lock held.
+    var hasFailedLocked: Bool { failure != nil }
+
+    /// Throws what made the link give up (a stream that cannot take our subjects).
+    func throwIfFailed() throws {
+        if let failure = outbox.lock.withLock({ failure }) { throw failure }
+    }
+
+    /// Logs once per episode that the ring is full.
+    func reportDropping() {
+        let first = outbox.lock.withLock {
+            defer { droppingReported = true }
+            return !droppingReported
+        }
+        if first {
+            context.logger.warning("buffer_bytes (\(Units.formatSize(options.bufferBytes))) is full of unacknowledged events: dropping new ones, counted (a lost record follows when there is room)")
+        }
+    }
+
+    /// Called with the outbox locked once the dropped count is on its way.
+    func reportDropEnded(_ count: UInt64) {
+        droppingReported = false
+        context.logger.warning("dropped \(count) event(s) while buffer_bytes was full; a lost record with the count is on its way to the stream")
+    }
+
+    /// Stops publishing once everything is acknowledged or `deadlineNs`
+    /// passes; closes the connection. Returns what was never acknowledged.
+    func finish(deadlineNs: Int64) -> (events: Int, weight: UInt64, unreported: UInt64) {
+        outbox.lock.withLock {
+            closing = true
+            closeDeadlineNs = deadlineNs
+            outbox.lock.broadcast()
+        }
+        thread?.join()
+        let left = outbox.lock.withLock {
+            outbox.closed = true
+            return (outbox.held, outbox.droppedUnreported)
+        }
+        let resent = resent.value
+        if resent > 0 { context.logger.info("\(resent) publish(es) were sent again (the stream dropped the duplicates by message id)") }
+        teardown()
+        return (left.0.records, left.0.weight, left.1)
+    }
+
+    private func teardown() {
+        tornDown.store(true, ordering: .releasing)
+        if let jetStream { jsCtx_Destroy(jetStream) }
+        jetStream = nil
+        connection?.close()
+        connection = nil
+    }
+}
+
+/// The C client's handle on a link: a weak reference, so a late callback
+/// after the sink is gone finds nothing.
+final class AckTarget: @unchecked Sendable {
+    // Set once at creation; a weak reference is safe to read from any thread.
+    weak var link: PublishLink?
+    init(_ link: PublishLink) { self.link = link }
+}

@@ -1,0 +1,317 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Atomics
+import CNATS
+import Logging
+import NATSClient
+import PipelineCore
+
+/// The `nats` source: an aggregator's end of the fleet. It reads a
+/// JetStream stream through a durable pull consumer and acknowledges each
+/// message only once every sink it reached has written it (the batch's
+/// ``BatchCompletion``), so an aggregator killed at any moment is delivered
+/// the unacknowledged messages again when it restarts: at least once.
+///
+/// - The consumer (`durable`) is created if missing (explicit acks,
+///   `deliver`, `ack_wait`, `max_ack_pending`, the `subjects` filter) and
+///   updated if its `ack_wait` or `max_ack_pending` differ; a consumer with
+///   another filter is an error.
+/// - Records keep the `node` they were published with.
+/// - A message that is not a record is counted as malformed and
+///   terminated (never delivered again); one a sink lost (a dropping queue,
+///   a failed sink) is left unacknowledged, so the server delivers it again
+///   after `ack_wait`.
+/// - Messages the server delivered more than once are counted
+///   (`redelivered`), and the total is logged at the end.
+/// - An unreachable server, or a stream that does not exist yet, is waited
+///   for (logged), never an error.
+public final class NATSSource: EventSource {
+    public static let descriptor = StageDescriptor.source(
+        type: "nats", summary: "read records from a NATS JetStream stream through a durable pull consumer, acknowledged once every sink wrote them",
+        options: NATSSourceOptions.self, make: NATSSource.init)
+
+    public let options: NATSSourceOptions
+    private let stopped = ManagedAtomic<Bool>(false)
+    // Set in prepare, used by run; both on the runtime's threads in sequence.
+    private nonisolated(unsafe) var consumer: ConsumerLink?
+    private nonisolated(unsafe) var context: StageContext?
+    /// Messages delivered more than once (the server's count, from each
+    /// message's metadata): the stage's `redelivered` series.
+    private nonisolated(unsafe) var redelivered: StageMetrics.Counter?
+
+    public init(_ options: NATSSourceOptions) {
+        self.options = options
+    }
+
+    public func prepare(_ context: StageContext) throws {
+        self.context = context
+        redelivered = context.metrics.counter("redelivered", help: "messages the server delivered more than once (not acknowledged before a restart, or within ack_wait)")
+        let link = ConsumerLink(options: options, context: context)
+        do {
+            try link.connect()
+        } catch let error as NATSError {
+            let location = options.endpoint.credentialsLocation ?? options.endpoint.tlsLocation
+            throw StageStartError(stage: context.id, message: "\(error)", exitCode: location == nil ? 1 : 78, location: location)
+        }
+        consumer = link
+    }
+
+    public func stop() {
+        stopped.store(true, ordering: .releasing)
+    }
+
+    public func run(_ output: SourceOutput) throws {
+        guard let consumer, let context, let redelivered else { return }
+        // Completions hold the link until their messages are acknowledged;
+        // it closes the connection when the last one lets go.
+        defer { self.consumer = nil }
+        let decoder = NDJSONDecoder(defaultNode: context.node)
+        var reported = 0
+        var waitingSince: Int64?
+        while !stopped.load(ordering: .acquiring) {
+            guard let subscription = consumer.subscription(waitingSince: &waitingSince) else {
+                usleep(200_000)
+                continue
+            }
+            var list = natsMsgList()
+            var code = jsErrCode(rawValue: 0)
+            let status = natsSubscription_Fetch(&list, subscription, Int32(options.batch), 500, &code)
+            if status == NATS_TIMEOUT { continue }
+            guard status == NATS_OK else {
+                consumer.fetchFailed(NATSError(status, code: code, "fetch from consumer '\(options.durable)' failed"))
+                usleep(200_000)
+                continue
+            }
+            var records: [PipelineRecord] = []
+            records.reserveCapacity(Int(list.Count))
+            var messages: [OpaquePointer] = []
+            messages.reserveCapacity(Int(list.Count))
+            for index in 0..<Int(list.Count) {
+                guard let message = list.Msgs[index] else { continue }
+                // The list gives up the message: the batch's completion owns it.
+                list.Msgs[index] = nil
+                var metadata: UnsafeMutablePointer<jsMsgMetaData>?
+                if natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata {
+                    if metadata.pointee.NumDelivered > 1 { redelivered.add(1) }
+                    jsMsgMetaData_Destroy(metadata)
+                }
+                let length = Int(natsMsg_GetDataLength(message))
+                context.metrics.add(context.metrics.bytes, UInt64(length))
+                do {
+                    let payload = UnsafeRawBufferPointer(start: natsMsg_GetData(message), count: length)
+                    records.append(try decoder.decode(payload))
+                    messages.append(message)
+                } catch {
+                    context.metrics.add(context.metrics.malformed, 1)
+                    if reported < 10 {
+                        reported += 1
+                        context.logger.warning("\(String(cString: natsMsg_GetSubject(message))): not an event record, terminated: \(error)")
+                    }
+                    natsMsg_Term(message, nil)
+                    natsMsg_Destroy(message)
+                }
+            }
+            natsMsgList_Destroy(&list)
+            guard !records.isEmpty else { continue }
+            let delivery = Delivery(messages: messages, link: consumer)
+            output.emit(EventBatch(records, completion: BatchCompletion { written in delivery.finish(acknowledge: written) }))
+        }
+        let count = redelivered.value
+        if count > 0 {
+            context.logger.notice("\(count) message(s) were delivered again (not acknowledged before an earlier stop or within ack_wait)")
+        }
+    }
+}
+
+/// The messages of one batch, acknowledged together once every sink wrote
+/// them (or left for redelivery if one did not).
+final class Delivery: Sendable {
+    // The pointers are handed over once, here; `finish` runs once (a
+    // completion fires once), on whichever sink thread wrote last.
+    private nonisolated(unsafe) let messages: [OpaquePointer]
+    private let link: ConsumerLink
+
+    init(messages: [OpaquePointer], link: ConsumerLink) {
+        self.messages = messages
+        self.link = link
+    }
+
+    func finish(acknowledge: Bool) {
+        for message in messages {
+            if acknowledge { natsMsg_Ack(message, nil) }
+            natsMsg_Destroy(message)
+        }
+    }
+}
+
+/// The source's connection and pull subscription. Every batch in flight
+/// holds it (through its ``Delivery``), so the connection is closed only
+/// after the last acknowledgement has been sent.
+final class ConsumerLink: @unchecked Sendable {
+    // `connection` and `jetStream` are set once in `connect()`; the
+    // subscription and the log state are touched only by the source's run
+    // thread; deinit runs after every Delivery let go. Hence @unchecked Sendable.
+    let options: NATSSourceOptions
+    let context: StageContext
+    private var connection: NATSConnection?
+    private var jetStream: OpaquePointer?
+    private var subscribed: OpaquePointer?
+    /// Subscriptions given up after a failed fetch: messages of batches in
+    /// flight still point at them, so they are freed only with the link.
+    private var retired: [OpaquePointer] = []
+    private var lastProblem = ""
+    private let connected = ManagedAtomic<Bool>(false)
+    /// Set before the connection is closed on purpose.
+    private let closing = ManagedAtomic<Bool>(false)
+
+    init(options: NATSSourceOptions, context: StageContext) {
+        self.options = options
+        self.context = context
+    }
+
+    deinit {
+        closing.store(true, ordering: .releasing)
+        if let subscribed { natsSubscription_Destroy(subscribed) }
+        retired.forEach { natsSubscription_Destroy($0) }
+        if let jetStream { jsCtx_Destroy(jetStream) }
+        connection?.close()
+    }
+
+    func connect() throws {
+        let logger = context.logger
+        let urls = options.endpoint.urlList
+        let flag = connected
+        let closing = closing
+        let (connection, isConnected) = try NATSConnection.connect(options.endpoint, name: "pipelined \(context.node.name) \(context.id)") { event in
+            switch event {
+            case .connected, .reconnected:
+                flag.store(true, ordering: .releasing)
+                logger.info("\(event == .connected ? "connected" : "reconnected") to \(urls)")
+            case .disconnected:
+                flag.store(false, ordering: .releasing)
+                guard !closing.load(ordering: .acquiring) else { return }
+                logger.warning("disconnected from the nats server; reconnecting (unacknowledged messages come again)")
+            case .closed:
+                flag.store(false, ordering: .releasing)
+            case .error(let text):
+                logger.warning("nats client: \(text)")
+            }
+        }
+        self.connection = connection
+        jetStream = try connection.jetStream()
+        connected.store(isConnected, ordering: .releasing)
+        if isConnected {
+            logger.info("connected to \(connection.connectedURL ?? urls)")
+        } else {
+            logger.error("cannot reach \(urls) (\(connection.lastError)): retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000))")
+        }
+    }
+
+    /// The pull subscription, made (with its consumer) on first use once a
+    /// server is connected and the stream exists; nil until then.
+    func subscription(waitingSince: inout Int64?) -> OpaquePointer? {
+        if let subscribed { return subscribed }
+        guard connected.load(ordering: .acquiring), let jetStream else { return nil }
+        do {
+            try ensureConsumer()
+            var subscription: OpaquePointer?
+            var subOptions = jsSubOptions()
+            jsSubOptions_Init(&subOptions)
+            var code = jsErrCode(rawValue: 0)
+            let status = options.stream.withCString { stream in
+                options.durable.withCString { durable in
+                    subOptions.Stream = stream
+                    subOptions.Consumer = durable
+                    return js_PullSubscribe(&subscription, jetStream, nil, durable, nil, &subOptions, &code)
+                }
+            }
+            try natsCheck(status, code: code, "cannot subscribe to consumer '\(options.durable)' of stream '\(options.stream)'")
+            subscribed = subscription
+            if waitingSince != nil { context.logger.info("stream '\(options.stream)' is there; reading") }
+            waitingSince = nil
+            return subscription
+        } catch {
+            if waitingSince == nil || "\(error)" != lastProblem {
+                context.logger.warning("\(error); waiting")
+                lastProblem = "\(error)"
+            }
+            waitingSince = waitingSince ?? Clock.monotonicNs()
+            return nil
+        }
+    }
+
+    /// Creates the durable consumer, or brings the one there in line.
+    private func ensureConsumer() throws {
+        guard let jetStream else { return }
+        var info: UnsafeMutablePointer<jsConsumerInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let status = js_GetConsumerInfo(&info, jetStream, options.stream, options.durable, nil, &code)
+        if status == NATS_OK, let info {
+            defer { jsConsumerInfo_Destroy(info) }
+            let config = info.pointee.Config.pointee
+            let filter = config.FilterSubject.map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+            guard filter == options.subject else {
+                throw ConsumerProblem(message: "consumer '\(options.durable)' of stream '\(options.stream)' exists with the filter '\(filter ?? "(all)")', not '\(options.subject ?? "(all)")': name another durable")
+            }
+            if config.AckWait != options.ackWaitNs || config.MaxAckPending != Int64(options.maxAckPending) {
+                try add(update: true)
+            }
+            return
+        }
+        guard status == NATS_NOT_FOUND || code == JSConsumerNotFoundErr || code == JSStreamNotFoundErr else {
+            throw NATSError(status, code: code, "cannot look up consumer '\(options.durable)'")
+        }
+        if code == JSStreamNotFoundErr {
+            throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet")
+        }
+        try add(update: false)
+    }
+
+    private func add(update: Bool) throws {
+        guard let jetStream else { return }
+        var config = jsConsumerConfig()
+        jsConsumerConfig_Init(&config)
+        var info: UnsafeMutablePointer<jsConsumerInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let durable = strdup(options.durable)
+        let filter = options.subject.map { strdup($0) } ?? nil
+        defer {
+            free(durable)
+            free(filter)
+        }
+        config.Durable = UnsafePointer(durable)
+        config.FilterSubject = filter.map { UnsafePointer($0) }
+        config.AckPolicy = js_AckExplicit
+        config.DeliverPolicy = options.deliver == .all ? js_DeliverAll : js_DeliverNew
+        config.AckWait = options.ackWaitNs
+        config.MaxAckPending = Int64(options.maxAckPending)
+        let status = update
+            ? js_UpdateConsumer(&info, jetStream, options.stream, &config, nil, &code)
+            : js_AddConsumer(&info, jetStream, options.stream, &config, nil, &code)
+        if code == JSStreamNotFoundErr { throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet") }
+        try natsCheck(status, code: code, "cannot \(update ? "update" : "create") consumer '\(options.durable)' on stream '\(options.stream)'")
+        jsConsumerInfo_Destroy(info)
+        context.logger.info("\(update ? "updated" : "created") consumer '\(options.durable)' (deliver \(options.deliver.rawValue), ack_wait \(Units.formatDuration(options.ackWaitNs)), max_ack_pending \(options.maxAckPending))")
+    }
+
+    /// A fetch failed: log it once, and start over with a new subscription
+    /// when the consumer is gone (deleted, or the stream was recreated).
+    func fetchFailed(_ error: NATSError) {
+        if "\(error)" != lastProblem {
+            context.logger.warning("\(error)")
+            lastProblem = "\(error)"
+        }
+        if error.code == Int(JSConsumerNotFoundErr.rawValue) || error.status == NATS_NOT_FOUND || error.status == NATS_INVALID_SUBSCRIPTION {
+            if let subscribed { retired.append(subscribed) }
+            subscribed = nil
+        }
+    }
+
+    struct ConsumerProblem: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+}
