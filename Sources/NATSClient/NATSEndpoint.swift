@@ -130,6 +130,17 @@ public struct NATSEndpoint: Sendable, Equatable {
         return nil
     }
 
+    /// What a failed ``NATSConnection/connect(_:name:onEvent:)`` means for
+    /// the stage `label` (`sink 'fleet'`): with credentials or TLS files the
+    /// client rejected, a pipeline error located at them (exit 78); otherwise
+    /// a runtime failure.
+    public func startError(_ error: NATSError, stage: String, label: String) -> StageStartError {
+        guard let location = credentialsLocation ?? tlsLocation else {
+            return StageStartError(stage: stage, message: "\(error)")
+        }
+        return StageStartError(stage: stage, message: "\(label): \(error)", exitCode: 78, location: location)
+    }
+
     /// The urls joined for messages.
     public var urlList: String { urls.joined(separator: ", ") }
 }

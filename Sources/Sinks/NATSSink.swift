@@ -442,7 +442,7 @@ final class PublishLink: @unchecked Sendable {
 
     /// The stage's location in the file for errors about `stream`.
     private func located(_ message: String) -> StageStartError {
-        StageStartError(stage: context.id, message: message, exitCode: 78, location: options.streamLocation)
+        StageStartError(stage: context.id, message: "sink '\(context.id)': \(message)", exitCode: 78, location: options.streamLocation)
     }
 
     /// Connects; if a server answers, checks or creates the stream now (a
@@ -456,8 +456,7 @@ final class PublishLink: @unchecked Sendable {
                 target?.link?.connectionEvent(event)
             }
         } catch let error as NATSError {
-            throw StageStartError(stage: context.id, message: "\(error)", exitCode: options.endpoint.credentials != nil || options.endpoint.tls != nil ? 78 : 1,
-                                  location: options.endpoint.credentialsLocation ?? options.endpoint.tlsLocation)
+            throw options.endpoint.startError(error, stage: context.id, label: "sink '\(context.id)'")
         }
         self.connection = connection
         // The ack handler's context lives as long as the process: the C

@@ -53,8 +53,7 @@ public final class NATSSource: EventSource {
         do {
             try link.connect()
         } catch let error as NATSError {
-            let location = options.endpoint.credentialsLocation ?? options.endpoint.tlsLocation
-            throw StageStartError(stage: context.id, message: "\(error)", exitCode: location == nil ? 1 : 78, location: location)
+            throw options.endpoint.startError(error, stage: context.id, label: "source '\(context.id)'")
         }
         consumer = link
     }
