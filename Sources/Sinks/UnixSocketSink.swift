@@ -30,19 +30,16 @@ import PipelineCore
 ///   that, `when_full: drop` drops its events and counts them (stage metric
 ///   `lost`); once its backlog is down to half the buffer it receives a `lost`
 ///   record (`"where":"client"`) with the count, so that it can tell
-///   delivered + lost. `when_full: disconnect` closes it (metric `clientsDropped`).
+///   delivered + lost. `when_full: disconnect` closes it (metric `clients_dropped`).
 /// - A client whose peer uid (SO_PEERCRED) is not in `allow_uids` is closed
 ///   before it is sent anything; the log names its uid and pid.
 /// - ``close()`` stops accepting, lets clients take what is already buffered
 ///   for them (closing one that takes nothing for `close_timeout`), closes them and removes the socket file.
 public final class UnixSocketSink: EventSink {
     /// The `unix_socket` stage type, for the registry.
-    public static let descriptor = StageDescriptor(
-        type: "unix_socket", kind: .sink,
-        summary: "serve NDJSON event lines to local clients on a unix stream socket (socat, nc -U, pipelined tail)",
-        options: UnixSocketSinkOptions.specs,
-        make: { config in UnixSocketSinkOptions(config).map { .sink(UnixSocketSink($0)) } }
-    )
+    public static let descriptor = StageDescriptor.sink(
+        type: "unix_socket", summary: "serve NDJSON event lines to local clients on a unix stream socket (socat, nc -U, pipelined tail)",
+        options: UnixSocketSinkOptions.self, make: UnixSocketSink.init)
 
     /// The options the sink was made with.
     public let options: UnixSocketSinkOptions
@@ -97,6 +94,7 @@ public final class UnixSocketSink: EventSink {
 
     public func open(_ context: StageContext) throws {
         state.logger = context.logger
+        clients.declare(in: context.metrics)
         state.scratch.reserveCapacity(1 << 20)
         let file = try UnixSocketFile.create(path: options.path, mode: options.mode)
         if file.replacedStale {
@@ -347,7 +345,7 @@ final class ClientHub: @unchecked Sendable {
         for client in clients.values where !client.closing {
             if delivery.earlier.weight > 0 {
                 client.pendingLost += delivery.earlier.weight
-                metrics.add(metrics.lost, delivery.earlier.events)
+                metrics.addLost(delivery.earlier.events, at: .client)
             }
             if delivery.records > 0 {
                 offer(delivery, to: client)
@@ -386,7 +384,7 @@ final class ClientHub: @unchecked Sendable {
 
     private func drop(_ delivery: Delivery, for client: Client) {
         client.pendingLost += delivery.weight
-        metrics.add(metrics.lost, UInt64(delivery.events))
+        metrics.addLost(UInt64(delivery.events), at: .client)
     }
 
     private func caughtUp(_ client: Client) {
@@ -400,7 +398,6 @@ final class ClientHub: @unchecked Sendable {
     private func disconnect(_ client: Client) {
         client.closing = true
         counters.disconnected.wrappingIncrement(ordering: .relaxed)
-        metrics.add(metrics.clientsDropped, 1)
         logger.warning("disconnecting a client: its buffer is full (when_full: disconnect)", metadata: [
             "uid": "\(client.peer.uid)", "pid": "\(client.peer.pid)", "client_buffer": "\(options.clientBuffer)",
         ])
@@ -447,7 +444,7 @@ final class ClientHub: @unchecked Sendable {
         for client in open where !client.closing {
             if earlier.weight > 0 {
                 client.pendingLost += earlier.weight
-                metrics.add(metrics.lost, earlier.events)
+                metrics.addLost(earlier.events, at: .client)
             }
             client.dropping = false
             sendLost(to: client)
@@ -465,7 +462,7 @@ final class ClientHub: @unchecked Sendable {
                     continue
                 }
                 // Whatever it has not taken by now is lost to it.
-                self.metrics.add(self.metrics.lost, UInt64(max(0, client.inFlightEvents)))
+                self.metrics.addLost(UInt64(max(0, client.inFlightEvents)), at: .client)
                 self.logger.warning("closing a client that took none of its buffered events in time", metadata: [
                     "uid": "\(client.peer.uid)", "pid": "\(client.peer.pid)", "events": "\(client.inFlightEvents)",
                 ])

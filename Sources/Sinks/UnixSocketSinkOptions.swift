@@ -6,13 +6,13 @@ import Musl
 import PipelineCore
 
 /// Options of the `unix_socket` sink (SPEC sections 2 and 6).
-public struct UnixSocketSinkOptions: Sendable, Equatable {
+public struct UnixSocketSinkOptions: StageOptions, Equatable {
     /// What happens to a client whose buffer is full.
     public enum WhenFull: String, Sendable, CaseIterable {
         /// Its events are dropped and counted; once it has caught up it
         /// receives a `lost` record (`"where":"client"`) with the count.
         case drop
-        /// It is disconnected (and counted in the stage's `clientsDropped`).
+        /// It is disconnected (and counted in the stage's `clients_dropped`).
         case disconnect
     }
 
@@ -54,7 +54,7 @@ public struct UnixSocketSinkOptions: Sendable, Equatable {
         self.closeTimeoutNs = closeTimeoutNs
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("path", "string", required: true, "where the socket file is created (at most 107 bytes); a stale socket there is replaced, a live one is an error"),
         OptionSpec("mode", "octal string", default: "\"0600\"", "the socket file's permission bits, set before anyone can connect"),
         OptionSpec("allow_uids", "[uid or user name]", default: "[owner, root]", "peer uids (SO_PEERCRED) allowed to connect; others are closed at once and logged (mode must also let them reach the file)"),

@@ -3,6 +3,7 @@ import Atomics
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 #if canImport(Glibc)
@@ -390,7 +391,7 @@ final class UnixSocketSinkTests: Sendable {
         // The reader accounts for every event.
         #expect(reader.wait { tally, _ in UInt64(tally.events) + tally.lost == UInt64(total) })
         // Drops were counted for the stalled clients.
-        #expect(liveMetrics.lost.load(ordering: .relaxed) > 0)
+        #expect(liveMetrics.lostTotal > 0)
 
         // The stalled client catches up and is told what it lost.
         stalled.startReading()
@@ -411,7 +412,7 @@ final class UnixSocketSinkTests: Sendable {
         #expect(readerTally.lostSitesOK && stalledTally.lostSitesOK)
         // Every event the sink dropped is in some client's count; the client
         // that never read accounts for the rest.
-        let lost = liveMetrics.lost.load(ordering: .relaxed)
+        let lost = liveMetrics.lostTotal
         #expect(lost > readerTally.lost + stalledTally.lost)
 
         // The one that never read: what the kernel held for it, then the end.
@@ -451,7 +452,7 @@ final class UnixSocketSinkTests: Sendable {
             #expect(client.counts.lost == 20_000)
             #expect(client.counts.lostRecords == 1)
         }
-        #expect(metrics.lost.load(ordering: .relaxed) == 2 * 20_000)
+        #expect(metrics.lostTotal == 2 * 20_000)
         try sink.close()
     }
 
@@ -475,7 +476,7 @@ final class UnixSocketSinkTests: Sendable {
             #expect(reader.wait { tally, _ in tally.events == expected })
         }
         #expect(sink.clients.disconnected.load(ordering: .relaxed) == 1)
-        #expect(metrics.clientsDropped.load(ordering: .relaxed) == 1)
+        #expect(metrics.value(of: "clients_dropped") == 1)
         #expect(eventually { sink.clients.connected.load(ordering: .relaxed) == 1 })
         #expect(log.all.contains { $0.contains("disconnecting") && $0.contains("pid=\(getpid())") })
 
@@ -491,7 +492,7 @@ final class UnixSocketSinkTests: Sendable {
         #expect(reader.waitForEnd())
         #expect(reader.counts.events == written + 1000)
         #expect(reader.counts.lost == 0)
-        #expect(metrics.lost.load(ordering: .relaxed) == 0)
+        #expect(metrics.lostTotal == 0)
     }
 
     @Test func aUidOutsideAllowUIDsIsRefused_andReceivesNothing() throws {
@@ -552,7 +553,7 @@ final class UnixSocketSinkTests: Sendable {
         }
         #expect(metrics.recordsOut.load(ordering: .relaxed) == 50 * 5000)
         #expect(metrics.bytes.load(ordering: .relaxed) == UInt64(50 * expected.count))
-        #expect(metrics.lost.load(ordering: .relaxed) == 0)
+        #expect(metrics.lostTotal == 0)
     }
 
     /// A client that only shuts down its sending side is still a reader and

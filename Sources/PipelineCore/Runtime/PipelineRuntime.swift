@@ -77,26 +77,19 @@ public final class PipelineRuntime: Sendable {
     /// Prepares sources, opens sinks and starts every thread. Throws the first
     /// ``StageStartError``, after undoing what was already started.
     public func start() throws {
-        var prepared: [any EventSource] = []
-        for (stage, source, _) in sources {
+        // Sources first, then sinks; each step with what undoes it.
+        let steps: [(stage: PlannedStage, start: () throws -> Void, undo: () -> Void)] =
+            sources.map { stage, source, _ in (stage, { try source.prepare(self.context(for: stage)) }, { source.stop() }) }
+            + sinks.map { stage, sink, _ in (stage, { try sink.open(self.context(for: stage)) }, { try? sink.close() }) }
+        var undoes: [() -> Void] = []
+        for step in steps {
             do {
-                try source.prepare(context(for: stage))
-                prepared.append(source)
+                try step.start()
             } catch {
-                prepared.forEach { $0.stop() }
-                throw Self.startError(stage.id, error)
+                undoes.forEach { $0() }
+                throw Self.startError(step.stage.id, error)
             }
-        }
-        var opened: [any EventSink] = []
-        for (stage, sink, _) in sinks {
-            do {
-                try sink.open(context(for: stage))
-                opened.append(sink)
-            } catch {
-                prepared.forEach { $0.stop() }
-                for sink in opened { try? sink.close() }
-                throw Self.startError(stage.id, error)
-            }
+            undoes.append(step.undo)
         }
         let priority = StagePriority(boost: plan.settings.priorityBoost, logger: logger)
         state.withLock {
@@ -141,12 +134,14 @@ public final class PipelineRuntime: Sendable {
 
     private func drain(_ sink: any EventSink, queue: SinkQueue, context: StageContext) {
         let metrics = context.metrics
+        // What a failed sink drops is lost `where: sink`.
+        let sinkLoss = metrics.loss(.sink)
         var failed = false
         loop: while true {
             switch queue.pop(untilMonotonicNs: Clock.monotonicNs() + context.idleIntervalNs) {
             case .batch(let batch):
                 if failed {
-                    metrics.add(metrics.lost, batch.lossWeight)
+                    sinkLoss.add(batch.lossWeight)
                     continue
                 }
                 do {
@@ -155,7 +150,7 @@ public final class PipelineRuntime: Sendable {
                 } catch {
                     // Keep draining so that producers never block on a dead sink.
                     failed = true
-                    metrics.add(metrics.lost, batch.lossWeight)
+                    sinkLoss.add(batch.lossWeight)
                     fail(context.id, "write failed: \(error)", logger: context.logger)
                 }
             case .timedOut:
@@ -209,6 +204,20 @@ public final class PipelineRuntime: Sendable {
             state.withLock { failures.append("queues did not drain within \(Units.formatDuration(plan.settings.drainTimeoutNs))") }
         }
         return RunSummary(metrics: metrics.mapValues(\.snapshot), failures: state.withLock { failures })
+    }
+
+    /// Every series of every stage, in plan order, each labelled with the
+    /// stage's `stage` id and `type`: what the summary and the metrics
+    /// endpoint list.
+    public var series: [StageMetrics.Series] {
+        plan.stages.flatMap { stage in
+            (metrics[stage.id]?.series ?? []).map { series in
+                var labelled = series
+                labelled.labels["stage"] = stage.id
+                labelled.labels["type"] = stage.type
+                return labelled
+            }
+        }
     }
 
     /// Starts, waits on a thread of its own, and stops when the calling task

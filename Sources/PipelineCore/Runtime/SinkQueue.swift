@@ -14,11 +14,12 @@ public final class SinkQueue: Sendable {
     private nonisolated(unsafe) var queued = 0
     private nonisolated(unsafe) var dropped: UInt64 = 0
     private nonisolated(unsafe) var closed = false
-    private let metrics: StageMetrics
+    /// The stage's `lost` counter at `where: queue`.
+    private let queueLoss: StageMetrics.Counter
 
     public init(policy: QueuePolicy, metrics: StageMetrics) {
         self.policy = policy
-        self.metrics = metrics
+        queueLoss = metrics.loss(.queue)
     }
 
     /// Adds a batch, waiting for room or dropping it as the policy says.
@@ -33,7 +34,7 @@ public final class SinkQueue: Sendable {
                 if policy.whenFull == .drop {
                     let lost = batch.lossWeight
                     dropped += lost
-                    metrics.add(metrics.lost, lost)
+                    queueLoss.add(lost)
                     return
                 }
                 lock.wait()
