@@ -10,7 +10,7 @@ import NIOPosix
 import PipelineCore
 
 /// The `unix_socket` sink: every client that connects receives every later
-/// event as NDJSON (SPEC section 6).
+/// event as NDJSON (docs/socket.md).
 ///
 /// ```
 ///  sink thread                         event loop (one thread, swift-nio)

@@ -5,7 +5,7 @@ import Musl
 #endif
 import PipelineCore
 
-/// Options of the `unix_socket` sink (SPEC sections 2 and 6).
+/// Options of the `unix_socket` sink (docs/pipeline-file.md and docs/socket.md).
 public struct UnixSocketSinkOptions: StageOptions, Equatable {
     /// What happens to a client whose buffer is full.
     public enum WhenFull: String, Sendable, CaseIterable {
