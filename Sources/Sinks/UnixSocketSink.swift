@@ -15,8 +15,9 @@ import PipelineCore
 /// ```
 ///  sink thread                         event loop (one thread, swift-nio)
 ///  write(batch) ─ encode once ─▶ bytes ──▶ for each client:
-///       │                                    room in its buffer? ── write (shared bytes)
-///       └ loop lagging? drop, count ─┐       full: drop + count, later a `lost` record
+///       │        (cut in pieces)           fewer than client_buffer waiting? ── write (shared bytes):
+///       │                                      the socket takes what it can, the rest waits
+///       └ loop lagging? drop, count ─┐       else: drop + count, later a `lost` record
 ///                                    └──▶    (or disconnect, as when_full says)
 /// ```
 ///
@@ -25,11 +26,16 @@ import PipelineCore
 ///   hands the bytes to the event loop. Should the loop itself fall more than
 ///   `max(client_buffer, 65536)` records behind, batches are dropped for every
 ///   client and counted in the `lost` record they get next.
-/// - Each client holds at most `client_buffer` records not yet taken by the
-///   kernel (one batch more when a single batch is larger than that). Beyond
-///   that, `when_full: drop` drops its events and counts them (stage metric
-///   `lost`); once its backlog is down to half the buffer it receives a `lost`
-///   record (`"where":"client"`) with the count, so that it can tell
+/// - A client's buffer counts the records *waiting* for it: handed to it and
+///   not yet taken by its socket, whose send buffer is raised to
+///   ``UnixSocketSink/socketSendBuffer`` so that a burst goes straight into
+///   the kernel. Each batch is given to a client whole while fewer than
+///   `client_buffer` records wait for it (so at most `client_buffer` plus one
+///   batch wait), or else dropped whole for it: a reader that keeps up
+///   loses nothing however large the batches, only one that falls behind does.
+/// - `when_full: drop` counts what it drops (stage metric `lost`); once the
+///   client's backlog is down to half its buffer it receives a `lost` record
+///   (`"where":"client"`) with the count, so that it can tell
 ///   delivered + lost. `when_full: disconnect` closes it (metric `clientsDropped`).
 /// - A client whose peer uid (SO_PEERCRED) is not in `allow_uids` is closed
 ///   before it is sent anything; the log names its uid and pid.
@@ -95,6 +101,16 @@ public final class UnixSocketSink: EventSink {
     /// The socket file's path.
     public var path: String { options.path }
 
+    /// The send buffer asked for each client's socket (SO_SNDBUFFORCE where
+    /// allowed, else SO_SNDBUF up to `net.core.wmem_max`); the kernel counts
+    /// twice this, about 4 MiB of lines, enough for the bursts a source hands
+    /// over at once (its batches, and the sink queue's backlog).
+    public static let socketSendBuffer = 2 << 20
+
+    /// Lines per write: a client's waiting count falls as the kernel takes
+    /// each piece of a batch, not only once it took the whole batch.
+    static let linesPerPiece = 128
+
     public func open(_ context: StageContext) throws {
         state.logger = context.logger
         state.scratch.reserveCapacity(1 << 20)
@@ -140,9 +156,10 @@ public final class UnixSocketSink: EventSink {
         }
         state.scratch.removeAll(keepingCapacity: true)
         encoder.encode(batch, into: &state.scratch)
+        let pieces = state.scratch.withUnsafeBytes { Delivery.pieces(of: batch, encoded: $0, linesPerPiece: Self.linesPerPiece) }
         let delivery = Delivery(
-            bytes: ByteBuffer(bytes: state.scratch), records: records, events: batch.eventCount,
-            weight: Drops.weight(of: batch), earlier: state.laggedDrops
+            bytes: ByteBuffer(bytes: state.scratch), pieces: pieces, records: records, events: batch.eventCount,
+            weight: batch.lossWeight, earlier: state.laggedDrops
         )
         state.laggedDrops = Drops()
         loopBacklog.wrappingIncrement(by: records, ordering: .relaxed)
@@ -157,7 +174,7 @@ public final class UnixSocketSink: EventSink {
     /// batch would carry the news.
     public func idle(nowNs: Int64) throws {
         guard let hub = state.hub, state.laggedDrops.weight > 0 else { return }
-        let delivery = Delivery(bytes: ByteBuffer(), records: 0, events: 0, weight: 0, earlier: state.laggedDrops)
+        let delivery = Delivery(bytes: ByteBuffer(), pieces: [], records: 0, events: 0, weight: 0, earlier: state.laggedDrops)
         state.laggedDrops = Drops()
         hub.loop.execute { hub.deliver(delivery) }
     }
@@ -199,20 +216,7 @@ struct Drops: Sendable {
 
     mutating func add(_ batch: EventBatch) {
         events += UInt64(batch.eventCount)
-        weight += Self.weight(of: batch)
-    }
-
-    /// A batch's events plus the counts of the `lost` records in it, so that
-    /// dropping a `lost` record keeps its count.
-    static func weight(of batch: EventBatch) -> UInt64 {
-        var total: UInt64 = 0
-        for record in batch.records {
-            switch record {
-            case .event: total += 1
-            case .lost(let lost): total += lost.count
-            }
-        }
-        return total
+        weight += batch.lossWeight
     }
 }
 
@@ -220,6 +224,8 @@ struct Drops: Sendable {
 struct Delivery: Sendable {
     /// The NDJSON lines, shared by every client's write (no copy per client).
     var bytes: ByteBuffer
+    /// `bytes` cut at line ends, in order; each is one write to a client.
+    var pieces: [Piece]
     /// Lines, which is what a client buffer counts.
     var records: Int
     /// Events among them (the rest are `lost` records).
@@ -227,6 +233,42 @@ struct Delivery: Sendable {
     var weight: UInt64
     /// Dropped before this batch because the loop lagged.
     var earlier: Drops
+
+    /// Consecutive whole lines of a batch.
+    struct Piece: Sendable, Equatable {
+        var bytes: Int
+        var records: Int
+        var events: Int
+    }
+
+    /// Cuts the lines `batch` was encoded into (`encoded`, a line per record,
+    /// each ending in `\n`) into pieces of at most `linesPerPiece` lines.
+    static func pieces(of batch: EventBatch, encoded: UnsafeRawBufferPointer, linesPerPiece: Int) -> [Piece] {
+        guard let base = encoded.baseAddress, !batch.isEmpty else { return [] }
+        var pieces: [Piece] = []
+        pieces.reserveCapacity(batch.count / linesPerPiece + 1)
+        var piece = Piece(bytes: 0, records: 0, events: 0)
+        var start = 0, offset = 0
+        for index in batch.records.indices {
+            // Every line ends in a newline; should one not, the rest is one line.
+            if let newline = memchr(base + offset, 0x0A, encoded.count - offset) {
+                offset = base.distance(to: newline) + 1
+            } else {
+                offset = encoded.count
+            }
+            piece.records += 1
+            if case .event = batch.records[index] { piece.events += 1 }
+            if piece.records == linesPerPiece || index == batch.records.count - 1 {
+                piece.bytes = offset - start
+                pieces.append(piece)
+                piece = Piece(bytes: 0, records: 0, events: 0)
+                start = offset
+            }
+        }
+        // Bytes past the last line (none, from the encoder) go with it.
+        pieces[pieces.count - 1].bytes += encoded.count - offset
+        return pieces
+    }
 }
 
 /// The peer of a connected unix socket, as SO_PEERCRED reports it.
@@ -253,6 +295,7 @@ final class ClientHub: @unchecked Sendable {
     private var clients: [Int: Client] = [:]
     private var nextID = 0
     private var shuttingDown = false
+    private var reportedSmallSendBuffer = false
 
     /// One connected client.
     ///
@@ -261,15 +304,16 @@ final class ClientHub: @unchecked Sendable {
         let id: Int
         let channel: any Channel
         let peer: PeerCredentials
-        /// Records written to NIO and not yet taken by the kernel.
-        var inFlight = 0
-        var inFlightEvents = 0
+        /// Records handed to the client and not yet taken by its socket
+        /// (counted by piece: a piece waits until the kernel took all of it).
+        var waiting = 0
+        var waitingEvents = 0
         /// Set while the client is over its buffer and its events are dropped.
         var dropping = false
         /// What the client's next `lost` record will say.
         var pendingLost: UInt64 = 0
         var closing = false
-        /// At shutdown: `inFlight` at the last progress check.
+        /// At shutdown: `waiting` at the last progress check.
         var closeMark = 0
         /// Completes when everything written so far has reached the kernel.
         var lastWrite: EventLoopFuture<Void>?
@@ -310,6 +354,7 @@ final class ClientHub: @unchecked Sendable {
                 ])
                 throw ClientRefused()
             }
+            self.raiseSendBuffer(of: provider)
             self.nextID += 1
             let client = Client(id: self.nextID, channel: channel, peer: peer)
             try channel.pipeline.syncOperations.addHandler(ClientHandler(hub: self, client: client))
@@ -319,6 +364,25 @@ final class ClientHub: @unchecked Sendable {
             }
             throw error
         }
+    }
+
+    /// Asks for a send buffer of ``UnixSocketSink/socketSendBuffer``, so that
+    /// a burst goes into the kernel at once; says once if the system gave less.
+    private func raiseSendBuffer(of provider: any SocketOptionProvider) {
+        let size = CInt(UnixSocketSink.socketSendBuffer)
+        // SO_SNDBUFFORCE needs CAP_NET_ADMIN; SO_SNDBUF stops at net.core.wmem_max.
+        provider.unsafeSetSocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_SNDBUFFORCE), value: size)
+            .flatMapError { _ in provider.unsafeSetSocketOption(level: .socket, name: .so_sndbuf, value: size) }
+            .flatMap { () -> EventLoopFuture<CInt> in provider.unsafeGetSocketOption(level: .socket, name: .so_sndbuf) }
+            .whenSuccess { granted in
+                // The kernel reports twice what was asked, its own accounting.
+                guard granted < 2 * size, !self.reportedSmallSendBuffer else { return }
+                self.reportedSmallSendBuffer = true
+                self.logger.notice("client sockets get a smaller send buffer than asked: a client then absorbs smaller bursts", metadata: [
+                    "asked_bytes": "\(2 * size)", "granted_bytes": "\(granted)",
+                    "hint": "run with CAP_NET_ADMIN, or raise net.core.wmem_max",
+                ])
+            }
     }
 
     /// The channel is active: from now on it receives every batch.
@@ -360,14 +424,16 @@ final class ClientHub: @unchecked Sendable {
 
     private func offer(_ delivery: Delivery, to client: Client) {
         if client.dropping {
-            if client.inFlight <= lowWater {
+            if client.waiting <= lowWater {
                 caughtUp(client)
             } else {
                 drop(delivery, for: client)
                 return
             }
         }
-        if client.inFlight > 0, client.inFlight + delivery.records > options.clientBuffer {
+        // A whole batch, however large, for a client with room; none for one
+        // that still has a buffer's worth waiting: it is behind.
+        if client.waiting >= options.clientBuffer {
             switch options.whenFull {
             case .drop:
                 client.dropping = true
@@ -381,7 +447,7 @@ final class ClientHub: @unchecked Sendable {
             return
         }
         sendLost(to: client)
-        send(delivery.bytes, records: delivery.records, events: delivery.events, to: client)
+        send(delivery, to: client)
     }
 
     private func drop(_ delivery: Delivery, for client: Client) {
@@ -407,24 +473,36 @@ final class ClientHub: @unchecked Sendable {
         client.channel.close(promise: nil)
     }
 
-    private func send(_ bytes: ByteBuffer, records: Int, events: Int, to client: Client) {
-        client.inFlight += records
-        client.inFlightEvents += events
+    /// Writes a batch piece by piece: the socket takes at once what its
+    /// buffer holds, NIO keeps the rest until the client reads.
+    private func send(_ delivery: Delivery, to client: Client) {
+        var offset = delivery.bytes.readerIndex
+        for piece in delivery.pieces {
+            guard let bytes = delivery.bytes.getSlice(at: offset, length: piece.bytes) else { break }
+            offset += piece.bytes
+            write(bytes, records: piece.records, events: piece.events, to: client)
+        }
+        client.channel.flush()
+    }
+
+    private func write(_ bytes: ByteBuffer, records: Int, events: Int, to client: Client) {
+        client.waiting += records
+        client.waitingEvents += events
         let size = UInt64(bytes.readableBytes)
         let promise = loop.makePromise(of: Void.self)
         client.lastWrite = promise.futureResult
         promise.futureResult.whenComplete { result in
-            client.inFlight -= records
-            client.inFlightEvents -= events
+            client.waiting -= records
+            client.waitingEvents -= events
             if case .success = result {
                 self.metrics.add(self.metrics.recordsOut, UInt64(events))
                 self.metrics.add(self.metrics.bytes, size)
             }
-            if client.dropping, !client.closing, client.inFlight <= self.lowWater {
+            if client.dropping, !client.closing, client.waiting <= self.lowWater {
                 self.caughtUp(client)
             }
         }
-        client.channel.writeAndFlush(bytes, promise: promise)
+        client.channel.write(bytes, promise: promise)
     }
 
     /// Writes the client's pending `lost` record, if it has one.
@@ -433,7 +511,8 @@ final class ClientHub: @unchecked Sendable {
         var line: [UInt8] = []
         encoder.encode(.lost(LostRecord(timeNs: Clock.wallNs(), count: client.pendingLost, site: .client)), into: &line)
         client.pendingLost = 0
-        send(ByteBuffer(bytes: line), records: 1, events: 0, to: client)
+        write(ByteBuffer(bytes: line), records: 1, events: 0, to: client)
+        client.channel.flush()
     }
 
     // MARK: Shutdown
@@ -457,17 +536,17 @@ final class ClientHub: @unchecked Sendable {
         }
         // A client that keeps reading may take as long as it needs; one that
         // takes nothing for `timeoutNs` is closed (checked every `timeoutNs`).
-        for client in open { client.closeMark = client.inFlight }
+        for client in open { client.closeMark = client.waiting }
         let deadline = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(timeoutNs), delay: .nanoseconds(max(timeoutNs, 1_000_000))) { _ in
             for client in self.clients.values where client.channel.isActive {
-                if client.inFlight < client.closeMark {
-                    client.closeMark = client.inFlight
+                if client.waiting < client.closeMark {
+                    client.closeMark = client.waiting
                     continue
                 }
                 // Whatever it has not taken by now is lost to it.
-                self.metrics.add(self.metrics.lost, UInt64(max(0, client.inFlightEvents)))
+                self.metrics.add(self.metrics.lost, UInt64(max(0, client.waitingEvents)))
                 self.logger.warning("closing a client that took none of its buffered events in time", metadata: [
-                    "uid": "\(client.peer.uid)", "pid": "\(client.peer.pid)", "events": "\(client.inFlightEvents)",
+                    "uid": "\(client.peer.uid)", "pid": "\(client.peer.pid)", "events": "\(client.waitingEvents)",
                 ])
                 client.channel.close(promise: nil)
             }
