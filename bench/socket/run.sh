@@ -47,7 +47,7 @@ else
 fi
 
 # The input: the most any run sends, connect records as the CLI tests write
-# them (Tests/CLITests/CommandTests.swift, connectLine), about 400 bytes each.
+# them (Tests/CLITests/CommandTests.swift, connectLine), about 330 bytes each.
 most=0
 for rate in $rates; do [ $((rate * seconds)) -gt "$most" ] && most=$((rate * seconds)); done
 if [ ! -f "$out/input.jsonl" ] || [ "$(wc -l < "$out/input.jsonl")" -ne "$most" ]; then
