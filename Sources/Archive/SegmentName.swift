@@ -1,6 +1,6 @@
 import PipelineCore
 
-/// The name of an archive segment (SPEC section 5):
+/// The name of an archive segment (docs/archive.md):
 /// `<sink id>-<first event time, UTC, yyyyMMdd'T'HHmmss'Z'>-<sequence, 6 digits>`,
 /// with `.jsonl.lz4` once sealed and `.jsonl.lz4.open` while being written.
 ///
@@ -137,7 +137,7 @@ public struct ArchiveDirectory: Sendable {
 }
 
 /// Event times as the manifest writes them: RFC 3339 in UTC with nanoseconds,
-/// exactly as the `time` field of an event record (SPEC section 3).
+/// exactly as the `time` field of an event record (docs/event-record.md).
 public enum ArchiveTime {
     /// `2026-11-24T16:34:13.123456789Z`.
     public static func format(_ epochNs: Int64) -> String {

@@ -1,4 +1,4 @@
-/// The typed event model of SPEC section 3.
+/// The typed event model of docs/event-record.md.
 
 /// A decoded syscall event: the context header and its typed arguments.
 ///
@@ -53,7 +53,7 @@ public struct SyscallEvent: Sendable, Equatable {
     /// such ids are rejected by the decoders, so this is non-nil in practice).
     @inlinable public var kind: EventKind? { EventCatalog.kind(id: eventID) }
 
-    /// `container` when both namespace ids are set, else `host` (SPEC section 3).
+    /// `container` when both namespace ids are set, else `host` (docs/event-record.md).
     @inlinable public var isContainer: Bool { pidNamespace != 0 && mountNamespace != 0 }
 
     /// True when the syscall succeeded (`retval >= 0`).
@@ -231,7 +231,7 @@ public struct Arguments: Sendable, Equatable, RandomAccessCollection {
     }
 }
 
-/// Where events were lost (SPEC section 3): the `where` of a `lost` record
+/// Where events were lost (docs/event-record.md): the `where` of a `lost` record
 /// and of a stage's lost counter. Open: the core declares its own sites here,
 /// a stage declares the ones only it has beside it
 /// (`extension LossSite { static let client = LossSite("client") }`).

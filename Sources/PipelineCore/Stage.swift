@@ -34,7 +34,7 @@ public protocol EventSource: AnyObject, Sendable {
 /// Filters are pure: ``apply(_:)`` is called concurrently from every source
 /// thread that feeds the filter, so a filter must hold no mutable state that is
 /// not itself thread-safe. A filter passes `lost` records unless it says
-/// otherwise (SPEC section 2).
+/// otherwise (docs/pipeline-file.md).
 public protocol EventFilter: Sendable {
     /// True when the record goes on downstream.
     func includes(_ record: PipelineRecord) -> Bool
@@ -127,7 +127,7 @@ public struct StageContext: Sendable {
 
 /// A failure to start a stage, with the process exit status it maps to
 /// (77 for missing privilege, 78 for a pipeline file error only the start
-/// could find, 1 otherwise; SPEC section 1).
+/// could find, 1 otherwise; docs/command-line.md).
 ///
 /// With a `location` it is a pipeline file error found at start (a broker's
 /// stream that cannot take the configured subjects): it prints compiler

@@ -8,7 +8,7 @@ import Logging
 import PipelineCore
 
 /// The `lz4_segments` sink: an archive of LZ4-compressed NDJSON segments with
-/// a manifest (SPEC section 5).
+/// a manifest (docs/archive.md).
 ///
 /// ```
 ///  write(batch) ─▶ NDJSON ─▶ LZ4 frame (independent blocks, block + content checksums)

@@ -1,7 +1,7 @@
 import PipelineCore
 
 extension LossSite {
-    /// A `unix_socket` client's buffer was full (SPEC section 6): the `where`
+    /// A `unix_socket` client's buffer was full (docs/socket.md): the `where`
     /// of the `lost` record that client receives, and of the stage's counter.
     public static let client = LossSite("client")
 }

@@ -1,6 +1,6 @@
 import PipelineCore
 
-/// Options of the `syscall_monitor` source (SPEC section 2).
+/// Options of the `syscall_monitor` source (docs/pipeline-file.md).
 public struct SyscallMonitorOptions: StageOptions, Equatable {
     /// How the program hooks syscalls.
     public enum Attach: String, Sendable {

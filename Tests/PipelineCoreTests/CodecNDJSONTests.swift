@@ -4,7 +4,7 @@ import Glibc
 import PipelineCore
 import Testing
 
-/// 2026-11-24T16:34:13.123456789Z, the time of SPEC section 3's example.
+/// 2026-11-24T16:34:13.123456789Z, the time of docs/event-record.md's example.
 private let specTimeNs: Int64 = 1_795_538_053_123_456_789
 private let timePrefix = #"{"time":"2026-11-24T16:34:13.123456789Z","node":"web-1","ktime_ns":8123456789,"#
 /// The node of SPEC section 3's example.
@@ -27,7 +27,7 @@ private func line(_ record: PipelineRecord) -> String {
 private let loopback6 = IPv6Bytes(high: 0, low: 1)
 private let twentyArgs = (0..<20).map { "a\($0)" }
 
-/// One event of every kind of SPEC section 3, with the line it must encode to.
+/// One event of every kind of docs/event-record.md, with the line it must encode to.
 private let goldens: [(SyscallEvent, String)] = [
     (event(2, retval: 3, [.string("/etc/hosts"), .flags(.open, 0o2000000)]),
      #""event":"open","event_id":2,"scope":"file","retval":3,"result":"ok","#

@@ -219,6 +219,26 @@ struct RuntimeTests {
         #expect(written + (summary.metrics["out"]?.lostTotal ?? 0) == generated)
     }
 
+    /// A batch pushed after the queue closed is lost like any dropped batch:
+    /// the stage's counter and the `lost` record the consumer gets agree.
+    @Test func aPushAfterCloseIsCountedAsTheLostRecordSays() {
+        let metrics = StageMetrics()
+        let queue = SinkQueue(policy: QueuePolicy(), metrics: metrics)
+        queue.close()
+        queue.push(EventBatch(events(5) + [.lost(LostRecord(timeNs: 1, count: 3, site: .kernel, cpu: 0))]))
+        guard case .batch(let batch) = queue.pop(untilMonotonicNs: Clock.monotonicNs()) else {
+            Issue.record("no lost record after a push into a closed queue")
+            return
+        }
+        #expect(batch.records == [.lost(LostRecord(timeNs: batch.records.first?.timeNs ?? 0, count: 8, site: .queue))])
+        #expect(metrics.lost(at: .queue) == 8)
+        #expect(metrics.lostTotal == 8)
+        guard case .finished = queue.pop(untilMonotonicNs: Clock.monotonicNs()) else {
+            Issue.record("the closed, drained queue did not finish")
+            return
+        }
+    }
+
     /// `settings.priority_boost`: the stage threads run at the starting
     /// thread's nice value minus the boost when the process may raise its
     /// priority (root, or CAP_SYS_NICE), and unchanged otherwise; 0 leaves

@@ -137,7 +137,7 @@ enum CLI {
     }
 }
 
-/// A connect record in the exact shape of SPEC section 3, numbered by `n`.
+/// A connect record in the exact shape of docs/event-record.md, numbered by `n`.
 /// Every third one fails with ECONNREFUSED.
 /// Its `node` is `web-1` (SPEC's example), or absent with `node: nil` (as
 /// records written before the fleet work: a replaying pipeline gives them

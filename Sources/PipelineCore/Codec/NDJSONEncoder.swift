@@ -1,4 +1,4 @@
-/// Encodes records as NDJSON lines, exactly as SPEC section 3 fixes them.
+/// Encodes records as NDJSON lines, exactly as docs/event-record.md fixes them.
 ///
 /// An event line has the keys `time, node, ktime_ns, event, event_id, scope,
 /// retval, result, pid, ppid, host_pid, host_ppid, uid, pid_ns, mnt_ns, origin,

@@ -1,4 +1,4 @@
-/// Turns a pipeline file (SPEC section 2) into a checked ``PipelinePlan``.
+/// Turns a pipeline file (docs/pipeline-file.md) into a checked ``PipelinePlan``.
 ///
 /// The loader knows the file's shape (sections, `type`, `inputs`, `settings`)
 /// and the graph rules; each stage type checks its own options through the

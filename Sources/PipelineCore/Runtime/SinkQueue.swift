@@ -49,7 +49,11 @@ public final class SinkQueue: Sendable {
                 lock.wait()
             }
             if closed {
-                dropped += batch.lossWeight
+                // Counted like any drop, so that the stage's lost counter
+                // equals the `lost` records the consumer still hands on.
+                let lost = batch.lossWeight
+                dropped += lost
+                queueLoss.add(lost)
                 return false
             }
             batches.append(batch)
