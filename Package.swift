@@ -170,7 +170,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SinkTests",
-            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks", "NATSClient"],
             path: "Tests/SinkTests"
         ),
         .testTarget(

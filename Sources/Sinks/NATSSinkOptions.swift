@@ -80,7 +80,7 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         }
         let replicas = config.int("replicas", in: 1...5) ?? 1
         let maxPending = config.int("max_pending", in: 1...1_048_576) ?? 4096
-        let bufferBytes = config.size("buffer_bytes", in: 64 << 10 ... 1 << 40) ?? 64 << 20
+        let bufferBytes = config.size("buffer_bytes", in: 64 << 10 ... Int.max) ?? 64 << 20
         let ackTimeout = config.duration("ack_timeout", minimumNs: 100_000_000) ?? 5_000_000_000
         let closeTimeout = config.duration("close_timeout", minimumNs: 0) ?? 10_000_000_000
         guard config.diagnostics.count == errors, let endpoint else { return nil }

@@ -1,0 +1,86 @@
+import EventSinks
+import NATSClient
+import PipelineCore
+import PipelineTesting
+import Testing
+
+/// The `nats` sink's options and subject template, without a server (the
+/// fleet tests run the sink against real ones).
+@Suite("nats sink options")
+struct NATSSinkOptionsTests {
+    private func config(_ options: KeyValuePairs<String, Any>) -> StageConfig {
+        StageHarness.config(.sink, "nats", specs: NATSSink.descriptor.options, options)
+    }
+
+    @Test func defaults() throws {
+        let options = try #require(NATSSinkOptions(config([:])))
+        #expect(options.endpoint.urls == ["nats://127.0.0.1:4222"])
+        #expect(options.subject == .default && options.stream == "PIPELINED")
+        #expect(options.duplicateWindowNs == 120_000_000_000 && options.replicas == 1)
+        #expect(options.maxPending == 4096 && options.bufferBytes == 64 << 20)
+        #expect(options.maxAgeNs == nil && options.maxBytes == nil)
+        #expect(options.endpoint.credentials == nil && options.endpoint.tls == nil)
+    }
+
+    @Test func oneUrlOrAList() throws {
+        #expect(NATSSinkOptions(config(["url": "nats://10.0.0.1:4222"]))?.endpoint.urls == ["nats://10.0.0.1:4222"])
+        let list = config(["url": ["nats://a:4222", "tls://b:4222"]])
+        #expect(NATSSinkOptions(list)?.endpoint.urls == ["nats://a:4222", "tls://b:4222"])
+        let bad = config(["url": ["nats://a:4222", "http://b"]])
+        #expect(NATSSinkOptions(bad) == nil)
+        #expect(bad.diagnostics.map(\.message) == ["sink 't': 'url' must be nats://HOST:PORT or tls://HOST:PORT, not 'http://b'"])
+    }
+
+    @Test func everyProblemIsReported() {
+        let bad = config([
+            "stream": "my.stream", "replicas": 7, "max_age": "1m", "duplicate_window": "5m",
+            "buffer_bytes": "1KiB", "credentials": "/nonexistent/x.creds", "subject": "pipelined.{host}",
+        ])
+        #expect(NATSSinkOptions(bad) == nil)
+        #expect(bad.diagnostics.map(\.message) == [
+            "sink 't': 'credentials' cannot read '/nonexistent/x.creds': No such file or directory",
+            "sink 't': 'subject' has an unknown placeholder '{host}' (known: {node}, {scope}, {event})",
+            "sink 't': 'stream' must not contain '.' (a JetStream name is one plain word such as PIPELINED)",
+            "sink 't': 'duplicate_window' must not be longer than max_age (1m)",
+            "sink 't': 'replicas' must be between 1 and 5, not 7",
+            "sink 't': 'buffer_bytes' must be at least 64KiB, not 1KiB",
+        ])
+    }
+
+    @Test func subjectTemplates() throws {
+        let template = SubjectTemplate.default
+        #expect(template.render(node: "web-1", scope: "network", event: "connect") == "pipelined.web-1.network.connect")
+        // A host name's dots (and wildcards, white space) stay inside one token.
+        #expect(template.render(node: "web-1.example.com", scope: "file", event: "open") == "pipelined.web-1_example_com.file.open")
+        #expect(template.pattern == "pipelined.*.*.*")
+        #expect(template.streamSubjects == "pipelined.>")
+        let mixed = try SubjectTemplate.parse("fleet.n-{node}.{event}").get()
+        #expect(mixed.render(node: "a", scope: "x", event: "bind") == "fleet.n-a.bind")
+        #expect(mixed.pattern == "fleet.*.*")
+        #expect(mixed.streamSubjects == "fleet.>")
+        for (text, problem) in [
+            ("", "must not be empty"),
+            ("a..b", "has an empty token (two dots, or a dot at an end): 'a..b'"),
+            ("a.{nod}", "has an unknown placeholder '{nod}' (known: {node}, {scope}, {event}) (did you mean '{node}'?)"),
+            ("a.{node", "has a '{' without its '}': 'a.{node'"),
+            ("a.*", "must not contain wildcards or white space ('*', '>'): 'a.*'"),
+            ("{node}.x", "must start with a fixed token, such as 'pipelined.' (the stream is created with the subjects '<first token>.>')"),
+        ] {
+            guard case .failure(let error) = SubjectTemplate.parse(text) else {
+                Issue.record("'\(text)' should not parse")
+                continue
+            }
+            #expect(error.message == problem, "\(text)")
+        }
+    }
+
+    @Test func streamSubjectsCoverTheTemplate() {
+        #expect(NATSSubject.covers("pipelined.>", "pipelined.*.*.*"))
+        #expect(NATSSubject.covers(">", "pipelined.*.*.*"))
+        #expect(NATSSubject.covers("pipelined.*.*.*", "pipelined.*.*.*"))
+        #expect(!NATSSubject.covers("pipelined.*.network.*", "pipelined.*.*.*"))
+        #expect(!NATSSubject.covers("other.>", "pipelined.*.*.*"))
+        #expect(!NATSSubject.covers("pipelined.*", "pipelined.*.*.*"))
+        #expect(!NATSSubject.covers("pipelined.>", "pipelined"))
+    }
+}
