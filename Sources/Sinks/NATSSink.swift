@@ -680,8 +680,12 @@ final class PublishLink: @unchecked Sendable {
         guard let sequence = Self.sequence(of: message) else { return }
         if ok {
             let released = outbox.lock.withLock {
+                let windowWasFull = outbox.inflight >= outbox.maxPending
                 let released = outbox.acknowledge(sequence)
-                outbox.lock.broadcast()
+                // Wake only whoever an ack can unblock: the publisher at a
+                // full window, close() waiting for room or for the end. A
+                // wake-up per ack would cost a futex call per event.
+                if windowWasFull || closing || outbox.droppedUnreported > 0 { outbox.lock.broadcast() }
                 return released
             }
             if released.records > 0 {

@@ -143,7 +143,16 @@ final class StreamInspector {
             options.Config.DeliverPolicy = js_DeliverAll
             var subscription: OpaquePointer?
             var code = jsErrCode(rawValue: 0)
-            try natsCheck(js_PullSubscribe(&subscription, jetStream, subject, nil, nil, &options, &code), code: code, "cannot read stream \(stream)")
+            // A cluster that just lost a member may take a while to answer
+            // a consumer request (a new leader): try for up to 30 s.
+            var attempt = 0
+            while true {
+                let status = js_PullSubscribe(&subscription, jetStream, subject, nil, nil, &options, &code)
+                if status == NATS_OK { break }
+                attempt += 1
+                if attempt >= 30 { try natsCheck(status, code: code, "cannot read stream \(stream)") }
+                sleep(1)
+            }
             defer { natsSubscription_Destroy(subscription) }
             let deadline = Date().addingTimeInterval(timeout)
             var idle = 0
