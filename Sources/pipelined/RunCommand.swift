@@ -60,10 +60,27 @@ struct RunCommand: AsyncParsableCommand {
         logger.logLevel = level
 
         let runtime = PipelineRuntime(plan: plan, logger: logger)
+        let exporter = MetricsExporter(runtime: runtime)
+        // Bound before anything starts: a busy port fails the run at once.
+        var server: MetricsServer?
+        if let listen = plan.settings.metricsListen {
+            do {
+                server = try await MetricsServer.start(at: listen, exporter: exporter, logger: logger)
+            } catch {
+                FileHandleStderr.write("pipelined: \(error)\n")
+                throw ExitCode(ExitStatus.failure)
+            }
+        }
+        // Trapped now, before the pipeline starts: SIGHUP's default would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let service = PipelineService(runtime: runtime)
+        let reloader = ReloadService(runtime: runtime, loader: loader, file: file, signals: hangups, counts: exporter.reloads, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [
+                    .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: reloader, successTerminationBehavior: .ignore),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -72,12 +89,17 @@ struct RunCommand: AsyncParsableCommand {
             "pipeline": "\(plan.name)",
             "stages": "\(plan.stages.count)",
         ])
+        var ended: (any Error)?
         do {
             try await group.run()
-        } catch let error as StageStartError {
+        } catch {
+            ended = error
+        }
+        await server?.stop()
+        if let error = ended as? StageStartError {
             FileHandleStderr.write("pipelined: \(error.description)\n")
             throw ExitCode(error.exitCode)
-        } catch let error as ServiceGroupError {
+        } else if let error = ended {
             // A service that throws ends the group; unwrap what it threw.
             if let start = service.startError {
                 FileHandleStderr.write("pipelined: \(start.description)\n")
@@ -94,7 +116,7 @@ struct RunCommand: AsyncParsableCommand {
             }
             throw ExitCode(ExitStatus.failure)
         }
-        for stage in plan.stages {
+        for stage in runtime.plan.stages {
             guard let counts = summary.metrics[stage.id] else { continue }
             logger.info("stage totals", metadata: [
                 "stage": "\(stage.id)",
