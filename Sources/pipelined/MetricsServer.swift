@@ -31,9 +31,10 @@ final class MetricsServer: Sendable {
         var description: String
     }
 
-    /// Binds `address` and serves `exporter`; throws ``StartError`` when the
-    /// address cannot be bound (in use, not local, no such host).
-    static func start(at address: ListenAddress, exporter: MetricsExporter, logger: Logger) async throws -> MetricsServer {
+    /// Binds `address` and serves `exporter`; throws ``StartError``, naming
+    /// `setting` (what chose the address), when the address cannot be bound
+    /// (in use, not local, no such host).
+    static func start(at address: ListenAddress, setting: String, exporter: MetricsExporter, logger: Logger) async throws -> MetricsServer {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
@@ -49,7 +50,7 @@ final class MetricsServer: Sendable {
             channel = try await bootstrap.bind(host: address.host, port: address.port).get()
         } catch {
             try? await group.shutdownGracefully()
-            throw StartError(description: "settings.metrics.listen \(address): cannot listen: \(Self.reason(error)) (set another HOST:PORT, port 0 for a free one, or false for no endpoint)")
+            throw StartError(description: "\(setting) \(address): cannot listen: \(Self.reason(error)) (set another HOST:PORT, port 0 for a free one, or false for no endpoint)")
         }
         let port = channel.localAddress?.port ?? address.port
         let bound = ListenAddress(host: address.host, port: port)

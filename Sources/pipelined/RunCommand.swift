@@ -30,10 +30,22 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log level, overriding the file's settings.log_level (trace, debug, info, notice, warning, error, critical).")
     var logLevel: String?
 
+    @Option(name: .long, help: "HOST:PORT of the metrics endpoint (port 0 picks a free one), or false for none, overriding the file's settings.metrics.listen.")
+    var metricsListen: String?
+
     func validate() throws {
         if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        if let metricsListen, metricsListen != "false", ListenAddress(parsing: metricsListen) == nil {
+            throw ValidationError("--metrics-listen must be HOST:PORT (such as 127.0.0.1:9464; port 0 picks a free one) or false, not '\(metricsListen)'")
+        }
+    }
+
+    /// The endpoint's address and the name of what set it, for errors.
+    private func metricsAddress(_ plan: PipelinePlan) -> (ListenAddress, String)? {
+        guard let metricsListen else { return plan.settings.metricsListen.map { ($0, "settings.metrics.listen") } }
+        return ListenAddress(parsing: metricsListen).map { ($0, "--metrics-listen") }
     }
 
     func run() async throws {
@@ -63,9 +75,9 @@ struct RunCommand: AsyncParsableCommand {
         let exporter = MetricsExporter(runtime: runtime)
         // Bound before anything starts: a busy port fails the run at once.
         var server: MetricsServer?
-        if let listen = plan.settings.metricsListen {
+        if let (listen, setting) = metricsAddress(plan) {
             do {
-                server = try await MetricsServer.start(at: listen, exporter: exporter, logger: logger)
+                server = try await MetricsServer.start(at: listen, setting: setting, exporter: exporter, logger: logger)
             } catch {
                 FileHandleStderr.write("pipelined: \(error)\n")
                 throw ExitCode(ExitStatus.failure)
