@@ -125,7 +125,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore", "EventSinks"],
+            dependencies: ["PipelineCore", "EventSinks", "EventSources"],
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]

@@ -41,10 +41,11 @@ enum CLI {
     /// signals and finishes it.
     ///
     /// Tests run in parallel, so a `run` serves its metrics on a free port
-    /// (`--metrics-listen 127.0.0.1:0`) unless the test names one itself.
-    static func start(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> Running {
+    /// (`--metrics-listen 127.0.0.1:0`) unless the test names one itself or
+    /// sets `freeMetricsPort` false (to test the file's own setting).
+    static func start(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = [], freeMetricsPort: Bool = true) throws -> Running {
         var arguments = arguments
-        if arguments.first == "run", !arguments.contains(where: { $0.hasPrefix("--metrics-listen") }) {
+        if freeMetricsPort, arguments.first == "run", !arguments.contains(where: { $0.hasPrefix("--metrics-listen") }) {
             arguments.insert(contentsOf: ["--metrics-listen", "127.0.0.1:0"], at: 1)
         }
         let process = Process()
