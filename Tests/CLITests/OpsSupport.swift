@@ -32,14 +32,36 @@ enum Loadgen {
         return binary
     }()
 
-    /// Starts `loadgen N 1 seq RATE`: N UDP connects whose ports count up.
-    static func start(count: Int, rate: Int) throws -> Process {
+    /// A run of `loadgen N 1 seq RATE`: N UDP connects whose ports count
+    /// up, made by one worker process.
+    struct Run {
+        var process: Process
+        /// The worker's pid: its events are the run's.
+        var worker: Int32
+    }
+
+    static func start(count: Int, rate: Int) throws -> Run {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = ["\(count)", "1", "seq", "\(rate)"]
-        process.standardOutput = FileHandle.nullDevice
+        let out = Pipe()
+        process.standardOutput = out
         try process.run()
-        return process
+        // The first line names the worker; the rest is read by nobody but
+        // is small (one summary line).
+        var line = Data()
+        while let byte = try out.fileHandleForReading.read(upToCount: 1), !byte.isEmpty, byte != Data("\n".utf8) {
+            line += byte
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard text.hasPrefix("worker="), let worker = Int32(text.dropFirst(7)) else {
+            throw LoadgenFailed(output: text)
+        }
+        return Run(process: process, worker: worker)
+    }
+
+    struct LoadgenFailed: Error {
+        var output: String
     }
 }
 

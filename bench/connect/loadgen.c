@@ -109,11 +109,19 @@ int main(int argc, char **argv)
         return 1;
     double start = now();
     for (int p = 0; p < processes; p++) {
-        if (fork() == 0) {
+        pid_t child = fork();
+        if (child == 0) {
             work(n, fds[1], mode, start, rate);
             _exit(0);
         }
+        /* seq: a reader finds each worker's calls by its pid. */
+        if (mode == SEQ) {
+            printf("worker=%d\n", (int)child);
+            fflush(stdout);
+        }
     }
+    /* Only the workers write: a worker that dies ends the parent's read. */
+    close(fds[1]);
     struct counts total = { 0, 0, 0, 0 };
     double first_done = 0;
     for (int p = 0; p < processes; p++) {
