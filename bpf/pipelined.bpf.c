@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0-only) */
 /*
  * pipelined's syscall monitor: the kernel half of the `syscall_monitor`
- * source, after the reference's trace_ret_generic() kretprobe (SPEC section 4,
- * shared/reference/000_*.txt).
+ * source, after a syscall monitor's trace_ret_generic() kretprobe (the
+ * reference design; docs/wire-format.md describes it, this program and the
+ * records it writes).
  *
  *   sys_enter_X / kprobe __x64_sys_X        sys_exit_X / kretprobe __x64_sys_X
  *   ──────────────────────────────         ───────────────────────────────────

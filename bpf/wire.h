@@ -34,8 +34,9 @@ typedef struct __attribute__((__packed__)) pl_sys_context {
     pl_u32 mnt_id;    /* mount namespace inode, 0 in the init pid namespace */
     pl_u32 host_ppid;
     pl_u32 host_pid;
-    pl_u32 ppid;      /* namespace-local, 0 in the init pid namespace */
-    pl_u32 pid;       /* namespace-local, 0 in the init pid namespace */
+    pl_u32 ppid;      /* as the task's pid namespace sees it: host_ppid in the init
+                       * namespace, 0 for a parent outside the task's namespace */
+    pl_u32 pid;       /* as the task's pid namespace sees it: host_pid in the init namespace */
     pl_u32 uid;
     pl_u32 event_id;
     pl_u32 argnum;
