@@ -98,7 +98,7 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("drain_timeout", "duration", default: "30s", "how long shutdown waits for queues to drain"),
         OptionSpec("log_level", "trace|debug|info|notice|warning|error|critical", default: "info", "log verbosity (stderr)"),
         OptionSpec("priority_boost", "int", default: "4", "raise the stage threads' scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
-        OptionSpec("metrics", "map", default: "{listen: 127.0.0.1:9464}", "metrics.listen: HOST:PORT of the Prometheus endpoint (GET /metrics, /-/healthy, /-/ready); port 0 picks a free one; false for none"),
+        OptionSpec("metrics", "{listen: HOST:PORT|false}", default: "{listen: 127.0.0.1:9464}", "metrics.listen: HOST:PORT of the Prometheus endpoint (GET /metrics, /-/healthy, /-/ready); port 0 picks a free one; false for none"),
     ]
 
     /// Options every sink accepts: its input queue.
