@@ -115,6 +115,65 @@ final class MetricsCLITests: Sendable {
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("out.jsonl").path), "a sink opened before the endpoint failed")
     }
 
+    /// Overload: a sink whose file (a FIFO) nobody reads blocks, its queue
+    /// holds the kernel source back, the kernel buffer overflows; a second
+    /// sink, also unread, drops at its queue. Once the FIFOs are read and the
+    /// pipeline is quiet, each stage's lost counter equals the sum of the
+    /// `count`s of the lost records it put in the stream.
+    @Test(.enabled(if: KernelGate.enabled))
+    func lostCountersEqualTheLostRecordsAfterAnOverload() throws {
+        let blocked = directory.appendingPathComponent("blocked.fifo").path
+        let dropping = directory.appendingPathComponent("dropping.fifo").path
+        #expect(mkfifo(blocked, 0o600) == 0 && mkfifo(dropping, 0o600) == 0)
+        // Opened first (non-blocking), so the sinks' opens do not wait; read later.
+        let readers = [FIFOReader(blocked), FIFOReader(dropping)]
+        let file = try write("overload.yaml", """
+            sources:
+              # Refused connects only: the test's own scrapes (successful
+              # connects) are skipped in the kernel, so the run goes quiet.
+              kernel: {type: syscall_monitor, events: [connect], ringbuf_bytes: 64KiB, skip_retvals: [0, -2, -115]}
+            sinks:
+              # First: a batch reaches it before the blocked sink holds the source back.
+              dropping: {type: file, inputs: [kernel], path: "\(dropping)", queue_events: 16, queue_full: drop}
+              blocked: {type: file, inputs: [kernel], path: "\(blocked)", queue_events: 16}
+            """)
+        let pipeline = try RunningPipeline(file)
+        let load = try Loadgen.start(count: 200_000, rate: 0, mode: "tcp")
+        load.process.waitUntilExit()
+        for reader in readers { reader.start() }
+        // Quiet: every record the source sent was written and read, twice running.
+        var metrics = try pipeline.scrape()
+        var quietScrapes = 0
+        let quiet = try eventually(timeout: 30) {
+            let now = try pipeline.scrape()
+            let sent = now.value("pipelined_stage_events_out_total", ["stage": "kernel"]) ?? -1
+            let settled = ["blocked", "dropping"].enumerated().allSatisfy { index, sink in
+                let written = now.value("pipelined_stage_events_in_total", ["stage": sink]) ?? -2
+                let lost = now.value("pipelined_stage_events_lost_total", ["stage": sink]) ?? 0
+                return Double(readers[index].lines) == written && (sink == "dropping" || written == sent) && lost >= 0
+            }
+            let stages = { (exposition: Exposition) in exposition.samples.filter { $0.name.hasPrefix("pipelined_stage_") }.map(\.value) }
+            quietScrapes = settled && stages(now) == stages(metrics) ? quietScrapes + 1 : 0
+            metrics = now
+            usleep(300_000)
+            return quietScrapes >= 2
+        }
+        #expect(quiet, "lines read \(readers.map(\.lines)); \(metrics.samples.filter { $0.name.hasPrefix("pipelined_stage_") }.map { "\($0.name)\($0.labels) \($0.value)" })")
+        func lostRecords(_ reader: FIFOReader, where site: String) -> Int {
+            jsonLines(reader.text).filter { $0["event"] as? String == "lost" && $0["where"] as? String == site }
+                .reduce(0) { $0 + ($1["count"] as? Int ?? 0) }
+        }
+        let kernelLost = metrics.value("pipelined_stage_events_lost_total", ["stage": "kernel", "where": "kernel"]) ?? -1
+        let queueLost = metrics.value("pipelined_stage_events_lost_total", ["stage": "dropping", "where": "queue"]) ?? -1
+        #expect(kernelLost > 0, "no kernel loss: the overload did not overload")
+        #expect(queueLost > 0, "no queue loss")
+        #expect(Double(lostRecords(readers[0], where: "kernel")) == kernelLost)
+        #expect(Double(lostRecords(readers[1], where: "queue")) == queueLost)
+        #expect(metrics.value("pipelined_stage_events_lost_total", ["stage": "blocked"]) == 0)
+        let result = pipeline.finish()
+        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+    }
+
     @Test func aBadListenValueIsALocatedError() throws {
         let file = try write("bad.yaml", """
             settings:
@@ -127,5 +186,47 @@ final class MetricsCLITests: Sendable {
         let result = try CLI.run(["validate", file])
         #expect(result.status == 78)
         #expect(result.stderr.contains("\(file):2:21: error: settings.metrics: 'listen' must be HOST:PORT"), "\(result.stderr)")
+    }
+}
+
+/// The read end of a FIFO, opened at once (so a writer's open does not
+/// wait) and read to its end on a thread of its own once started.
+final class FIFOReader: @unchecked Sendable {
+    // `data` and `newlines` are only touched under `lock`.
+    private let lock = NSLock()
+    private var data = Data()
+    private var newlines = 0
+    private let fd: Int32
+
+    init(_ path: String) {
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+    }
+
+    func start() {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        Thread.detachNewThread { [self] in
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let count = read(fd, &chunk, chunk.count)
+                if count < 0, errno == EINTR { continue }
+                if count <= 0 { break }
+                lock.lock()
+                data.append(contentsOf: chunk[0..<count])
+                newlines += chunk[0..<count].reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+                lock.unlock()
+            }
+            close(fd)
+        }
+    }
+
+    /// Whole lines read so far.
+    var lines: Int {
+        lock.lock(); defer { lock.unlock() }
+        return newlines
+    }
+
+    var text: String {
+        lock.lock(); defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
     }
 }

@@ -32,18 +32,18 @@ enum Loadgen {
         return binary
     }()
 
-    /// A run of `loadgen N 1 seq RATE`: N UDP connects whose ports count
-    /// up, made by one worker process.
+    /// A run of `loadgen N 1 MODE RATE` (by default `seq`: N UDP connects
+    /// whose ports count up), made by one worker process.
     struct Run {
         var process: Process
         /// The worker's pid: its events are the run's.
         var worker: Int32
     }
 
-    static func start(count: Int, rate: Int) throws -> Run {
+    static func start(count: Int, rate: Int, mode: String = "seq") throws -> Run {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = ["\(count)", "1", "seq", "\(rate)"]
+        process.arguments = ["\(count)", "1", mode, "\(rate)"]
         let out = Pipe()
         process.standardOutput = out
         try process.run()

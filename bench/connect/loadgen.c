@@ -114,11 +114,9 @@ int main(int argc, char **argv)
             work(n, fds[1], mode, start, rate);
             _exit(0);
         }
-        /* seq: a reader finds each worker's calls by its pid. */
-        if (mode == SEQ) {
-            printf("worker=%d\n", (int)child);
-            fflush(stdout);
-        }
+        /* A reader finds each worker's calls by its pid. */
+        printf("worker=%d\n", (int)child);
+        fflush(stdout);
     }
     /* Only the workers write: a worker that dies ends the parent's read. */
     close(fds[1]);
