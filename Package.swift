@@ -1,12 +1,16 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Linux only (eBPF, epoll, SO_PEERCRED): `platforms` lists minimum versions
+// of Apple platforms and has no Linux entry, so the package names none.
 let package = Package(
     name: "pipelined",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "pipelined", targets: ["pipelined"]),
         .library(name: "PipelineCore", targets: ["PipelineCore"]),
+        // In-memory stages and helpers for testing a stage (what pipelined's
+        // own tests use), for plugin authors too.
+        .library(name: "PipelineTesting", targets: ["PipelineTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,12 +41,30 @@ let package = Package(
         .target(
             name: "PipelineCore",
             dependencies: [
-                "CLZ4",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             path: "Sources/PipelineCore"
+        ),
+        // The archive format: LZ4 segments, their manifest, salvage and
+        // verification; shared by lz4_segments, replay and `archive`.
+        .target(
+            name: "EventArchive",
+            dependencies: [
+                "PipelineCore",
+                "CLZ4",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Archive"
+        ),
+        .target(
+            name: "PipelineTesting",
+            dependencies: [
+                "PipelineCore",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/PipelineTesting"
         ),
         .target(
             name: "EventFilters",
@@ -53,7 +75,7 @@ let package = Package(
             name: "EventSinks",
             dependencies: [
                 "PipelineCore",
-                "CLZ4",
+                "EventArchive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -65,8 +87,8 @@ let package = Package(
             name: "EventSources",
             dependencies: [
                 "PipelineCore",
+                "EventArchive",
                 "CBPF",
-                "CLZ4",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
@@ -86,6 +108,7 @@ let package = Package(
             name: "pipelined",
             dependencies: [
                 "PipelineCore",
+                "EventArchive",
                 "EventFilters",
                 "EventSinks",
                 "EventSources",
@@ -103,29 +126,34 @@ let package = Package(
         ),
         .testTarget(
             name: "PipelineCoreTests",
-            dependencies: ["PipelineCore", "CBPF"],
+            dependencies: ["PipelineCore", "PipelineTesting", "CBPF"],
             path: "Tests/PipelineCoreTests"
         ),
         .testTarget(
+            name: "ArchiveTests",
+            dependencies: ["EventArchive", "PipelineCore"],
+            path: "Tests/ArchiveTests"
+        ),
+        .testTarget(
             name: "FilterTests",
-            dependencies: ["PipelineCore", "EventFilters"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventFilters"],
             path: "Tests/FilterTests"
         ),
         .testTarget(
             name: "SinkTests",
-            dependencies: ["PipelineCore", "EventSinks", "CLZ4"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks"],
             path: "Tests/SinkTests"
         ),
         .testTarget(
             name: "SourceTests",
-            dependencies: ["PipelineCore", "EventSources", "CBPF"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventSources", "CBPF"],
             path: "Tests/SourceTests",
             // driver.c is compiled by the tests themselves, at run time.
             exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["PipelineCore", "EventSinks", "EventSources"],
+            dependencies: ["PipelineCore", "PipelineTesting", "EventArchive", "EventSinks", "EventSources"],
             path: "Tests/CLITests",
             // Bad pipeline files, each with the errors it must give.
             exclude: ["Corpus"]

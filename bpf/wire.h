@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The wire layout between pipelined's eBPF program and its user-space decoder
- * (SPEC section 4). This header is the single source of truth: the kernel
+ * (docs/wire-format.md). This header is the single source of truth: the kernel
  * program includes it, and the Swift test suite imports it through the CBPF
  * module and checks PipelineCore's decoder tables against every value here.
  *

@@ -7,7 +7,7 @@ public enum BuiltinFilters {
     }
 }
 
-/// What a filter does with `lost` records (SPEC section 2: they pass unless
+/// What a filter does with `lost` records (docs/pipeline-file.md: they pass unless
 /// the filter names `lost`). Shared by the filters that have no event names.
 enum LostPolicy {
     static let option = OptionSpec("lost", "pass|drop", default: "pass", "what to do with 'lost' records: pass them on, or drop them")

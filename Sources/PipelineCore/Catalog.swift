@@ -3,7 +3,7 @@
 /// The table mirrors `bpf/wire.h`; a test checks every id, scope and argument
 /// type here against the C header the kernel program is built from.
 
-/// The visibility scope of an event (SPEC section 3), also the index of the
+/// The visibility scope of an event (docs/event-record.md), also the index of the
 /// kernel program's visibility map.
 public enum Scope: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case file = 0
@@ -81,7 +81,7 @@ public enum FlagKind: UInt8, Sendable, CaseIterable {
     }
 }
 
-/// One event type of SPEC section 3: its id, name, scope and arguments.
+/// One event type of docs/event-record.md: its id, name, scope and arguments.
 public struct EventKind: Sendable, Hashable {
     /// The x86-64 syscall number, also the wire `event_id`.
     public let id: UInt32

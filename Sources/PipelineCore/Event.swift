@@ -1,4 +1,4 @@
-/// The typed event model of SPEC section 3.
+/// The typed event model of docs/event-record.md.
 
 /// A decoded syscall event: the context header and its typed arguments.
 ///
@@ -50,7 +50,7 @@ public struct SyscallEvent: Sendable, Equatable {
     /// such ids are rejected by the decoders, so this is non-nil in practice).
     @inlinable public var kind: EventKind? { EventCatalog.kind(id: eventID) }
 
-    /// `container` when both namespace ids are set, else `host` (SPEC section 3).
+    /// `container` when both namespace ids are set, else `host` (docs/event-record.md).
     @inlinable public var isContainer: Bool { pidNamespace != 0 && mountNamespace != 0 }
 
     /// True when the syscall succeeded (`retval >= 0`).
@@ -228,14 +228,39 @@ public struct Arguments: Sendable, Equatable, RandomAccessCollection {
     }
 }
 
-/// Where events were lost (SPEC section 3).
-public enum LossSite: String, Sendable {
+/// Where events were lost (docs/event-record.md): the `where` of a `lost` record
+/// and of a stage's lost counter. Open: the core declares its own sites here,
+/// a stage declares the ones only it has beside it
+/// (`extension LossSite { static let client = LossSite("client") }`).
+/// A site is a word of `a`-`z` and `_`, at most ``maxLength`` bytes.
+public struct LossSite: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: String
+
+    /// The most bytes a site's word may have.
+    public static let maxLength = 32
+
+    /// The site named `rawValue`; nil unless it is a word of `a`-`z` and `_`.
+    public init?(rawValue: String) {
+        let utf8 = rawValue.utf8
+        guard !utf8.isEmpty, utf8.count <= Self.maxLength,
+              utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || $0 == UInt8(ascii: "_") }) else { return nil }
+        self.rawValue = rawValue
+    }
+
+    /// A site declared in code; `name` must be a valid site word.
+    public init(_ name: StaticString) {
+        guard let site = LossSite(rawValue: name.description) else { preconditionFailure("'\(name)' is not a loss site word") }
+        self = site
+    }
+
+    public var description: String { rawValue }
+
     /// The kernel's perf or ring buffer was full.
-    case kernel
+    public static let kernel = LossSite("kernel")
     /// A sink's queue was full and set to drop.
-    case queue
-    /// A `unix_socket` client's buffer was full.
-    case client
+    public static let queue = LossSite("queue")
+    /// A sink could not deliver (it failed, or a broker stayed unreachable past its buffer).
+    public static let sink = LossSite("sink")
 }
 
 /// A count of lost events, carried in the stream where the loss happened.

@@ -1,31 +1,80 @@
 /// How a stage type is made: its name, kind, documented options and factory.
 ///
+/// Made with ``source(type:summary:options:make:)``, ``filter(type:summary:options:make:)``
+/// or ``sink(type:summary:options:make:)``: the constructor fixes the kind and
+/// the type of stage its factory returns together, so a descriptor whose kind
+/// and stage disagree does not compile.
+///
 /// The factory decodes options from a ``StageConfig`` and returns the stage, or
 /// nil after reporting its problems on the config. It must have no side effects:
 /// `validate` calls it too. Resources are acquired later, in
 /// ``EventSource/prepare(_:)`` or ``EventSink/open(_:)``.
 public struct StageDescriptor: Sendable {
     /// The `type:` written in pipeline files (`lz4_segments`).
-    public var type: String
-    public var kind: StageKind
+    public let type: String
+    public let kind: StageKind
     /// One line for `pipelined plugins`.
-    public var summary: String
+    public let summary: String
     /// The stage's own options (the runtime adds ``PipelineSettings/sinkQueueOptions`` to sinks).
-    public var options: [OptionSpec]
-    public var make: @Sendable (StageConfig) -> StageInstance?
+    public let options: [OptionSpec]
+    private let factory: @Sendable (StageConfig) -> StageInstance?
 
-    public init(type: String, kind: StageKind, summary: String, options: [OptionSpec], make: @escaping @Sendable (StageConfig) -> StageInstance?) {
+    private init(type: String, kind: StageKind, summary: String, options: [OptionSpec], factory: @escaping @Sendable (StageConfig) -> StageInstance?) {
         self.type = type
         self.kind = kind
         self.summary = summary
         self.options = options
-        self.make = make
+        self.factory = factory
     }
+
+    /// A source type: `make` returns the source, or nil after reporting on the config.
+    public static func source(type: String, summary: String, options: [OptionSpec], make: @escaping @Sendable (StageConfig) -> (any EventSource)?) -> StageDescriptor {
+        StageDescriptor(type: type, kind: .source, summary: summary, options: options) { make($0).map(StageInstance.source) }
+    }
+
+    /// A filter type: `make` returns the filter, or nil after reporting on the config.
+    public static func filter(type: String, summary: String, options: [OptionSpec], make: @escaping @Sendable (StageConfig) -> (any EventFilter)?) -> StageDescriptor {
+        StageDescriptor(type: type, kind: .filter, summary: summary, options: options) { make($0).map(StageInstance.filter) }
+    }
+
+    /// A sink type: `make` returns the sink, or nil after reporting on the config.
+    public static func sink(type: String, summary: String, options: [OptionSpec], make: @escaping @Sendable (StageConfig) -> (any EventSink)?) -> StageDescriptor {
+        StageDescriptor(type: type, kind: .sink, summary: summary, options: options) { make($0).map(StageInstance.sink) }
+    }
+
+    /// A source type whose options are `Options`: the source is made from
+    /// them once they decode.
+    public static func source<Options: StageOptions>(type: String, summary: String, options: Options.Type, make: @escaping @Sendable (Options) -> any EventSource) -> StageDescriptor {
+        source(type: type, summary: summary, options: Options.specs) { Options($0).map(make) }
+    }
+
+    /// A filter type whose options are `Options`.
+    public static func filter<Options: StageOptions>(type: String, summary: String, options: Options.Type, make: @escaping @Sendable (Options) -> any EventFilter) -> StageDescriptor {
+        filter(type: type, summary: summary, options: Options.specs) { Options($0).map(make) }
+    }
+
+    /// A sink type whose options are `Options`.
+    public static func sink<Options: StageOptions>(type: String, summary: String, options: Options.Type, make: @escaping @Sendable (Options) -> any EventSink) -> StageDescriptor {
+        sink(type: type, summary: summary, options: Options.specs) { Options($0).map(make) }
+    }
+
+    /// Builds a stage from its options: always of ``kind``; nil when the
+    /// config reported a problem.
+    public func make(_ config: StageConfig) -> StageInstance? { factory(config) }
 
     /// Every option a stage of this type accepts, the common ones included.
     public var allOptions: [OptionSpec] {
         kind == .sink ? options + PipelineSettings.sinkQueueOptions : options
     }
+}
+
+/// A stage type's options struct (`RetvalFilterOptions`, in the file beside
+/// its stage): the options it documents and its decoding from a config.
+public protocol StageOptions: Sendable {
+    /// The options `plugins` prints and the loader accepts for this type.
+    static var specs: [OptionSpec] { get }
+    /// Reads the options, reporting every problem on `config`; nil when there was one.
+    init?(_ config: StageConfig)
 }
 
 /// The one explicit map from stage type names to their descriptors. The

@@ -34,7 +34,7 @@ public protocol EventSource: AnyObject, Sendable {
 /// Filters are pure: ``apply(_:)`` is called concurrently from every source
 /// thread that feeds the filter, so a filter must hold no mutable state that is
 /// not itself thread-safe. A filter passes `lost` records unless it says
-/// otherwise (SPEC section 2).
+/// otherwise (docs/pipeline-file.md).
 public protocol EventFilter: Sendable {
     /// True when the record goes on downstream.
     func includes(_ record: PipelineRecord) -> Bool
@@ -115,7 +115,7 @@ public struct StageContext: Sendable {
 }
 
 /// A failure to start a stage, with the process exit status it maps to
-/// (77 for missing privilege, 1 otherwise; SPEC section 1).
+/// (77 for missing privilege, 1 otherwise; docs/command-line.md).
 public struct StageStartError: Error, CustomStringConvertible, Sendable {
     public var stage: String
     public var message: String

@@ -5,55 +5,6 @@ import Musl
 #endif
 import PipelineCore
 
-/// Options of the `file` sink.
-public struct FileSinkOptions: Sendable, Equatable {
-    /// The file to write, or `-` for standard output.
-    public var path: String
-    /// Rotate before a record would take the file past this many bytes.
-    public var rotateBytes: Int?
-    /// Rotate a non-empty file this long after it was opened.
-    public var rotateAgeNs: Int64?
-    /// How many rotated files to keep (oldest removed first); nil keeps all.
-    public var keepFiles: Int?
-    /// Append to an existing file (true) or truncate it at start (false).
-    public var append: Bool
-
-    public init(path: String, rotateBytes: Int? = nil, rotateAgeNs: Int64? = nil, keepFiles: Int? = nil, append: Bool = true) {
-        self.path = path
-        self.rotateBytes = rotateBytes
-        self.rotateAgeNs = rotateAgeNs
-        self.keepFiles = keepFiles
-        self.append = append
-    }
-
-    static let specs: [OptionSpec] = [
-        OptionSpec("path", "string", required: true, "file to write NDJSON to; '-' is standard output"),
-        OptionSpec("rotate_bytes", "size", "rotate before the file would pass this size (at least 4KiB)"),
-        OptionSpec("rotate_age", "duration", "rotate a non-empty file this long after it was opened (at least 1s)"),
-        OptionSpec("keep_files", "int", "rotated files to keep, oldest removed first (default: all)"),
-        OptionSpec("append", "bool", default: "true", "append to an existing file; false truncates it at start"),
-    ]
-
-    /// Reads the options; nil when the config reported a problem.
-    public init?(_ config: StageConfig) {
-        let errors = config.diagnostics.count
-        config.require("path")
-        let path = config.string("path")
-        if let path, path.isEmpty { config.error("path", "must not be empty") }
-        let rotateBytes = config.size("rotate_bytes", in: 4096...Int.max)
-        let rotateAge = config.duration("rotate_age", minimumNs: 1_000_000_000)
-        let keepFiles = config.int("keep_files", in: 1...100_000)
-        let append = config.bool("append") ?? true
-        if path == "-" {
-            for key in ["rotate_bytes", "rotate_age", "keep_files"] where config.has(key) {
-                config.error(key, "cannot be used with path '-' (standard output does not rotate)")
-            }
-        }
-        guard config.diagnostics.count == errors, let path else { return nil }
-        self.init(path: path, rotateBytes: rotateBytes, rotateAgeNs: rotateAge, keepFiles: keepFiles, append: append)
-    }
-}
-
 /// The `file` sink: NDJSON lines to a file or standard output, with rotation
 /// by size and age.
 ///
@@ -62,12 +13,9 @@ public struct FileSinkOptions: Sendable, Equatable {
 /// that name is taken, so that names sort in rotation order) and starts a new, empty `PATH`. A record never spans two files.
 /// `close()` fsyncs the file so that a clean shutdown leaves it whole on disk.
 public final class FileSink: EventSink {
-    public static let descriptor = StageDescriptor(
-        type: "file", kind: .sink,
-        summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
-        options: FileSinkOptions.specs,
-        make: { config in FileSinkOptions(config).map { .sink(FileSink($0)) } }
-    )
+    public static let descriptor = StageDescriptor.sink(
+        type: "file", summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
+        options: FileSinkOptions.self, make: FileSink.init)
 
     public let options: FileSinkOptions
     // Touched only from the sink's own thread (the EventSink contract).
@@ -108,9 +56,7 @@ public final class FileSink: EventSink {
     }
 
     private func openFile(truncate: Bool) throws {
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND)
-        let fd = Glibc.open(options.path, flags, 0o644)
-        guard fd >= 0 else { throw SinkError.system("cannot open '\(options.path)'", errno) }
+        let fd = try FileIO.open(options.path, O_WRONLY | O_CREAT | (truncate ? O_TRUNC : O_APPEND))
         var info = stat()
         fstat(fd, &info)
         state.fd = fd
@@ -157,7 +103,7 @@ public final class FileSink: EventSink {
                 index += 1
                 continue
             }
-            try ArchiveIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
+            try FileIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
             state.size += bytes
             if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(bytes)) }
             index += count
@@ -181,7 +127,7 @@ public final class FileSink: EventSink {
     private func flush() throws {
         guard !state.buffer.isEmpty else { return }
         let written = state.buffer.count
-        try state.buffer.withUnsafeBytes { try ArchiveIO.writeAll(state.fd, $0, path: options.path) }
+        try FileIO.writeAll(state.fd, state.buffer, path: options.path)
         state.size += written
         if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(written)) }
         state.buffer.removeAll(keepingCapacity: true)
@@ -199,10 +145,11 @@ public final class FileSink: EventSink {
             target = "\(options.path).\(stamp)-\(String(suffix).leftPadded(to: 6))"
             suffix += 1
         }
-        guard rename(options.path, target) == 0 else {
-            let code = errno
+        do {
+            try FileIO.rename(options.path, target)
+        } catch {
             try openFile(truncate: false)
-            throw SinkError.system("cannot rotate '\(options.path)' to '\(target)'", code)
+            throw error
         }
         try openFile(truncate: true)
         if let keep = options.keepFiles { removeOldRotations(keep: keep) }
@@ -210,17 +157,10 @@ public final class FileSink: EventSink {
 
     /// Rotated files sort by name in time order (the UTC stamp leads).
     private func removeOldRotations(keep: Int) {
-        let (directory, base) = splitPath(options.path)
-        guard let dir = opendir(directory) else { return }
-        var rotated: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name.hasPrefix(base + "."), name.count > base.count + 1 { rotated.append(name) }
-        }
-        closedir(dir)
-        rotated.sort()
+        let directory = FileIO.directoryOf(options.path)
+        let prefix = FileIO.baseName(options.path) + "."
+        guard let names = try? FileIO.listDirectory(directory) else { return }
+        let rotated = names.filter { $0.hasPrefix(prefix) && $0.count > prefix.count }.sorted()
         for name in rotated.dropLast(keep) { unlink(directory + "/" + name) }
     }
 
@@ -233,25 +173,8 @@ public final class FileSink: EventSink {
     }
 }
 
-/// A sink's I/O failure, with the system's reason.
-public enum SinkError: Error, CustomStringConvertible, Sendable {
-    case system(String, Int32)
-
-    public var description: String {
-        switch self {
-        case .system(let what, let code): "\(what): \(String(cString: strerror(code)))"
-        }
-    }
-}
-
 extension String {
     func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
-}
-
-func splitPath(_ path: String) -> (directory: String, base: String) {
-    guard let slash = path.lastIndex(of: "/") else { return (".", path) }
-    let directory = String(path[..<slash])
-    return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
 }

@@ -3,85 +3,12 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import EventArchive
 import Logging
 import PipelineCore
 
-/// Options of the `lz4_segments` sink.
-public struct LZ4SegmentSinkOptions: Sendable, Equatable {
-    /// The archive directory (created if missing).
-    public var directory: String
-    /// Seal a segment once its file reaches this many (compressed) bytes.
-    public var segmentBytes: Int
-    /// Seal a non-empty segment this long after it was started.
-    public var segmentAgeNs: Int64
-    /// The LZ4 block size: the unit a crash can lose and a reader can skip.
-    public var blockSize: LZ4BlockSize
-    /// Remove the oldest sealed segments while the archive is larger than this.
-    public var retentionBytes: Int?
-    /// Remove sealed segments whose last record is older than this.
-    public var retentionAgeNs: Int64?
-    /// While records arrive, write a partial block at least this often, so
-    /// that a crash loses no more than this much and `archive cat` of the
-    /// `.open` segment is this fresh.
-    public var flushIntervalNs: Int64
-
-    /// Options with the documented defaults for anything not given.
-    public init(
-        directory: String, segmentBytes: Int = 64 << 20, segmentAgeNs: Int64 = 600_000_000_000,
-        blockSize: LZ4BlockSize = .mib1, retentionBytes: Int? = nil, retentionAgeNs: Int64? = nil,
-        flushIntervalNs: Int64 = 1_000_000_000
-    ) {
-        self.directory = directory
-        self.segmentBytes = segmentBytes
-        self.segmentAgeNs = segmentAgeNs
-        self.blockSize = blockSize
-        self.retentionBytes = retentionBytes
-        self.retentionAgeNs = retentionAgeNs
-        self.flushIntervalNs = flushIntervalNs
-    }
-
-    static let specs: [OptionSpec] = [
-        OptionSpec("directory", "string", required: true, "archive directory: segments NAME.jsonl.lz4 and manifest.jsonl (created if missing)"),
-        OptionSpec("segment_bytes", "size", default: "64MiB", "seal a segment once its file reaches this size (at least 4KiB)"),
-        OptionSpec("segment_age", "duration", default: "10m", "seal a non-empty segment this long after it was started (at least 1s)"),
-        OptionSpec("block_size", "64KiB|256KiB|1MiB|4MiB", default: "1MiB", "LZ4 block size: a block is written when full"),
-        OptionSpec("retention_bytes", "size", "remove the oldest sealed segments while the archive is larger (at least segment_bytes)"),
-        OptionSpec("retention_age", "duration", "remove sealed segments whose last event is older than this (at least 1s)"),
-        OptionSpec("flush_interval", "duration", default: "1s", "write a partial block at least this often while events arrive (at least 10ms)"),
-    ]
-
-    /// Reads the options; nil when the config reported a problem.
-    public init?(_ config: StageConfig) {
-        let errors = config.diagnostics.count
-        config.require("directory")
-        let directory = config.string("directory")
-        if let directory, directory.isEmpty { config.error("directory", "must not be empty") }
-        let segmentBytes = config.size("segment_bytes", in: 4096...Int.max) ?? (64 << 20)
-        let segmentAge = config.duration("segment_age", minimumNs: 1_000_000_000) ?? 600_000_000_000
-        var blockSize = LZ4BlockSize.mib1
-        if let bytes = config.size("block_size") {
-            if let size = LZ4BlockSize(rawValue: bytes) {
-                blockSize = size
-            } else {
-                config.error("block_size", "must be one of 64KiB, 256KiB, 1MiB, 4MiB, not \(config.string("block_size") ?? String(bytes))")
-            }
-        }
-        let retentionBytes = config.size("retention_bytes", in: 4096...Int.max)
-        if let retentionBytes, retentionBytes < segmentBytes {
-            config.error("retention_bytes", "must be at least segment_bytes (\(Units.formatSize(segmentBytes))), not \(Units.formatSize(retentionBytes))")
-        }
-        let retentionAge = config.duration("retention_age", minimumNs: 1_000_000_000)
-        let flushInterval = config.duration("flush_interval", minimumNs: 10_000_000) ?? 1_000_000_000
-        guard config.diagnostics.count == errors, let directory else { return nil }
-        self.init(
-            directory: directory, segmentBytes: segmentBytes, segmentAgeNs: segmentAge, blockSize: blockSize,
-            retentionBytes: retentionBytes, retentionAgeNs: retentionAge, flushIntervalNs: flushInterval
-        )
-    }
-}
-
 /// The `lz4_segments` sink: an archive of LZ4-compressed NDJSON segments with
-/// a manifest (SPEC section 5).
+/// a manifest (docs/archive.md).
 ///
 /// ```
 ///  write(batch) ─▶ NDJSON ─▶ LZ4 frame (independent blocks, block + content checksums)
@@ -107,12 +34,9 @@ public struct LZ4SegmentSinkOptions: Sendable, Equatable {
 /// One writer per directory: ``open(_:)`` takes an exclusive `flock` on it.
 /// Every method runs on the sink's own thread (fsync blocks).
 public final class LZ4SegmentSink: EventSink {
-    public static let descriptor = StageDescriptor(
-        type: "lz4_segments", kind: .sink,
-        summary: "archive NDJSON in LZ4-framed segments with a manifest, rotation and retention",
-        options: LZ4SegmentSinkOptions.specs,
-        make: { config in LZ4SegmentSinkOptions(config).map { .sink(LZ4SegmentSink($0)) } }
-    )
+    public static let descriptor = StageDescriptor.sink(
+        type: "lz4_segments", summary: "archive NDJSON in LZ4-framed segments with a manifest, rotation and retention",
+        options: LZ4SegmentSinkOptions.self, make: LZ4SegmentSink.init)
 
     public let options: LZ4SegmentSinkOptions
     private let directory: ArchiveDirectory
@@ -162,11 +86,16 @@ public final class LZ4SegmentSink: EventSink {
     }
 
     /// Creates and locks the directory, recovers what a crash left (salvage,
-    /// manifest repair) and applies retention. Throws when the directory
-    /// cannot be created, is locked by another writer, or recovery fails.
+    /// manifest repair) and applies retention. Throws an ``ArchiveError`` when
+    /// the directory cannot be created or is locked by another writer, and
+    /// what recovery throws when that fails.
     public func open(_ context: StageContext) throws {
         state.context = context
-        try ArchiveIO.makeDirectories(options.directory)
+        do throws(SystemError) {
+            try FileIO.makeDirectories(options.directory)
+        } catch {
+            throw ArchiveError(error)
+        }
         try lockDirectory()
         let recovered = try ArchiveRecovery.recover(directory, blockSize: options.blockSize, logger: context.logger)
         state.entries = recovered.entries
@@ -232,15 +161,20 @@ public final class LZ4SegmentSink: EventSink {
     /// sink, or another pipelined) cannot salvage this one's `.open` segment or
     /// apply its retention to this one's files. The kernel drops the lock when
     /// the process dies, so a crash never leaves the archive locked.
-    private func lockDirectory() throws {
-        let fd = try ArchiveIO.open(options.directory, O_RDONLY | O_DIRECTORY)
+    private func lockDirectory() throws(ArchiveError) {
+        let fd: Int32
+        do throws(SystemError) {
+            fd = try FileIO.open(options.directory, O_RDONLY | O_DIRECTORY)
+        } catch {
+            throw ArchiveError(error)
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let code = errno
             Glibc.close(fd)
             if code == EWOULDBLOCK {
                 throw ArchiveError(path: options.directory, message: "in use by another lz4_segments writer (the directory is locked)")
             }
-            throw ArchiveError.system(options.directory, "cannot lock", code)
+            throw ArchiveError(SystemError("cannot lock", code, path: options.directory))
         }
         state.lockFD = fd
     }
@@ -260,7 +194,7 @@ public final class LZ4SegmentSink: EventSink {
                     attempts += 1
                     continue
                 }
-                throw ArchiveError.system(path, "cannot create segment", errno)
+                throw SystemError("cannot create segment", errno, path: path)
             }
             do {
                 let writer = try LZ4FrameWriter(fd: fd, path: path, blockSize: options.blockSize)
@@ -287,14 +221,14 @@ public final class LZ4SegmentSink: EventSink {
         do {
             try segment.writer.finish()
             report(segment)
-            try ArchiveIO.fsync(segment.fd, path: openPath)
+            try FileIO.fsync(segment.fd, path: openPath)
         } catch {
             Glibc.close(segment.fd)
             throw error
         }
         Glibc.close(segment.fd)
-        try ArchiveIO.rename(openPath, directory.path(of: sealedName))
-        try ArchiveIO.syncDirectory(directory.path)
+        try FileIO.rename(openPath, directory.path(of: sealedName))
+        try FileIO.syncDirectory(directory.path)
         let entry = ManifestEntry(
             segment: sealedName.sealedFileName, firstTimeNs: segment.firstTimeNs, lastTimeNs: segment.lastTimeNs,
             events: segment.records, bytes: segment.writer.bytesWritten
@@ -343,9 +277,9 @@ public final class LZ4SegmentSink: EventSink {
         try manifest.write(kept)
         state.entries = kept
         for entry in removed {
-            try ArchiveIO.unlink(directory.path + "/" + entry.segment)
+            try FileIO.unlink(directory.path + "/" + entry.segment)
         }
-        try ArchiveIO.syncDirectory(directory.path)
+        try FileIO.syncDirectory(directory.path)
         let bytes = removed.reduce(0) { $0 + $1.bytes }
         state.context?.logger.info("retention removed \(removed.count) segment(s), \(bytes) bytes")
     }

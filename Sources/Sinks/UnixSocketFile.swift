@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import PipelineCore
 
 /// Unix stream socket paths: connecting, and creating a listening socket file
 /// whose mode is never more open than asked, not even for an instant.
@@ -50,22 +51,6 @@ public enum UnixSocketPath {
     }
 }
 
-/// A failed system call: what was being done and the `errno`.
-public struct SystemError: Error, Sendable, CustomStringConvertible {
-    public var what: String
-    public var code: Int32
-
-    public init(_ what: String, _ code: Int32) {
-        self.what = what
-        self.code = code
-    }
-
-    /// The system's text for ``code`` (`Connection refused`).
-    public var reason: String { String(cString: strerror(code)) }
-
-    public var description: String { "\(what): \(reason)" }
-}
-
 /// Why a `unix_socket` sink could not create its socket: each message names
 /// the path and says what to do.
 public struct UnixSocketError: Error, Sendable, CustomStringConvertible {
@@ -96,7 +81,7 @@ struct UnixSocketFile {
     /// system call fails.
     static func create(path: String, mode: UInt32, backlog: Int32 = 256) throws -> UnixSocketFile {
         let stale = try checkExisting(path)
-        let (directory, _) = splitPath(path)
+        let directory = FileIO.directoryOf(path)
         var template = Array((directory == "/" ? "" : directory).utf8CString.dropLast()) + Array("/.pipelined-XXXXXX".utf8CString)
         guard let created = mkdtemp(&template) else {
             throw UnixSocketError("cannot create the socket '\(path)': cannot make a private directory in '\(directory)': \(String(cString: strerror(errno)))")
@@ -149,11 +134,11 @@ struct UnixSocketFile {
         case .success(let fd):
             Glibc.close(fd)
             throw UnixSocketError("'\(path)' is in use: another process is serving on it (is another pipelined running?)")
-        case .failure(let error) where error.code == ECONNREFUSED:
+        case .failure(let error) where error.errno == ECONNREFUSED:
             return true
-        case .failure(let error) where error.code == ENOENT:
+        case .failure(let error) where error.errno == ENOENT:
             return false
-        case .failure(let error) where error.code == EAGAIN:
+        case .failure(let error) where error.errno == EAGAIN:
             throw UnixSocketError("'\(path)' is in use: another process is serving on it (its backlog is full)")
         case .failure(let error):
             throw UnixSocketError("cannot check whether '\(path)' is in use: \(error.reason)")

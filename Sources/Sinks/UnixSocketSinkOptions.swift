@@ -5,14 +5,14 @@ import Musl
 #endif
 import PipelineCore
 
-/// Options of the `unix_socket` sink (SPEC sections 2 and 6).
-public struct UnixSocketSinkOptions: Sendable, Equatable {
+/// Options of the `unix_socket` sink (docs/pipeline-file.md and docs/socket.md).
+public struct UnixSocketSinkOptions: StageOptions, Equatable {
     /// What happens to a client whose buffer is full.
     public enum WhenFull: String, Sendable, CaseIterable {
         /// Its events are dropped and counted; once it has caught up it
         /// receives a `lost` record (`"where":"client"`) with the count.
         case drop
-        /// It is disconnected (and counted in the stage's `clientsDropped`).
+        /// It is disconnected (and counted in the stage's `clients_dropped`).
         case disconnect
     }
 
@@ -23,7 +23,8 @@ public struct UnixSocketSinkOptions: Sendable, Equatable {
     public var mode: UInt32
     /// The peer uids (SO_PEERCRED) that may connect; anyone else is closed at once.
     public var allowUIDs: [UInt32]
-    /// Events held per client before ``whenFull`` applies.
+    /// Events that may wait for a client (handed to it, not yet taken by
+    /// its socket) before ``whenFull`` applies to its next batch.
     public var clientBuffer: Int
     public var whenFull: WhenFull
     /// How long ``UnixSocketSink/close()`` lets a client go without taking
@@ -54,11 +55,11 @@ public struct UnixSocketSinkOptions: Sendable, Equatable {
         self.closeTimeoutNs = closeTimeoutNs
     }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("path", "string", required: true, "where the socket file is created (at most 107 bytes); a stale socket there is replaced, a live one is an error"),
         OptionSpec("mode", "octal string", default: "\"0600\"", "the socket file's permission bits, set before anyone can connect"),
         OptionSpec("allow_uids", "[uid or user name]", default: "[owner, root]", "peer uids (SO_PEERCRED) allowed to connect; others are closed at once and logged (mode must also let them reach the file)"),
-        OptionSpec("client_buffer", "int", default: "65536", "events held per client before when_full applies (1-16777216)"),
+        OptionSpec("client_buffer", "int", default: "65536", "events waiting for a client beyond what its socket took before when_full applies to its next batch (1-16777216)"),
         OptionSpec("when_full", "drop|disconnect", default: "drop", "a full client: drop its events and count them (a 'lost' record with where=client), or disconnect it"),
         OptionSpec("close_timeout", "duration", default: "2s", "at shutdown, how long a client may take none of what is buffered for it before it is closed"),
     ]

@@ -13,7 +13,7 @@ enum KernelSupport {
 
     /// The effective capability set of this process, from /proc/self/status.
     static func effectiveCapabilities() -> UInt64? {
-        guard let status = readFile("/proc/self/status") else { return nil }
+        guard let status = FileIO.readText("/proc/self/status") else { return nil }
         for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
             return UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: " \t"), radix: 16)
         }
@@ -82,10 +82,6 @@ enum KernelSupport {
     /// True when tracefs has the syscall tracepoint `category/name`.
     static func hasTracepoint(_ category: String, _ name: String) -> Bool {
         access("\(tracefsRoot())/events/\(category)/\(name)/id", F_OK) == 0
-    }
-
-    static func readFile(_ path: String) -> String? {
-        (try? ArchiveIO.readAll(path)).map { String(decoding: $0, as: UTF8.self) }
     }
 }
 

@@ -4,38 +4,9 @@ import Glibc
 import Musl
 #endif
 import Atomics
+import EventArchive
 import Logging
 import PipelineCore
-
-/// Options of the `replay` source.
-public struct ReplaySourceOptions: Sendable, Equatable {
-    /// An NDJSON file (`-` for standard input), an `lz4_segments` segment
-    /// (`.jsonl.lz4`, or a `.jsonl.lz4.open` up to its last complete block), or
-    /// an archive directory, whose segments are read oldest first.
-    public var path: String
-    /// Events per second; nil replays as fast as the pipeline takes them.
-    public var rate: Double?
-
-    public init(path: String, rate: Double? = nil) {
-        self.path = path
-        self.rate = rate
-    }
-
-    static let specs: [OptionSpec] = [
-        OptionSpec("path", "string", required: true, "an NDJSON event file ('-' for stdin), an lz4_segments segment, or an archive directory (oldest segment first)"),
-        OptionSpec("rate", "number", "events per second (default: as fast as possible)"),
-    ]
-
-    /// Reads the options; nil when the config reported a problem.
-    public init?(_ config: StageConfig) {
-        let errors = config.diagnostics.count
-        config.require("path")
-        let path = config.string("path")
-        let rate = config.double("rate", in: 0.001...1e9)
-        guard config.diagnostics.count == errors, let path else { return nil }
-        self.init(path: path, rate: rate)
-    }
-}
 
 /// The `replay` source: reads event records written by pipelined (NDJSON,
 /// plain or in `lz4_segments` segments) and pushes them down the pipeline,
@@ -43,12 +14,9 @@ public struct ReplaySourceOptions: Sendable, Equatable {
 /// malformed and skipped; a damaged segment is read up to the damage, logged,
 /// and the next one follows.
 public final class ReplaySource: EventSource {
-    public static let descriptor = StageDescriptor(
-        type: "replay", kind: .source,
-        summary: "replay NDJSON event records from a file, a segment or an archive directory, optionally at a fixed rate",
-        options: ReplaySourceOptions.specs,
-        make: { config in ReplaySourceOptions(config).map { .source(ReplaySource($0)) } }
-    )
+    public static let descriptor = StageDescriptor.source(
+        type: "replay", summary: "replay NDJSON event records from a file, a segment or an archive directory, optionally at a fixed rate",
+        options: ReplaySourceOptions.self, make: ReplaySource.init)
 
     public let options: ReplaySourceOptions
     private let stopped = ManagedAtomic<Bool>(false)
@@ -87,7 +55,7 @@ public final class ReplaySource: EventSource {
             fd = STDIN_FILENO
             return
         }
-        if ArchiveIO.isDirectory(options.path) {
+        if FileIO.isDirectory(options.path) {
             let archive = ArchiveDirectory(options.path)
             do {
                 segments = try archive.segments().map { archive.path(of: $0) }
@@ -101,7 +69,7 @@ public final class ReplaySource: EventSource {
         // the start; `run` waits for its data (LineReader).
         fd = Glibc.open(options.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
-            throw StageStartError(stage: context.id, message: "cannot open '\(options.path)': \(String(cString: strerror(errno)))")
+            throw StageStartError(stage: context.id, message: SystemError("cannot open", errno, path: options.path).description)
         }
         if SegmentReader.isSegment(path: options.path) {
             Glibc.close(fd)
@@ -267,7 +235,7 @@ struct LineReader {
             }
             if ready < 0 {
                 if errno == EINTR { return }
-                throw ReplayError.read(errno)
+                throw SystemError("read failed", errno)
             }
             if fds[1].revents != 0 {
                 eof = true
@@ -280,19 +248,10 @@ struct LineReader {
         }
         if count < 0 {
             if errno == EINTR || errno == EAGAIN { return }
-            throw ReplayError.read(errno)
+            throw SystemError("read failed", errno)
         }
         if count == 0 { eof = true }
         end += count
-    }
-}
-
-enum ReplayError: Error, CustomStringConvertible {
-    case read(Int32)
-    var description: String {
-        switch self {
-        case .read(let code): "read failed: \(String(cString: strerror(code)))"
-        }
     }
 }
 

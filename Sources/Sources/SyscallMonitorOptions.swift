@@ -1,7 +1,7 @@
 import PipelineCore
 
-/// Options of the `syscall_monitor` source (SPEC section 2).
-public struct SyscallMonitorOptions: Sendable, Equatable {
+/// Options of the `syscall_monitor` source (docs/pipeline-file.md).
+public struct SyscallMonitorOptions: StageOptions, Equatable {
     /// How the program hooks syscalls.
     public enum Attach: String, Sendable {
         /// kprobe/kretprobe pairs where the kernel has kprobes, else tracepoints.
@@ -61,7 +61,7 @@ public struct SyscallMonitorOptions: Sendable, Equatable {
     /// Whether successful events of `scope` are reported.
     public func isVisible(_ scope: Scope) -> Bool { visibility[scope] ?? true }
 
-    static let specs: [OptionSpec] = [
+    public static let specs: [OptionSpec] = [
         OptionSpec("events", "[event]", default: "all", "events to trace, by name or id (\(EventCatalog.all.map(\.name).joined(separator: ", ")))"),
         OptionSpec("attach", "auto|kprobe|tracepoint", default: "auto", "kretprobe pairs where the kernel has kprobes, else syscall tracepoints"),
         OptionSpec("transport", "auto|perf|ringbuf", default: "auto", "BPF ring buffer where the kernel has one (5.8+), else perf event array (per CPU)"),

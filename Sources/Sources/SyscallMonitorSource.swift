@@ -21,12 +21,9 @@ import PipelineCore
 /// objects.
 public final class SyscallMonitorSource: EventSource {
     /// The registry entry for `type: syscall_monitor`.
-    public static let descriptor = StageDescriptor(
-        type: "syscall_monitor", kind: .source,
-        summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
-        options: SyscallMonitorOptions.specs,
-        make: { config in SyscallMonitorOptions(config).map { .source(SyscallMonitorSource($0)) } }
-    )
+    public static let descriptor = StageDescriptor.source(
+        type: "syscall_monitor", summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
+        options: SyscallMonitorOptions.self, make: SyscallMonitorSource.init)
 
     /// How one event's programs were attached.
     public enum AttachMode: String, Sendable, Equatable {
@@ -96,6 +93,8 @@ public final class SyscallMonitorSource: EventSource {
     /// needed, loads the program with the options set, and attaches it.
     public func prepare(_ context: StageContext) throws {
         self.context = context
+        // Kernel losses are this source's: its lost series exists from the start.
+        context.metrics.loss(.kernel)
         let fail = { (message: String) in StageStartError(stage: context.id, message: message) }
         if let missing = KernelSupport.missingPrivilege() {
             throw StageStartError(stage: context.id, message: missing, exitCode: 77)

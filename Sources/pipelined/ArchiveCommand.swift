@@ -2,6 +2,7 @@ import ArgumentParser
 #if canImport(Glibc)
 import Glibc
 #endif
+import EventArchive
 import PipelineCore
 
 /// `pipelined archive ls|cat|verify`: read what an `lz4_segments` sink wrote.
@@ -36,7 +37,7 @@ struct ArchiveCommand: ParsableCommand {
         /// The manifest's entries for the sealed files present; a sealed file the
         /// manifest does not list is read to fill its row (and said on stderr).
         static func rows(_ archive: ArchiveDirectory) throws -> [ManifestEntry] {
-            guard ArchiveIO.isDirectory(archive.path) else {
+            guard FileIO.isDirectory(archive.path) else {
                 throw ArchiveError(path: archive.path, message: "not a directory")
             }
             let contents = try ArchiveManifest(directory: archive).read()
@@ -52,7 +53,7 @@ struct ArchiveCommand: ParsableCommand {
                 let path = archive.path(of: name)
                 let summary = try SegmentReader.summarize(path: path)
                 FileHandleStderr.write("pipelined: \(name.sealedFileName): not in the manifest; read from the file\n")
-                rows.append(SegmentSalvage.entry(name, summary, bytes: ArchiveIO.fileSize(path) ?? 0))
+                rows.append(SegmentSalvage.entry(name, summary, bytes: FileIO.fileSize(path) ?? 0))
             }
             let present = Set(segments.map(\.sealedFileName))
             for entry in contents.entries where !present.contains(entry.segment) {
@@ -101,7 +102,7 @@ struct ArchiveCommand: ParsableCommand {
             var status: Int32 = ExitStatus.success
             for path in paths {
                 let files: [String]
-                if ArchiveIO.isDirectory(path) {
+                if FileIO.isDirectory(path) {
                     do {
                         let archive = ArchiveDirectory(path)
                         files = try archive.segments().map { archive.path(of: $0) }
@@ -126,7 +127,7 @@ struct ArchiveCommand: ParsableCommand {
             do {
                 let reader = try SegmentReader(path: path)
                 summary = try reader.readLines { span in
-                    try ArchiveIO.writeAll(STDOUT_FILENO, span, path: "standard output")
+                    try FileIO.writeAll(STDOUT_FILENO, span, path: "standard output")
                     return true
                 }
             } catch {
@@ -163,7 +164,7 @@ struct ArchiveCommand: ParsableCommand {
         var directory: String
 
         func run() throws {
-            guard ArchiveIO.isDirectory(directory) else {
+            guard FileIO.isDirectory(directory) else {
                 ArchiveCommand.fail("archive verify: \(directory): not a directory")
             }
             let report: ArchiveReport

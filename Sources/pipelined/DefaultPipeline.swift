@@ -1,8 +1,8 @@
-/// The embedded default pipeline (SPEC section 7), the same text as
+/// The embedded default pipeline (docs/command-line.md), the same text as
 /// `pipelines/default.yaml` (a test keeps the two equal).
 enum DefaultPipeline {
     static let yaml = """
-# The default pipeline (SPEC section 7): every supported syscall event, as
+# The default pipeline (docs/command-line.md): every supported syscall event, as
 # NDJSON on standard output. `pipelined run` with no file runs this.
 name: default
 sources:

@@ -35,7 +35,7 @@ final class MetricsExporter: Sendable {
 
     /// The exposition, with every series read now.
     func render() -> [UInt8] {
-        let samples = MetricsCatalog.samples(stages: runtime.stages, reloads: reloads)
+        let samples = MetricsCatalog.samples(runtime: runtime, reloads: reloads)
         return published.withLock { published in
             published.update(samples, factory: factory)
             return registry.emitToBuffer()
@@ -130,28 +130,48 @@ final class ReloadCounts: Sendable {
 
 /// Every series pipelined serves, and how each is read (README, "Metrics").
 enum MetricsCatalog {
-    static func samples(stages: [PipelineRuntime.StageStatus], reloads: ReloadCounts) -> [MetricSample] {
+    static func samples(runtime: PipelineRuntime, reloads: ReloadCounts) -> [MetricSample] {
         var samples = processSamples(reloads: reloads)
-        for stage in stages {
-            let labels = [("stage", stage.id), ("type", stage.type)]
-            let counts = stage.metrics.snapshot
-            func counter(_ name: String, _ value: UInt64, _ extra: [(String, String)] = []) {
-                samples.append(MetricSample(name: name, kind: .counter, labels: labels + extra, value: Double(value)))
-            }
-            func gauge(_ name: String, _ value: Double) {
-                samples.append(MetricSample(name: name, kind: .gauge, labels: labels, value: value))
-            }
-            counter("pipelined_stage_events_in_total", counts.recordsIn)
-            counter("pipelined_stage_events_out_total", counts.recordsOut)
-            counter("pipelined_stage_events_lost_total", counts.lost, [("where", stage.kind == .source ? "kernel" : "queue")])
-            if stage.kind == .source { counter("pipelined_stage_malformed_records_total", counts.malformed) }
-            if stage.kind == .sink { counter("pipelined_stage_written_bytes_total", counts.bytes) }
-            if let depth = stage.queueDepth, let capacity = stage.queueCapacity {
-                gauge("pipelined_stage_queue_depth_events", Double(depth))
-                gauge("pipelined_stage_queue_capacity_events", Double(capacity))
+        // Every series each stage declared, named for Prometheus.
+        for series in runtime.series {
+            let labels = series.labels.sorted { Self.labelOrder($0.key) < Self.labelOrder($1.key) }.map { ($0.key, $0.value) }
+            switch series.kind {
+            case .counter:
+                let kind: MetricSample.Kind = series.name.hasSuffix("_ns") ? .secondsCounter : .counter
+                let value = kind == .secondsCounter ? Double(series.value) / 1e9 : Double(series.value)
+                samples.append(MetricSample(name: counterName(series.name), kind: kind, labels: labels, value: value))
+            case .gauge:
+                samples.append(MetricSample(name: "pipelined_stage_" + series.name, kind: .gauge, labels: labels, value: Double(series.value)))
             }
         }
+        // The runtime's own: each sink's queue.
+        for stage in runtime.stages {
+            guard let depth = stage.queueDepth, let capacity = stage.queueCapacity else { continue }
+            let labels = [("stage", stage.id), ("type", stage.type)]
+            samples.append(MetricSample(name: "pipelined_stage_queue_depth_events", kind: .gauge, labels: labels, value: Double(depth)))
+            samples.append(MetricSample(name: "pipelined_stage_queue_capacity_events", kind: .gauge, labels: labels, value: Double(capacity)))
+        }
         return samples
+    }
+
+    /// `stage` and `type` first, then the series' own labels.
+    private static func labelOrder(_ key: String) -> String {
+        key == "stage" ? "0" : key == "type" ? "1" : "2" + key
+    }
+
+    /// The Prometheus name of a stage's counter: `pipelined_stage_` and
+    /// `_total` around it, the common counters named for what they count,
+    /// nanoseconds published as seconds (base units).
+    static func counterName(_ name: String) -> String {
+        let renamed: String
+        switch name {
+        case "records_in": renamed = "events_in"
+        case "records_out": renamed = "events_out"
+        case "lost": renamed = "events_lost"
+        case "malformed": renamed = "malformed_records"
+        default: renamed = name.hasSuffix("_ns") ? String(name.dropLast(3)) + "_seconds" : name
+        }
+        return "pipelined_stage_" + renamed + "_total"
     }
 
     static func processSamples(reloads: ReloadCounts) -> [MetricSample] {

@@ -6,7 +6,7 @@ import PipelineCore
 
 /// `pipelined`: kernel syscall events as pipelines you define, filter, tail and archive.
 ///
-/// Exit status (SPEC section 1): 0 success, 1 runtime failure, 2 usage error,
+/// Exit status (docs/command-line.md): 0 success, 1 runtime failure, 2 usage error,
 /// 65 damaged archive, 77 missing privilege, 78 invalid pipeline file.
 @main
 struct PipelinedCommand: AsyncParsableCommand {
@@ -45,7 +45,7 @@ struct PipelinedCommand: AsyncParsableCommand {
     }
 }
 
-/// The exit statuses of SPEC section 1.
+/// The exit statuses of docs/command-line.md.
 enum ExitStatus {
     static let success: Int32 = 0
     static let failure: Int32 = 1

@@ -130,16 +130,18 @@ struct RunCommand: AsyncParsableCommand {
         }
         for stage in runtime.plan.stages {
             guard let counts = summary.metrics[stage.id] else { continue }
-            logger.info("stage totals", metadata: [
+            var totals: Logger.Metadata = [
                 "stage": "\(stage.id)",
                 "type": "\(stage.type)",
                 "in": "\(counts.recordsIn)",
                 "out": "\(counts.recordsOut)",
-                "lost": "\(counts.lost)",
+                "lost": "\(counts.lostTotal)",
                 "malformed": "\(counts.malformed)",
                 "bytes": "\(counts.bytes)",
-                "clients_dropped": "\(counts.clientsDropped)",
-            ])
+            ]
+            // The stage's own series (a socket's clients_dropped), whatever they are.
+            for series in counts.declared { totals[series.name] = "\(series.value)" }
+            logger.info("stage totals", metadata: totals)
         }
         if !summary.succeeded {
             for failure in summary.failures {

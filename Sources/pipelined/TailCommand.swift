@@ -51,11 +51,11 @@ struct TailCommand: ParsableCommand {
         switch UnixSocketPath.connect(socket) {
         case .success(let fd):
             return fd
-        case .failure(let error) where error.code == EACCES || error.code == EPERM:
+        case .failure(let error) where error.errno == EACCES || error.errno == EPERM:
             throw fail("permission denied connecting to '\(socket)': its mode does not let uid \(geteuid()) in")
-        case .failure(let error) where error.code == ECONNREFUSED:
+        case .failure(let error) where error.errno == ECONNREFUSED:
             throw fail("nothing is serving on '\(socket)' (connection refused): a stale socket file?")
-        case .failure(let error) where error.code == ENAMETOOLONG:
+        case .failure(let error) where error.errno == ENAMETOOLONG:
             throw fail("'\(socket)' is too long for a unix socket path (at most 107 bytes)")
         case .failure(let error):
             throw fail("cannot connect to '\(socket)': \(error.reason)")

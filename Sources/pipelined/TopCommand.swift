@@ -189,9 +189,9 @@ struct TopTable {
                 queue = "\(Int(depth))/\(Int(capacity)) \(Int((depth / capacity * 100).rounded()))%"
             }
             var bpf = "-"
-            if let runNow = current.value("pipelined_bpf_run_seconds_total", stage: id),
+            if let runNow = current.value("pipelined_stage_bpf_run_seconds_total", stage: id),
                let inNow = current.value("pipelined_stage_events_in_total", stage: id) {
-                let runs = runNow - (previous.value("pipelined_bpf_run_seconds_total", stage: id) ?? 0)
+                let runs = runNow - (previous.value("pipelined_stage_bpf_run_seconds_total", stage: id) ?? 0)
                 let events = inNow - (previous.value("pipelined_stage_events_in_total", stage: id) ?? 0)
                 if events > 0 { bpf = Self.number(runs * 1e9 / events) }
             }

@@ -1,3 +1,4 @@
+import EventArchive
 import Foundation
 import PipelineCore
 import Testing

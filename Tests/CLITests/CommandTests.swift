@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// A connect record in the exact shape of SPEC section 3, numbered by `n`.
+/// A connect record in the exact shape of docs/event-record.md, numbered by `n`.
 /// Every third one fails with ECONNREFUSED.
 func connectLine(_ n: Int) -> String {
     let failed = n % 3 == 0

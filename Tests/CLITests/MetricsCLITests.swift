@@ -67,7 +67,7 @@ final class MetricsCLITests: Sendable {
         #expect(metrics.types["pipelined_stage_events_in_total"] == "counter")
         #expect(metrics.types["pipelined_stage_queue_depth_events"] == "gauge")
         #expect(metrics.value("pipelined_stage_queue_capacity_events", ["stage": "out", "type": "file"]) == 8192)
-        #expect((metrics.value("pipelined_stage_written_bytes_total", ["stage": "out"]) ?? 0) > 0)
+        #expect((metrics.value("pipelined_stage_bytes_total", ["stage": "out"]) ?? 0) > 0)
         #expect(metrics.value("pipelined_build_info") == 1)
         #expect((metrics.value("pipelined_process_resident_memory_bytes") ?? 0) > 1_000_000)
         #expect((metrics.value("pipelined_process_cpu_seconds_total") ?? 0) > 0)

@@ -2,6 +2,7 @@ import EventSinks
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 import EventFilters
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("event_id filter")
@@ -23,7 +24,7 @@ struct EventIDFilterTests {
 
     private func make(_ options: KeyValuePairs<String, Any>) -> (EventIDFilter?, StageConfig) {
         let config = StageHarness.config(.filter, "event_id", specs: EventIDFilter.descriptor.options, options)
-        return (EventIDFilter(config), config)
+        return (EventIDFilterOptions(config).map(EventIDFilter.init), config)
     }
 
     @Test func includeKeepsOnlyTheNamedEventsAndLostRecords() throws {

@@ -1,5 +1,6 @@
 import EventFilters
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("retval filter")
@@ -12,7 +13,7 @@ struct RetvalFilterTests {
 
     private func make(_ options: KeyValuePairs<String, Any>) -> (RetvalFilter?, StageConfig) {
         let config = StageHarness.config(.filter, "retval", specs: RetvalFilter.descriptor.options, options)
-        let filter = RetvalFilter(config)
+        let filter = RetvalFilterOptions(config).map(RetvalFilter.init)
         config.finish()
         return (filter, config)
     }

@@ -1,5 +1,6 @@
 import EventFilters
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("scope filter")
@@ -21,7 +22,7 @@ struct ScopeFilterTests {
 
     private func make(_ options: KeyValuePairs<String, Any>) -> (ScopeFilter?, StageConfig) {
         let config = StageHarness.config(.filter, "scope", specs: ScopeFilter.descriptor.options, options)
-        return (ScopeFilter(config), config)
+        return (ScopeFilterOptions(config).map(ScopeFilter.init), config)
     }
 
     @Test func scopesKeepTheirEvents() throws {

@@ -4,7 +4,7 @@ import Glibc
 import PipelineCore
 import Testing
 
-/// 2026-11-24T16:34:13.123456789Z, the time of SPEC section 3's example.
+/// 2026-11-24T16:34:13.123456789Z, the time of docs/event-record.md's example.
 private let specTimeNs: Int64 = 1_795_538_053_123_456_789
 private let timePrefix = #"{"time":"2026-11-24T16:34:13.123456789Z","ktime_ns":8123456789,"#
 private let processFields =
@@ -25,7 +25,7 @@ private func line(_ record: PipelineRecord) -> String {
 private let loopback6 = IPv6Bytes(high: 0, low: 1)
 private let twentyArgs = (0..<20).map { "a\($0)" }
 
-/// One event of every kind of SPEC section 3, with the line it must encode to.
+/// One event of every kind of docs/event-record.md, with the line it must encode to.
 private let goldens: [(SyscallEvent, String)] = [
     (event(2, retval: 3, [.string("/etc/hosts"), .flags(.open, 0o2000000)]),
      #""event":"open","event_id":2,"scope":"file","retval":3,"result":"ok","#
@@ -126,7 +126,7 @@ struct CodecNDJSONTests {
             == #"{"time":"2026-11-24T16:34:13.123456789Z","event":"lost","count":17,"where":"kernel","cpu":1}"# + "\n")
         #expect(line(.lost(LostRecord(timeNs: specTimeNs, count: 2, site: .queue)))
             == #"{"time":"2026-11-24T16:34:13.123456789Z","event":"lost","count":2,"where":"queue","cpu":null}"# + "\n")
-        let client = LostRecord(timeNs: 0, count: UInt64.max, site: .client)
+        let client = LostRecord(timeNs: 0, count: UInt64.max, site: LossSite("client"))
         // No CPU applies to a client's (or a queue's) loss: the key is still there.
         #expect(line(.lost(client))
             == #"{"time":"1970-01-01T00:00:00.000000000Z","event":"lost","count":18446744073709551615,"where":"client","cpu":null}"#
@@ -547,7 +547,7 @@ struct CodecNDJSONTests {
     @Test func truncatedAndCorruptedLinesAreRejectedSafely() {
         let decoder = NDJSONDecoder()
         var lines = goldens.map { Array(line(.event($0.0)).utf8.dropLast()) }
-        lines.append(Array(line(.lost(LostRecord(timeNs: 5, count: 9, site: .client, cpu: 3))).utf8.dropLast()))
+        lines.append(Array(line(.lost(LostRecord(timeNs: 5, count: 9, site: LossSite("client"), cpu: 3))).utf8.dropLast()))
         for bytes in lines {
             #expect(withGuardedBytes(bytes) { (try? decoder.decode($0)) != nil })
             for length in 0..<bytes.count {

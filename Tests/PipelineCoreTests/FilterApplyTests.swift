@@ -1,4 +1,5 @@
 import PipelineCore
+import PipelineTesting
 import Testing
 
 /// `EventFilter`'s default `apply`, which compacts a batch in place.

@@ -19,26 +19,26 @@ private enum TestStages {
     }
 
     static let registry = StageRegistry([
-        StageDescriptor(
-            type: "gen", kind: .source, summary: "test source",
+        StageDescriptor.source(
+            type: "gen", summary: "test source",
             options: [OptionSpec("count", "int", required: true, "events"), OptionSpec("label", "string", "a label")],
             make: { config in
                 config.require("count")
                 _ = config.int("count", in: 1...1000)
                 _ = config.string("label")
-                return config.diagnostics.isEmpty ? .source(NullSource()) : nil
+                return config.diagnostics.isEmpty ? NullSource() : nil
             }),
-        StageDescriptor(
-            type: "pass", kind: .filter, summary: "test filter", options: [],
-            make: { _ in .filter(PassFilter()) }),
-        StageDescriptor(
-            type: "out", kind: .sink, summary: "test sink",
+        StageDescriptor.filter(
+            type: "pass", summary: "test filter", options: [],
+            make: { _ in PassFilter() }),
+        StageDescriptor.sink(
+            type: "out", summary: "test sink",
             options: [OptionSpec("path", "string", required: true, "where"), OptionSpec("limit", "size", "bytes")],
             make: { config in
                 config.require("path")
                 _ = config.string("path")
                 _ = config.size("limit", in: 4096...Int.max)
-                return config.diagnostics.isEmpty ? .sink(NullSink()) : nil
+                return config.diagnostics.isEmpty ? NullSink() : nil
             }),
     ])
 

@@ -4,6 +4,7 @@ import Glibc
 #endif
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 /// A source that pushes numbered events until stopped, like a live kernel source.
@@ -132,7 +133,7 @@ struct RuntimeTests {
         let (events, lost) = stalled.accounted
         #expect(events + Int(lost) == input.count)
         #expect(lost > 0)
-        #expect(summary.metrics["slow"]?.lost == lost)
+        #expect(summary.metrics["slow"]?.lostTotal == lost)
         let lostRecords = stalled.records.compactMap { record -> LostRecord? in
             if case .lost(let lost) = record { return lost }
             return nil
@@ -215,7 +216,27 @@ struct RuntimeTests {
         let written = failing.lock.withLock { failing.written }
         #expect(written == 2 * 106)
         #expect(generated > written)
-        #expect(written + (summary.metrics["out"]?.lost ?? 0) == generated)
+        #expect(written + (summary.metrics["out"]?.lostTotal ?? 0) == generated)
+    }
+
+    /// A batch pushed after the queue closed is lost like any dropped batch:
+    /// the stage's counter and the `lost` record the consumer gets agree.
+    @Test func aPushAfterCloseIsCountedAsTheLostRecordSays() {
+        let metrics = StageMetrics()
+        let queue = SinkQueue(policy: QueuePolicy(), metrics: metrics)
+        queue.close()
+        queue.push(EventBatch(events(5) + [.lost(LostRecord(timeNs: 1, count: 3, site: .kernel, cpu: 0))]))
+        guard case .batch(let batch) = queue.pop(untilMonotonicNs: Clock.monotonicNs()) else {
+            Issue.record("no lost record after a push into a closed queue")
+            return
+        }
+        #expect(batch.records == [.lost(LostRecord(timeNs: batch.records.first?.timeNs ?? 0, count: 8, site: .queue))])
+        #expect(metrics.lost(at: .queue) == 8)
+        #expect(metrics.lostTotal == 8)
+        guard case .finished = queue.pop(untilMonotonicNs: Clock.monotonicNs()) else {
+            Issue.record("the closed, drained queue did not finish")
+            return
+        }
     }
 
     /// `settings.priority_boost`: the stage threads run at the starting
@@ -244,7 +265,7 @@ struct RuntimeTests {
         try runtime.start()
         #expect(runtime.wait().succeeded)
         // CAP_SYS_NICE (bit 23) in the effective set, which root has.
-        let status = String(decoding: try ArchiveIO.readAll("/proc/self/status"), as: UTF8.self)
+        let status = String(decoding: try FileIO.readAll("/proc/self/status"), as: UTF8.self)
         let capabilities = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }
             .flatMap { UInt64($0.dropFirst("CapEff:".count).trimmingPrefix(while: \.isWhitespace), radix: 16) } ?? 0
         let mayRaise = capabilities & (1 << 23) != 0

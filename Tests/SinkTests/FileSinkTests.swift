@@ -2,6 +2,7 @@ import EventSinks
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("file sink")
@@ -167,6 +168,6 @@ final class FileSinkTests {
 
     @Test func anUnwritableDirectoryFailsAtOpen() {
         let sink = FileSink(FileSinkOptions(path: directory + "/missing/dir/events.jsonl"))
-        #expect(throws: SinkError.self) { try sink.open(context()) }
+        #expect(throws: SystemError.self) { try sink.open(context()) }
     }
 }

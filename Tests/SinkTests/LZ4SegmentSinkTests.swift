@@ -1,7 +1,9 @@
+import EventArchive
 import EventSinks
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 
 @Suite("lz4_segments sink")
@@ -99,7 +101,7 @@ final class LZ4SegmentSinkTests {
             #expect(content.last == UInt8(ascii: "\n"))
             let lines = content.split(separator: UInt8(ascii: "\n"))
             #expect(entry.events == lines.count)
-            #expect(entry.bytes == ArchiveIO.fileSize(directory + "/" + name))
+            #expect(entry.bytes == FileIO.fileSize(directory + "/" + name))
             #expect(Array(lines[0]).withUnsafeBytes { ArchiveTime.ofRecord($0) } == entry.firstTimeNs)
             #expect(Array(lines[lines.count - 1]).withUnsafeBytes { ArchiveTime.ofRecord($0) } == entry.lastTimeNs)
             #expect(name.hasPrefix("arc-\(UTCDateTime(epochNs: entry.firstTimeNs).compact)-"))
@@ -175,7 +177,7 @@ final class LZ4SegmentSinkTests {
         let entries = try manifestEntries()
         let sealed = try sealedSegments()
         #expect(entries.map(\.segment) == sealed, "the manifest lists exactly the files left")
-        let sizes = sealed.map { ArchiveIO.fileSize(directory + "/" + $0)! }
+        let sizes = sealed.map { FileIO.fileSize(directory + "/" + $0)! }
         #expect(sizes.reduce(0, +) <= 40 << 10)
         #expect(sizes.reduce(0, +) > 40 << 10 - 2 * sizes.max()!)
         // The newest survive: together they are the input's tail.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PipelineCore
+import PipelineTesting
 import Testing
 @testable import EventSources
 

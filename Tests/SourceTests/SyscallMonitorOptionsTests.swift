@@ -1,4 +1,5 @@
 import PipelineCore
+import PipelineTesting
 import Testing
 @testable import EventSources
 
@@ -9,9 +10,9 @@ struct SyscallMonitorOptionsTests {
     /// A source-only registry plus a sink that accepts anything.
     private static let registry = StageRegistry([
         SyscallMonitorSource.descriptor,
-        StageDescriptor(
-            type: "out", kind: .sink, summary: "test sink", options: [],
-            make: { _ in .sink(MemorySink()) }),
+        StageDescriptor.sink(
+            type: "out", summary: "test sink", options: [],
+            make: { _ in MemorySink() }),
     ])
 
     /// The pipeline text around one source's option lines (indented by 4).

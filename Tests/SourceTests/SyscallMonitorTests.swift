@@ -408,7 +408,7 @@ struct SyscallMonitorKernelTests {
         #expect(made == 20000 + UInt64(flushes))
         #expect(lost > 0)
         #expect(delivered + lost == made)
-        #expect(summary.metrics["kernel"]?.lost == lost)
+        #expect(summary.metrics["kernel"]?.lostTotal == lost)
         #expect(summary.metrics["kernel"]?.malformed == 0)
     }
 }

@@ -7,7 +7,7 @@
  * Plain C, written by hand the way a careful C programmer would: the same
  * pool of synthetic connect records as codec-bench (same bytes, same order),
  * a bounds-checked decoder of the bpf/wire.h layout into a struct, and a
- * hand-written formatter for SPEC section 3 lines (key order, RFC 3339 time,
+ * hand-written formatter for docs/event-record.md lines (key order, RFC 3339 time,
  * errno names, sockaddr objects, JSON escaping of comm and paths). In chain
  * mode its output is byte-identical to the Swift program's, which run.sh checks.
  */

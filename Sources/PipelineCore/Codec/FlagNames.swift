@@ -1,4 +1,4 @@
-/// Symbolic names for the `u32` flag arguments (SPEC section 3), x86-64 values.
+/// Symbolic names for the `u32` flag arguments (docs/event-record.md), x86-64 values.
 ///
 /// A vocabulary has an optional enumerated field (a value under a mask that is
 /// one name, like `O_ACCMODE` or a socket type) and a list of bit names. Text

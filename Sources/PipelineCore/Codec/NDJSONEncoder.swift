@@ -1,4 +1,4 @@
-/// Encodes records as NDJSON lines, exactly as SPEC section 3 fixes them.
+/// Encodes records as NDJSON lines, exactly as docs/event-record.md fixes them.
 ///
 /// An event line has the keys `time, ktime_ns, event, event_id, scope, retval,
 /// result, pid, ppid, host_pid, host_ppid, uid, pid_ns, mnt_ns, origin, comm,
@@ -178,7 +178,7 @@ final class EncoderTables: Sendable {
     func bound<Records: RandomAccessCollection<PipelineRecord>>(_ records: Records, _ index: Records.Index) -> Int {
         let argumentCount: Int
         switch records[index] {
-        case .lost: return EncoderTables.lostBound
+        case .lost(let lost): return EncoderTables.lostBound + lost.site.rawValue.utf8.count
         case .event(let event): argumentCount = event.args.count
         }
         var total = fixedBound
@@ -223,7 +223,7 @@ final class EncoderTables: Sendable {
         let head: EventHead
         switch records[index] {
         case .lost(let lost):
-            guard limit - writer.cursor >= EncoderTables.lostBound else { return false }
+            guard limit - writer.cursor >= EncoderTables.lostBound + lost.site.rawValue.utf8.count else { return false }
             write(lost, to: &writer, clock: &clock)
             return true
         case .event(let event):
@@ -268,11 +268,8 @@ final class EncoderTables: Sendable {
         writer.literal("\",\"event\":\"lost\",\"count\":")
         writer.decimal(lost.count)
         writer.literal(",\"where\":\"")
-        switch lost.site {
-        case .kernel: writer.literal("kernel")
-        case .queue: writer.literal("queue")
-        case .client: writer.literal("client")
-        }
+        // A site is a short word of a-z and _: nothing to escape.
+        for byte in lost.site.rawValue.utf8 { writer.byte(byte) }
         // Every key is always present: `cpu` is null where no CPU applies,
         // so that a consumer's `.cpu` never meets a missing key.
         writer.literal("\",\"cpu\":")

@@ -1,4 +1,4 @@
-/// Decodes the kernel program's records (SPEC section 4, `bpf/wire.h`) into
+/// Decodes the kernel program's records (docs/wire-format.md, `bpf/wire.h`) into
 /// ``SyscallEvent``s.
 ///
 /// A record is the packed 68-byte `pl_sys_context_t` header, then `argnum`

@@ -1,11 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-import Yams
-
-/// Turns a pipeline file (SPEC section 2) into a checked ``PipelinePlan``.
+/// Turns a pipeline file (docs/pipeline-file.md) into a checked ``PipelinePlan``.
 ///
 /// The loader knows the file's shape (sections, `type`, `inputs`, `settings`)
 /// and the graph rules; each stage type checks its own options through the
@@ -28,13 +21,25 @@ public struct PipelineLoader: Sendable {
 
     /// Loads the file at `path`; the diagnostics name it as written.
     public func load(path: String) throws(PipelineFileError) -> PipelinePlan {
-        let text: String
-        do {
-            text = try readTextFile(path)
-        } catch {
-            throw PipelineFileError([Diagnostic(SourceLocation(file: path, line: 1, column: 1), error.description)])
+        try load(text: Self.readText(path), file: path)
+    }
+
+    /// A pipeline file's text: at most 16 MiB of UTF-8, or one diagnostic
+    /// at its first line that says why not.
+    static func readText(_ path: String) throws(PipelineFileError) -> String {
+        func problem(_ message: String) -> PipelineFileError {
+            PipelineFileError([Diagnostic(SourceLocation(file: path, line: 1, column: 1), message)])
         }
-        return try load(text: text, file: path)
+        let limit = 16 << 20
+        let bytes: [UInt8]
+        do throws(SystemError) {
+            bytes = try FileIO.readAll(path, limit: limit + 1)
+        } catch {
+            throw problem(error.message)
+        }
+        if bytes.count > limit { throw problem("the file is larger than 16 MiB; is it a pipeline file?") }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw problem("the file is not valid UTF-8") }
+        return text
     }
 
     /// Loads pipeline text; `file` is the name diagnostics carry.
@@ -65,8 +70,10 @@ private func isValidStageID(_ id: String) -> Bool {
     }
 }
 
-/// The state of one load: the diagnostics found so far.
-private struct LoadSession {
+/// The state of one load: the diagnostics found so far. The file's shape
+/// is read here; YAML to values is in `PipelineYAML.swift`, the graph rules
+/// in `PipelineGraph.swift`.
+struct LoadSession {
     let file: String
     let registry: StageRegistry
     let environment: [String: String]
@@ -85,150 +92,6 @@ private struct LoadSession {
     }
 
     var start: SourceLocation { SourceLocation(file: file, line: 1, column: 1) }
-
-    // MARK: YAML to ConfigValue
-
-    mutating func load(_ text: String) -> PipelinePlan? {
-        let root: Node?
-        do {
-            // The basic resolver: this loader reads every scalar itself, so
-            // the implicit tags (found by regular expressions) are not needed.
-            root = try Yams.compose(yaml: text, .basic)
-        } catch let error as YamlError {
-            report(error)
-            return nil
-        } catch {
-            self.error(start, "cannot parse YAML: \(error)")
-            return nil
-        }
-        guard let root else {
-            error(start, "the file is empty: a pipeline needs 'sources' and 'sinks'")
-            return nil
-        }
-        let value = convert(root)
-        guard case .mapping(let entries, let at) = value else {
-            error(value.location, "a pipeline file must be a map with 'sources' and 'sinks', not \(value.kindDescription)")
-            return nil
-        }
-        return build(entries, at: at)
-    }
-
-    mutating func report(_ error: YamlError) {
-        func location(_ mark: Mark) -> SourceLocation {
-            SourceLocation(file: file, line: max(mark.line, 1), column: max(mark.column, 1))
-        }
-        func describe(_ context: YamlError.Context?, _ problem: String) -> String {
-            guard let context else { return problem }
-            return "\(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
-        }
-        switch error {
-        case .scanner(let context, let problem, let mark, _),
-             .parser(let context, let problem, let mark, _),
-             .composer(let context, let problem, let mark, _):
-            self.error(location(mark), "invalid YAML: \(describe(context, problem))")
-        case .duplicatedKeysInMapping(let duplicates, let context):
-            let keys = duplicates.map { "'\($0)'" }.joined(separator: ", ")
-            self.error(location(context.mark), "duplicate key \(keys) in one map")
-        case .reader(let problem, let offset, _, let yaml):
-            var at = start
-            if let offset {
-                let prefix = yaml.prefix(offset)
-                let line = prefix.split(separator: "\n", omittingEmptySubsequences: false)
-                at = SourceLocation(file: file, line: line.count, column: (line.last?.count ?? 0) + 1)
-            }
-            self.error(at, "invalid YAML: \(problem)")
-        default:
-            self.error(start, "invalid YAML: \(error)")
-        }
-    }
-
-    func location(of node: Node) -> SourceLocation {
-        let mark: Mark?
-        switch node {
-        case .scalar(let scalar): mark = scalar.mark
-        case .mapping(let mapping): mark = mapping.mark
-        case .sequence(let sequence): mark = sequence.mark
-        case .alias(let alias): mark = alias.mark
-        }
-        guard let mark else { return start }
-        return SourceLocation(file: file, line: mark.line, column: mark.column)
-    }
-
-    mutating func convert(_ node: Node) -> ConfigValue {
-        let at = location(of: node)
-        switch node {
-        case .scalar(let scalar):
-            let quoted = scalar.style == .singleQuoted || scalar.style == .doubleQuoted
-                || scalar.style == .literal || scalar.style == .folded
-            return .scalar(substitute(scalar.string, at: at), quoted: quoted, at: at)
-        case .sequence(let sequence):
-            return .sequence(sequence.map { convert($0) }, at: at)
-        case .mapping(let mapping):
-            var entries: [ConfigEntry] = []
-            for (key, value) in mapping {
-                let keyAt = location(of: key)
-                guard case .scalar(let scalar) = key else {
-                    error(keyAt, "a map key must be a plain word, not a list or a map")
-                    continue
-                }
-                entries.append(ConfigEntry(key: scalar.string, keyLocation: keyAt, value: convert(value)))
-            }
-            return .mapping(entries, at: at)
-        case .alias:
-            error(at, "YAML aliases are not supported in pipeline files")
-            return .scalar("", quoted: true, at: at)
-        }
-    }
-
-    /// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
-    mutating func substitute(_ text: String, at: SourceLocation) -> String {
-        guard text.contains("$") else { return text }
-        var result = ""
-        var index = text.startIndex
-        while index < text.endIndex {
-            let character = text[index]
-            guard character == "$" else {
-                result.append(character)
-                index = text.index(after: index)
-                continue
-            }
-            let next = text.index(after: index)
-            if next < text.endIndex, text[next] == "$" {
-                result.append("$")
-                index = text.index(after: next)
-                continue
-            }
-            guard next < text.endIndex, text[next] == "{" else {
-                result.append("$")
-                index = next
-                continue
-            }
-            guard let close = text[next...].firstIndex(of: "}") else {
-                error(at, "unterminated '${' in '\(text)'")
-                return text
-            }
-            let body = text[text.index(after: next)..<close]
-            let name: Substring
-            var fallback: Substring?
-            if let separator = body.range(of: ":-") {
-                name = body[..<separator.lowerBound]
-                fallback = body[separator.upperBound...]
-            } else {
-                name = body
-            }
-            if name.isEmpty || !name.allSatisfy({ $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }) || name.first!.isNumber {
-                error(at, "'${\(body)}' is not a valid variable reference (expected ${NAME} or ${NAME:-default})")
-            } else if let value = environment[String(name)], !(fallback != nil && value.isEmpty) {
-                result += value
-            } else if let fallback {
-                result += fallback
-            } else {
-                error(at, "environment variable '\(name)' is not set and has no default (write ${\(name):-default})")
-            }
-            index = text.index(after: close)
-        }
-        return result
-    }
 
     // MARK: The file's shape
 
@@ -484,75 +347,6 @@ private struct LoadSession {
     func typeNames(_ kind: StageKind) -> String {
         registry.types(of: kind).map(\.type).sorted().joined(separator: ", ")
     }
-
-    // MARK: The graph
-
-    mutating func checkGraph(_ stages: [ParsedStage], alsoRead: Set<String>) {
-        let byID = Dictionary(stages.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-        var readers: [String: Int] = [:]
-
-        for stage in stages where stage.kind != .source {
-            let label = "\(stage.kind.rawValue) '\(stage.id)'"
-            if stage.inputs.isEmpty, !stage.inputsInvalid {
-                error(stage.inputsKeyLocation ?? stage.idLocation, "\(label): no inputs; list the sources or filters it reads under 'inputs'")
-            }
-            var listed: Set<String> = []
-            for input in stage.inputs {
-                if !listed.insert(input.id).inserted {
-                    error(input.at, "\(label): input '\(input.id)' is listed twice")
-                    continue
-                }
-                guard let target = byID[input.id] else {
-                    var message = "\(label): input '\(input.id)' does not exist"
-                    let candidates = stages.filter { $0.kind != .sink && $0.id != stage.id }.map(\.id)
-                    if let suggestion = closestMatch(to: input.id, in: candidates) { message += " (did you mean '\(suggestion)'?)" }
-                    error(input.at, message)
-                    continue
-                }
-                if target.kind == .sink {
-                    error(input.at, "\(label): input '\(input.id)' is a sink; sinks produce nothing to read")
-                    continue
-                }
-                if target.id == stage.id {
-                    error(input.at, "\(label): a stage cannot read its own output")
-                    continue
-                }
-                readers[input.id, default: 0] += 1
-            }
-        }
-
-        let alsoRead = alsoRead.union(stages.compactMap(\.namedByInvalidInputs))
-        for stage in stages where stage.kind != .sink && readers[stage.id] == nil && !alsoRead.contains(stage.id) {
-            let what = stage.kind == .source ? "source" : "filter"
-            error(stage.idLocation, "\(what) '\(stage.id)': nothing reads it; list it under 'inputs' of a filter or sink")
-        }
-
-        // Cycles can only run through filters: sources have no inputs and
-        // sinks no readers. Depth-first search, reporting each cycle once.
-        var state: [String: Int] = [:]  // 1 visiting, 2 done
-        var path: [String] = []
-        var reported: Set<String> = []
-        func visit(_ id: String, _ session: inout LoadSession) {
-            guard let stage = byID[id], stage.kind == .filter else { return }
-            if state[id] == 2 { return }
-            if state[id] == 1 {
-                guard let start = path.firstIndex(of: id) else { return }
-                let cycle = Array(path[start...]) + [id]
-                let key = Set(cycle).sorted().joined(separator: ",")
-                if reported.insert(key).inserted {
-                    let first = cycle.dropLast().compactMap { byID[$0] }.min { $0.idLocation < $1.idLocation }!
-                    session.error(first.idLocation, "filter '\(first.id)': its inputs form a cycle: \(cycle.joined(separator: " -> "))")
-                }
-                return
-            }
-            state[id] = 1
-            path.append(id)
-            for input in stage.inputs { visit(input.id, &session) }
-            path.removeLast()
-            state[id] = 2
-        }
-        for stage in stages where stage.kind == .filter { visit(stage.id, &self) }
-    }
 }
 
 /// `lastPathComponent` without Foundation.
@@ -561,27 +355,4 @@ private extension String {
         let trimmed = self.hasSuffix("/") ? String(self.dropLast()) : self
         return trimmed.split(separator: "/").last.map(String.init) ?? trimmed
     }
-}
-
-/// Why a file could not be read.
-struct ReadError: Error, CustomStringConvertible {
-    var description: String
-}
-
-/// A pipeline file's text: at most 16 MiB of UTF-8.
-func readTextFile(_ path: String) throws(ReadError) -> String {
-    let limit = 16 << 20
-    let bytes: [UInt8]
-    do {
-        bytes = try ArchiveIO.readAll(path, limit: limit + 1)
-    } catch let error as ArchiveError {
-        throw ReadError(description: error.message)
-    } catch {
-        throw ReadError(description: "\(error)")
-    }
-    if bytes.count > limit { throw ReadError(description: "the file is larger than 16 MiB; is it a pipeline file?") }
-    guard let text = String(validating: bytes, as: UTF8.self) else {
-        throw ReadError(description: "the file is not valid UTF-8")
-    }
-    return text
 }

@@ -139,27 +139,20 @@ public final class PipelineRuntime: Sendable {
 
     /// Prepares `sources`, then opens `sinks`; on a failure, undoes what it
     /// did and throws the stage's ``StageStartError``.
-    static func acquire(sources: [RunningSource], sinks: [RunningSink], contexts: (PlannedStage) -> StageContext) throws {
-        var prepared: [any EventSource] = []
-        for running in sources {
+    static func acquire(sources: [RunningSource], sinks: [RunningSink], contexts: @escaping (PlannedStage) -> StageContext) throws {
+        // Sources first, then sinks; each step with what undoes it.
+        let steps: [(stage: PlannedStage, start: () throws -> Void, undo: () -> Void)] =
+            sources.map { running in (running.stage, { try running.source.prepare(contexts(running.stage)) }, { running.source.stop() }) }
+            + sinks.map { running in (running.stage, { try running.sink.open(contexts(running.stage)) }, { try? running.sink.close() }) }
+        var undoes: [() -> Void] = []
+        for step in steps {
             do {
-                try running.source.prepare(contexts(running.stage))
-                prepared.append(running.source)
+                try step.start()
             } catch {
-                prepared.forEach { $0.stop() }
-                throw startError(running.stage.id, error)
+                undoes.forEach { $0() }
+                throw startError(step.stage.id, error)
             }
-        }
-        var opened: [any EventSink] = []
-        for running in sinks {
-            do {
-                try running.sink.open(contexts(running.stage))
-                opened.append(running.sink)
-            } catch {
-                prepared.forEach { $0.stop() }
-                for sink in opened { try? sink.close() }
-                throw startError(running.stage.id, error)
-            }
+            undoes.append(step.undo)
         }
     }
 
@@ -216,12 +209,14 @@ public final class PipelineRuntime: Sendable {
 
     private func drain(_ sink: any EventSink, queue: SinkQueue, context: StageContext) {
         let metrics = context.metrics
+        // What a failed sink drops is lost `where: sink`.
+        let sinkLoss = metrics.loss(.sink)
         var failed = false
         loop: while true {
             switch queue.pop(untilMonotonicNs: Clock.monotonicNs() + context.idleIntervalNs) {
             case .batch(let batch):
                 if failed {
-                    metrics.add(metrics.lost, batch.lossWeight)
+                    sinkLoss.add(batch.lossWeight)
                     continue
                 }
                 do {
@@ -230,7 +225,7 @@ public final class PipelineRuntime: Sendable {
                 } catch {
                     // Keep draining so that producers never block on a dead sink.
                     failed = true
-                    metrics.add(metrics.lost, batch.lossWeight)
+                    sinkLoss.add(batch.lossWeight)
                     fail(context.id, "write failed: \(error)", logger: context.logger)
                 }
             case .timedOut:
@@ -288,6 +283,21 @@ public final class PipelineRuntime: Sendable {
             state.withLock { failures.append("queues did not drain within \(Units.formatDuration(plan.settings.drainTimeoutNs))") }
         }
         return state.withLock { RunSummary(metrics: stageMetrics.mapValues(\.snapshot), failures: failures) }
+    }
+
+    /// Every series of every stage, in plan order, each labelled with the
+    /// stage's `stage` id and `type`: what the summary and the metrics
+    /// endpoint list.
+    public var series: [StageMetrics.Series] {
+        let (plan, metrics) = state.withLock { (currentPlan, stageMetrics) }
+        return plan.stages.flatMap { stage in
+            (metrics[stage.id]?.series ?? []).map { series in
+                var labelled = series
+                labelled.labels["stage"] = stage.id
+                labelled.labels["type"] = stage.type
+                return labelled
+            }
+        }
     }
 
     /// Starts, waits on a thread of its own, and stops when the calling task

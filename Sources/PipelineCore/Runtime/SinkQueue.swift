@@ -14,11 +14,12 @@ public final class SinkQueue: Sendable {
     private nonisolated(unsafe) var queued = 0
     private nonisolated(unsafe) var dropped: UInt64 = 0
     private nonisolated(unsafe) var closed = false
-    private let metrics: StageMetrics
+    /// The stage's `lost` counter at `where: queue`.
+    private let queueLoss: StageMetrics.Counter
 
     public init(policy: QueuePolicy, metrics: StageMetrics) {
         self.policy = policy
-        self.metrics = metrics
+        queueLoss = metrics.loss(.queue)
     }
 
     /// Adds a batch, waiting for room or dropping it as the policy says.
@@ -33,13 +34,17 @@ public final class SinkQueue: Sendable {
                 if policy.whenFull == .drop {
                     let lost = batch.lossWeight
                     dropped += lost
-                    metrics.add(metrics.lost, lost)
+                    queueLoss.add(lost)
                     return
                 }
                 lock.wait()
             }
             if closed {
-                dropped += batch.lossWeight
+                // Counted like any drop, so that the stage's lost counter
+                // equals the `lost` records the consumer still hands on.
+                let lost = batch.lossWeight
+                dropped += lost
+                queueLoss.add(lost)
                 return
             }
             batches.append(batch)

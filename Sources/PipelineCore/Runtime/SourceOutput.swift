@@ -69,7 +69,7 @@ public final class SourceOutput: Sendable {
     /// buffer): a `lost` record goes downstream like any other record.
     public func emitLost(count: UInt64, site: LossSite = .kernel, cpu: Int32? = nil) {
         guard count > 0 else { return }
-        metrics.add(metrics.lost, count)
+        metrics.addLost(count, at: site)
         emit(EventBatch([.lost(LostRecord(timeNs: Clock.wallNs(), count: count, site: site, cpu: cpu))]))
     }
 

@@ -6,16 +6,17 @@ import PipelineCore
 
 /// A failure of libbpf or the kernel while opening, loading or attaching.
 public struct BPFError: Error, CustomStringConvertible, Sendable {
+    /// What failed, with the system's reason when a call failed.
     public var message: String
+    /// The failed call, when the failure has an errno (libbpf's negative codes included).
+    public var system: SystemError?
     /// What libbpf printed while it failed (the verifier log, for a load).
     public var libbpfLog: [String]
 
+    /// `message` alone, or, with an errno `code` (either sign), `message: REASON`.
     public init(_ message: String, code: Int32? = nil, log: [String] = []) {
-        if let code {
-            self.message = "\(message): \(String(cString: strerror(code < 0 ? -code : code)))"
-        } else {
-            self.message = message
-        }
+        system = code.map { SystemError(message, $0) }
+        self.message = system?.message ?? message
         libbpfLog = log
     }
 

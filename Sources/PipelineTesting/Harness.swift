@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import Atomics
+import PipelineCore
 
 /// In-memory stages and helpers for driving stages without the kernel, files
 /// or sockets: what pipelined's own tests use, and what a plugin author can

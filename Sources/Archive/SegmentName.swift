@@ -1,4 +1,6 @@
-/// The name of an archive segment (SPEC section 5):
+import PipelineCore
+
+/// The name of an archive segment (docs/archive.md):
 /// `<sink id>-<first event time, UTC, yyyyMMdd'T'HHmmss'Z'>-<sequence, 6 digits>`,
 /// with `.jsonl.lz4` once sealed and `.jsonl.lz4.open` while being written.
 ///
@@ -115,13 +117,13 @@ public struct ArchiveDirectory: Sendable {
     /// Every sealed and `.open` segment, oldest first. Other files (the
     /// manifest, temporary files) are not segments and are left out.
     public func segments() throws -> [SegmentName] {
-        try ArchiveIO.listDirectory(path).compactMap(SegmentName.init(fileName:)).sorted()
+        try FileIO.listDirectory(path).compactMap(SegmentName.init(fileName:)).sorted()
     }
 
     /// Originals that a salvage found damaged and kept beside what it could
     /// seal (`NAME.jsonl.lz4.damaged`), with the segment name each stands for.
     public func damagedFiles() throws -> [(file: String, name: SegmentName)] {
-        try ArchiveIO.listDirectory(path).compactMap { file in
+        try FileIO.listDirectory(path).compactMap { file in
             guard file.hasSuffix(".damaged"), let name = SegmentName(fileName: String(file.dropLast(8))) else { return nil }
             return (file, name)
         }.sorted { $0.name < $1.name }
@@ -130,12 +132,12 @@ public struct ArchiveDirectory: Sendable {
     /// The files a crash can leave half-written beside the segments
     /// (`.salvage` and `.tmp` files); safe to delete when no sink is writing.
     public func temporaryFiles() throws -> [String] {
-        try ArchiveIO.listDirectory(path).filter { $0.hasSuffix(".salvage") || $0.hasSuffix(".tmp") }.sorted()
+        try FileIO.listDirectory(path).filter { $0.hasSuffix(".salvage") || $0.hasSuffix(".tmp") }.sorted()
     }
 }
 
 /// Event times as the manifest writes them: RFC 3339 in UTC with nanoseconds,
-/// exactly as the `time` field of an event record (SPEC section 3).
+/// exactly as the `time` field of an event record (docs/event-record.md).
 public enum ArchiveTime {
     /// `2026-11-24T16:34:13.123456789Z`.
     public static func format(_ epochNs: Int64) -> String {

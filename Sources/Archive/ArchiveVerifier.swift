@@ -1,3 +1,5 @@
+import PipelineCore
+
 /// What `archive verify` found in a directory.
 public struct ArchiveReport: Sendable, Equatable {
     /// One problem, naming the file it is in (a segment or the manifest).
@@ -83,7 +85,7 @@ public enum ArchiveVerifier {
             case .damaged(let reason):
                 report.findings.append(.init(file: name.fileName, message: reason))
             }
-            actual[name.sealedFileName] = (summary, ArchiveIO.fileSize(path) ?? 0)
+            actual[name.sealedFileName] = (summary, FileIO.fileSize(path) ?? 0)
         }
 
         for damaged in try directory.damagedFiles() {

@@ -1,3 +1,4 @@
+import EventArchive
 import Foundation
 import Logging
 import PipelineCore
@@ -39,7 +40,7 @@ let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler()
 /// returns the file offsets where each block ends.
 @discardableResult
 func writeSegment(_ path: String, groups: [[String]], blockSize: LZ4BlockSize = .kib64, finish: Bool = true) throws -> [Int] {
-    let fd = try ArchiveIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
+    let fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
     defer { close(fd) }
     let writer = try LZ4FrameWriter(fd: fd, path: path, blockSize: blockSize)
     var ends: [Int] = []
@@ -124,7 +125,7 @@ struct SegmentFrameTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/a-20261118T110640Z-000001.jsonl.lz4"
         let lines = numberedLines(0..<20_000)
-        let fd = try ArchiveIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
+        let fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
         let writer = try LZ4FrameWriter(fd: fd, path: path, blockSize: .kib64)
         for chunk in stride(from: 0, to: lines.count, by: 777) {
             try writer.append(Array(lines[chunk..<min(lines.count, chunk + 777)].joined().utf8))
@@ -133,7 +134,7 @@ struct SegmentFrameTests {
         close(fd)
         let expected = Array(lines.joined().utf8)
         #expect(writer.contentBytes == expected.count)
-        #expect(writer.bytesWritten == ArchiveIO.fileSize(path))
+        #expect(writer.bytesWritten == FileIO.fileSize(path))
 
         let lz4 = try runTool(["lz4", "-dc", path])
         #expect(lz4.status == 0)
@@ -311,7 +312,7 @@ struct ArchiveRecoveryTests {
         #expect(entry.segment == name.sealedFileName && entry.events == 200)
         #expect(entry.firstTimeNs == 1_795_000_000_000_000_000)
         #expect(entry.lastTimeNs == 1_795_000_000_000_000_000 + 199 * 1_000_003)
-        #expect(entry.bytes == ArchiveIO.fileSize(directory + "/" + name.sealedFileName))
+        #expect(entry.bytes == FileIO.fileSize(directory + "/" + name.sealedFileName))
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == [name.sealedFileName])
         let lz4 = try runTool(["lz4", "-dc", directory + "/" + name.sealedFileName])
         #expect(lz4.status == 0 && String(decoding: lz4.stdout, as: UTF8.self) == lines[0..<200].joined())
@@ -364,7 +365,7 @@ struct ArchiveRecoveryTests {
         func sealed(_ sequence: Int) throws -> ManifestEntry {
             let name = SegmentName(sinkID: "a", firstTimeNs: 1_795_000_000_000_000_000, sequence: sequence, isOpen: false)
             try writeSegment(archive.path(of: name), groups: [numberedLines(0..<(sequence * 10))])
-            return SegmentSalvage.entry(name, try SegmentReader.summarize(path: archive.path(of: name)), bytes: ArchiveIO.fileSize(archive.path(of: name))!)
+            return SegmentSalvage.entry(name, try SegmentReader.summarize(path: archive.path(of: name)), bytes: FileIO.fileSize(archive.path(of: name))!)
         }
         let first = try sealed(1)
         let second = try sealed(2)
@@ -398,7 +399,7 @@ struct ArchiveRecoveryTests {
         for sequence in 1...6 {
             let name = SegmentName(sinkID: "v", firstTimeNs: 1_795_000_000_000_000_000, sequence: sequence, isOpen: false)
             ends.append(try writeSegment(archive.path(of: name), groups: [numberedLines(0..<100), numberedLines(100..<200)]))
-            entries.append(SegmentSalvage.entry(name, try SegmentReader.summarize(path: archive.path(of: name)), bytes: ArchiveIO.fileSize(archive.path(of: name))!))
+            entries.append(SegmentSalvage.entry(name, try SegmentReader.summarize(path: archive.path(of: name)), bytes: FileIO.fileSize(archive.path(of: name))!))
         }
         let manifest = ArchiveManifest(directory: archive)
         try manifest.write(entries)

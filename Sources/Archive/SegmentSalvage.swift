@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import Logging
+import PipelineCore
 
 /// What salvaging one `.open` segment did.
 public struct SalvageOutcome: Sendable, Equatable {
@@ -52,22 +53,22 @@ public enum SegmentSalvage {
         let sealedPath = directory.path + "/" + name.sealedFileName
         var outcome = SalvageOutcome(openFile: name.openFileName)
 
-        if ArchiveIO.fileSize(sealedPath) != nil {
+        if FileIO.fileSize(sealedPath) != nil {
             // A salvage already renamed its result into place, then stopped.
             let summary = try SegmentReader.summarize(path: sealedPath)
             if summary.read.ending == .complete {
                 outcome.alreadySealed = true
                 outcome.keptRecords = summary.records
-                outcome.sealed = entry(name.sealed, summary, bytes: ArchiveIO.fileSize(sealedPath) ?? 0)
-                try ArchiveIO.unlink(openPath)
-                try ArchiveIO.syncDirectory(directory.path)
+                outcome.sealed = entry(name.sealed, summary, bytes: FileIO.fileSize(sealedPath) ?? 0)
+                try FileIO.unlink(openPath)
+                try FileIO.syncDirectory(directory.path)
                 return outcome
             }
             throw ArchiveError(path: sealedPath, message: "both this and \(name.openFileName) exist and this one is not a complete segment; move one away")
         }
 
         let temporaryPath = directory.path + "/" + name.base + SegmentName.sealedSuffix + ".salvage"
-        let fd = try ArchiveIO.open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC)
+        let fd = try FileIO.open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC)
         let summary: SegmentSummary
         let bytes: Int
         do {
@@ -77,32 +78,32 @@ public enum SegmentSalvage {
                 return true
             }
             try writer.finish()
-            try ArchiveIO.fsync(fd, path: temporaryPath)
+            try FileIO.fsync(fd, path: temporaryPath)
             bytes = writer.bytesWritten
             Glibc.close(fd)
         } catch {
             Glibc.close(fd)
-            try? ArchiveIO.unlink(temporaryPath)
+            try? FileIO.unlink(temporaryPath)
             throw error
         }
         outcome.keptRecords = summary.records
         outcome.partialTailBytes = summary.partialTailBytes
-        outcome.droppedBytes = max(0, (ArchiveIO.fileSize(openPath) ?? 0) - summary.read.goodBytes)
+        outcome.droppedBytes = max(0, (FileIO.fileSize(openPath) ?? 0) - summary.read.goodBytes)
         outcome.damage = summary.read.damage
 
         if summary.records > 0 {
-            try ArchiveIO.rename(temporaryPath, sealedPath)
+            try FileIO.rename(temporaryPath, sealedPath)
             outcome.sealed = entry(name.sealed, summary, bytes: bytes)
         } else {
-            try ArchiveIO.unlink(temporaryPath)
+            try FileIO.unlink(temporaryPath)
         }
-        try ArchiveIO.syncDirectory(directory.path)
+        try FileIO.syncDirectory(directory.path)
         if outcome.damage != nil {
-            try ArchiveIO.rename(openPath, directory.path + "/" + name.base + SegmentName.sealedSuffix + ".damaged")
+            try FileIO.rename(openPath, directory.path + "/" + name.base + SegmentName.sealedSuffix + ".damaged")
         } else {
-            try ArchiveIO.unlink(openPath)
+            try FileIO.unlink(openPath)
         }
-        try ArchiveIO.syncDirectory(directory.path)
+        try FileIO.syncDirectory(directory.path)
         return outcome
     }
 
@@ -139,7 +140,7 @@ public enum ArchiveRecovery {
     /// files are kept (and logged): `archive verify` must still report them.
     public static func recover(_ directory: ArchiveDirectory, blockSize: LZ4BlockSize, logger: Logger) throws -> RecoveredArchive {
         for name in try directory.temporaryFiles() {
-            try ArchiveIO.unlink(directory.path + "/" + name)
+            try FileIO.unlink(directory.path + "/" + name)
         }
         let manifest = ArchiveManifest(directory: directory)
         var contents = try manifest.read()
@@ -178,12 +179,12 @@ public enum ArchiveRecovery {
                 logger.error("\(path): sealed but unreadable (\(summary.read.damage ?? "cut short")); not added to the manifest")
                 continue
             }
-            contents.entries.append(SegmentSalvage.entry(name, summary, bytes: ArchiveIO.fileSize(path) ?? 0))
+            contents.entries.append(SegmentSalvage.entry(name, summary, bytes: FileIO.fileSize(path) ?? 0))
             listed.insert(name.sealedFileName)
             changed = true
             logger.notice("\(name.sealedFileName): sealed but not in the manifest; added")
         }
-        for entry in contents.entries where ArchiveIO.fileSize(directory.path + "/" + entry.segment) == nil {
+        for entry in contents.entries where FileIO.fileSize(directory.path + "/" + entry.segment) == nil {
             logger.warning("\(entry.segment): listed in the manifest but missing")
         }
         contents.entries.sort { lhs, rhs in

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import PipelineCore
 
 /// One line of `DIR/manifest.jsonl`: a sealed segment and what it holds.
 ///
@@ -98,9 +99,9 @@ public struct ArchiveManifest: Sendable {
     /// Reads the manifest; a missing file reads as empty with `exists == false`.
     public func read() throws -> Contents {
         var contents = Contents()
-        guard ArchiveIO.fileSize(path) != nil else { return contents }
+        guard FileIO.fileSize(path) != nil else { return contents }
         contents.exists = true
-        let bytes = try ArchiveIO.readAll(path)
+        let bytes = try FileIO.readAll(path)
         var lineNumber = 0
         var lineStart = 0
         while lineStart < bytes.count {
@@ -125,11 +126,11 @@ public struct ArchiveManifest: Sendable {
 
     /// Appends one entry and fsyncs the manifest.
     public func append(_ entry: ManifestEntry) throws {
-        let fd = try ArchiveIO.open(path, O_WRONLY | O_APPEND | O_CREAT)
+        let fd = try FileIO.open(path, O_WRONLY | O_APPEND | O_CREAT)
         defer { Glibc.close(fd) }
         let line = Array(entry.line.utf8)
-        try line.withUnsafeBytes { try ArchiveIO.writeAll(fd, $0, path: path) }
-        try ArchiveIO.fsync(fd, path: path)
+        try FileIO.writeAll(fd, line, path: path)
+        try FileIO.fsync(fd, path: path)
     }
 
     /// Replaces the manifest with exactly `entries` (temporary file, fsync,
@@ -137,7 +138,7 @@ public struct ArchiveManifest: Sendable {
     public func write(_ entries: [ManifestEntry]) throws {
         var bytes: [UInt8] = []
         for entry in entries { bytes += Array(entry.line.utf8) }
-        try ArchiveIO.replaceAtomically(path, with: bytes)
+        try FileIO.replaceAtomically(path, with: bytes)
     }
 }
 

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CLZ4
+import PipelineCore
 
 /// How reading a segment's LZ4 frame ended.
 public struct SegmentReadResult: Sendable, Equatable {
@@ -86,7 +87,7 @@ public final class SegmentReader {
     /// Opens the segment at `path` for reading; throws when it cannot be opened.
     public init(path: String) throws {
         self.path = path
-        self.fd = try ArchiveIO.open(path, O_RDONLY)
+        self.fd = try FileIO.open(path, O_RDONLY)
         input = [UInt8](repeating: 0, count: 1 << 20)
     }
 
@@ -98,7 +99,7 @@ public final class SegmentReader {
         // from its stream (and opening one could wait for a writer).
         var info = stat()
         guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG,
-              let fd = try? ArchiveIO.open(path, O_RDONLY) else { return false }
+              let fd = try? FileIO.open(path, O_RDONLY) else { return false }
         defer { Glibc.close(fd) }
         var head = [UInt8](repeating: 0, count: 4)
         let count = head.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, 4) }
@@ -281,7 +282,7 @@ public final class SegmentReader {
             }
             if end == input.count { grow(to: max(count, input.count * 2)) }
             let read = try input.withUnsafeMutableBytes { raw in
-                try ArchiveIO.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[end...]), path: path)
+                try FileIO.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[end...]), path: path)
             }
             if read == 0 { eof = true }
             end += read

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CLZ4
+import PipelineCore
 
 /// The LZ4 block sizes a segment may use (`block_size`).
 public enum LZ4BlockSize: Int, Sendable, CaseIterable {
@@ -121,7 +122,7 @@ public final class LZ4FrameWriter {
     private func emit(_ count: Int) throws {
         guard count > 0 else { return }
         try output.withUnsafeBytes { raw in
-            try ArchiveIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: raw[0..<count]), path: path)
+            try FileIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: raw[0..<count]), path: path)
         }
         bytesWritten += count
     }

@@ -1,0 +1,147 @@
+import Yams
+
+/// Reading the YAML text: Yams nodes to ``ConfigValue``s with their
+/// positions, YAML errors as located diagnostics, `${VAR}` substitution.
+extension LoadSession {
+    mutating func load(_ text: String) -> PipelinePlan? {
+        let root: Node?
+        do {
+            // The basic resolver: this loader reads every scalar itself, so
+            // the implicit tags (found by regular expressions) are not needed.
+            root = try Yams.compose(yaml: text, .basic)
+        } catch let error as YamlError {
+            report(error)
+            return nil
+        } catch {
+            self.error(start, "cannot parse YAML: \(error)")
+            return nil
+        }
+        guard let root else {
+            error(start, "the file is empty: a pipeline needs 'sources' and 'sinks'")
+            return nil
+        }
+        let value = convert(root)
+        guard case .mapping(let entries, let at) = value else {
+            error(value.location, "a pipeline file must be a map with 'sources' and 'sinks', not \(value.kindDescription)")
+            return nil
+        }
+        return build(entries, at: at)
+    }
+
+    mutating func report(_ error: YamlError) {
+        func location(_ mark: Mark) -> SourceLocation {
+            SourceLocation(file: file, line: max(mark.line, 1), column: max(mark.column, 1))
+        }
+        func describe(_ context: YamlError.Context?, _ problem: String) -> String {
+            guard let context else { return problem }
+            return "\(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
+        }
+        switch error {
+        case .scanner(let context, let problem, let mark, _),
+             .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            self.error(location(mark), "invalid YAML: \(describe(context, problem))")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let keys = duplicates.map { "'\($0)'" }.joined(separator: ", ")
+            self.error(location(context.mark), "duplicate key \(keys) in one map")
+        case .reader(let problem, let offset, _, let yaml):
+            var at = start
+            if let offset {
+                let prefix = yaml.prefix(offset)
+                let line = prefix.split(separator: "\n", omittingEmptySubsequences: false)
+                at = SourceLocation(file: file, line: line.count, column: (line.last?.count ?? 0) + 1)
+            }
+            self.error(at, "invalid YAML: \(problem)")
+        default:
+            self.error(start, "invalid YAML: \(error)")
+        }
+    }
+
+    func location(of node: Node) -> SourceLocation {
+        let mark: Mark?
+        switch node {
+        case .scalar(let scalar): mark = scalar.mark
+        case .mapping(let mapping): mark = mapping.mark
+        case .sequence(let sequence): mark = sequence.mark
+        case .alias(let alias): mark = alias.mark
+        }
+        guard let mark else { return start }
+        return SourceLocation(file: file, line: mark.line, column: mark.column)
+    }
+
+    mutating func convert(_ node: Node) -> ConfigValue {
+        let at = location(of: node)
+        switch node {
+        case .scalar(let scalar):
+            let quoted = scalar.style == .singleQuoted || scalar.style == .doubleQuoted
+                || scalar.style == .literal || scalar.style == .folded
+            return .scalar(substitute(scalar.string, at: at), quoted: quoted, at: at)
+        case .sequence(let sequence):
+            return .sequence(sequence.map { convert($0) }, at: at)
+        case .mapping(let mapping):
+            var entries: [ConfigEntry] = []
+            for (key, value) in mapping {
+                let keyAt = location(of: key)
+                guard case .scalar(let scalar) = key else {
+                    error(keyAt, "a map key must be a plain word, not a list or a map")
+                    continue
+                }
+                entries.append(ConfigEntry(key: scalar.string, keyLocation: keyAt, value: convert(value)))
+            }
+            return .mapping(entries, at: at)
+        case .alias:
+            error(at, "YAML aliases are not supported in pipeline files")
+            return .scalar("", quoted: true, at: at)
+        }
+    }
+
+    /// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+    mutating func substitute(_ text: String, at: SourceLocation) -> String {
+        guard text.contains("$") else { return text }
+        var result = ""
+        var index = text.startIndex
+        while index < text.endIndex {
+            let character = text[index]
+            guard character == "$" else {
+                result.append(character)
+                index = text.index(after: index)
+                continue
+            }
+            let next = text.index(after: index)
+            if next < text.endIndex, text[next] == "$" {
+                result.append("$")
+                index = text.index(after: next)
+                continue
+            }
+            guard next < text.endIndex, text[next] == "{" else {
+                result.append("$")
+                index = next
+                continue
+            }
+            guard let close = text[next...].firstIndex(of: "}") else {
+                error(at, "unterminated '${' in '\(text)'")
+                return text
+            }
+            let body = text[text.index(after: next)..<close]
+            let name: Substring
+            var fallback: Substring?
+            if let separator = body.range(of: ":-") {
+                name = body[..<separator.lowerBound]
+                fallback = body[separator.upperBound...]
+            } else {
+                name = body
+            }
+            if name.isEmpty || !name.allSatisfy({ $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }) || name.first!.isNumber {
+                error(at, "'${\(body)}' is not a valid variable reference (expected ${NAME} or ${NAME:-default})")
+            } else if let value = environment[String(name)], !(fallback != nil && value.isEmpty) {
+                result += value
+            } else if let fallback {
+                result += fallback
+            } else {
+                error(at, "environment variable '\(name)' is not set and has no default (write ${\(name):-default})")
+            }
+            index = text.index(after: close)
+        }
+        return result
+    }
+}
