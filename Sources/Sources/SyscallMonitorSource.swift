@@ -142,17 +142,58 @@ public final class SyscallMonitorSource: EventSource {
         }
 
         do {
-            reader = try KernelReader(
+            let reader = try KernelReader(
                 transport: transport(object), decoder: WireDecoder(wallOffsetNs: Clock.monotonicToWallOffsetNs()),
                 metrics: context.metrics, dropCheckIntervalNs: options.flushIntervalNs)
+            lock.withLock { self.reader = reader }
         } catch let error as BPFError {
             object.detachAll()
             throw fail("\(error)")
         }
+        declareSeries(context.metrics)
         let buffer = activeTransport == .perf
             ? "perf buffer, \(options.bufferPages) pages per CPU"
             : "ring buffer of \(options.ringbufBytes) bytes"
         context.logger.info("tracing \(options.events.count) event(s) through a \(buffer)")
+    }
+
+    /// The kernel side's series: the ring buffer's fill, each attached
+    /// program's id, run time and runs (`bpf_prog_info`; the kernel counts
+    /// these only while `kernel.bpf_stats_enabled` is 1), and how each
+    /// event is attached. Read at scrape time, under `lock`.
+    private func declareSeries(_ metrics: StageMetrics) {
+        metrics.observe(.gauge, "buffer_used_bytes", help: "ring buffer bytes written by the kernel program and not yet read") { [self] in
+            Int64(lock.withLock { reader?.bufferUse?.used } ?? 0)
+        }
+        metrics.observe(.gauge, "buffer_size_bytes", help: "ring buffer size (0 for the perf buffer)") { [self] in
+            Int64(lock.withLock { reader?.bufferUse?.size } ?? 0)
+        }
+        metrics.observe(.gauge, "bpf_stats_enabled", help: "1 while kernel.bpf_stats_enabled is on (run time and runs are counted)") {
+            FileIO.readText("/proc/sys/kernel/bpf_stats_enabled")?.hasPrefix("1") == true ? 1 : 0
+        }
+        metrics.observeEach(.counter, "bpf_run_ns", help: "time the kernel spent in each attached program") { [self] in
+            programStats().map { (["program": $0.name, "id": "\($0.id)"], $0.runTimeNs) }
+        }
+        metrics.observeEach(.counter, "bpf_runs", help: "runs of each attached program") { [self] in
+            programStats().map { (["program": $0.name, "id": "\($0.id)"], $0.runs) }
+        }
+        metrics.observeEach(.gauge, "attached_events", help: "1 for each traced event (0: attached, switched off by a reload), by attach mode") { [self] in
+            let (attached, active) = lock.withLock { (self.attached, self.active) }
+            let traced = Set(active.events.map(\.id))
+            return attached.map { (["event": $0.0.name, "mode": $0.1.rawValue], traced.contains($0.0.id) ? 1 : 0) }
+        }
+    }
+
+    /// `bpf_prog_info` of every attached program, by name.
+    private func programStats() -> [(name: String, id: UInt32, runTimeNs: Int64, runs: Int64)] {
+        lock.withLock {
+            attachedPrograms.values.sorted { $0.name < $1.name }.compactMap { program in
+                var info = bpf_prog_info()
+                var length = UInt32(MemoryLayout<bpf_prog_info>.size)
+                guard bpf_obj_get_info_by_fd(program.fd, &info, &length) == 0 else { return nil }
+                return (program.name, info.id, Int64(truncatingIfNeeded: info.run_time_ns), Int64(truncatingIfNeeded: info.run_cnt))
+            }
+        }
     }
 
     /// Throws unless every event has its pair of syscall tracepoints (when
@@ -406,10 +447,10 @@ public final class SyscallMonitorSource: EventSource {
     /// Polls the kernel buffers until ``stop()``, then detaches, drains and
     /// releases everything.
     public func run(_ output: SourceOutput) throws {
-        guard let reader, !lock.withLock({ objects.isEmpty }) else { return }
+        guard let reader = lock.withLock({ self.reader }), !lock.withLock({ objects.isEmpty }) else { return }
         defer {
-            self.reader = nil
             lock.withLock {
+                self.reader = nil
                 objects.removeAll()
                 attached.removeAll()
                 attachedPrograms.removeAll()

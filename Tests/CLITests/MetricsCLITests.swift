@@ -115,6 +115,85 @@ final class MetricsCLITests: Sendable {
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("out.jsonl").path), "a sink opened before the endpoint failed")
     }
 
+    /// Every series the README lists, from a pipeline with each stage type
+    /// that has series of its own, scraped twice during a run: each exists,
+    /// and each counter that the run exercises has moved.
+    @Test(.enabled(if: KernelGate.enabled))
+    func everySeriesExistsAndMovesDuringARun() throws {
+        let socketPath = "/tmp/pl-m-\(UUID().uuidString.prefix(8)).sock"
+        let replayed = try write("replayed.jsonl", connectLine(1) + "\nnot json\n" + connectLine(2) + "\n")
+        let file = try write("all.yaml", """
+            sources:
+              kernel: {type: syscall_monitor, events: [connect]}
+              replayed: {type: replay, path: "\(replayed)"}
+            filters:
+              failed: {type: retval, inputs: [kernel], success: false}
+            sinks:
+              log: {type: file, inputs: [kernel, replayed], path: "\(directory.path)/log.jsonl"}
+              archive: {type: lz4_segments, inputs: [kernel], directory: "\(directory.path)/archive", segment_bytes: 4KiB}
+              live: {type: unix_socket, inputs: [failed], path: "\(socketPath)", mode: "0666"}
+            """)
+        // Run time and runs are counted only while bpf_stats_enabled is 1.
+        let statsPath = "/proc/sys/kernel/bpf_stats_enabled"
+        let statsBefore = (try? String(contentsOfFile: statsPath, encoding: .utf8)) ?? "0\n"
+        try "1\n".write(toFile: statsPath, atomically: false, encoding: .utf8)
+        defer { try? statsBefore.write(toFile: statsPath, atomically: false, encoding: .utf8) }
+
+        let pipeline = try RunningPipeline(file)
+        defer { try? FileManager.default.removeItem(atPath: socketPath) }
+        let client = try CLI.start(["tail", socketPath])
+        // A uid not in allow_uids: refused.
+        let refused = try CLI.start(["tail", socketPath], prefix: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        _ = refused.finish(timeout: 30)
+        let before = try pipeline.scrape()
+        let load = try Loadgen.start(count: 20_000, rate: 0, mode: "mixed")
+        load.process.waitUntilExit()
+        #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_segments_sealed_total", ["stage": "archive"]) ?? 0) > 0 })
+        #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "live"]) ?? 0) >= 10_000 })
+        let after = try pipeline.scrape()
+
+        let moving: [(String, [String: String])] = [
+            ("pipelined_stage_events_in_total", ["stage": "kernel"]), ("pipelined_stage_events_out_total", ["stage": "kernel"]),
+            ("pipelined_stage_events_in_total", ["stage": "failed"]), ("pipelined_stage_events_out_total", ["stage": "failed"]),
+            ("pipelined_stage_events_in_total", ["stage": "log"]), ("pipelined_stage_bytes_total", ["stage": "log"]),
+            ("pipelined_stage_bytes_total", ["stage": "archive"]), ("pipelined_stage_raw_bytes_total", ["stage": "archive"]),
+            ("pipelined_stage_segments_sealed_total", ["stage": "archive"]), ("pipelined_stage_bytes_total", ["stage": "live"]),
+            ("pipelined_stage_bpf_run_seconds_total", ["stage": "kernel", "program": "tp_exit_connect"]),
+            ("pipelined_stage_bpf_runs_total", ["stage": "kernel", "program": "tp_exit_connect"]),
+            ("pipelined_process_cpu_seconds_total", [:]),
+        ]
+        for (name, labels) in moving {
+            let (was, now) = (before.value(name, labels) ?? -1, after.value(name, labels) ?? -1)
+            #expect(now > was && was >= 0, "\(name)\(labels): \(was) -> \(now)")
+        }
+        let present: [(String, [String: String], Double?)] = [
+            ("pipelined_stage_malformed_records_total", ["stage": "replayed", "type": "replay"], 1),
+            ("pipelined_stage_events_lost_total", ["stage": "kernel", "where": "kernel"], 0),
+            ("pipelined_stage_events_lost_total", ["stage": "live", "where": "client"], nil),
+            ("pipelined_stage_queue_depth_events", ["stage": "archive"], nil),
+            ("pipelined_stage_queue_capacity_events", ["stage": "archive"], 8192),
+            ("pipelined_stage_segments_open", ["stage": "archive"], nil),
+            ("pipelined_stage_clients_connected", ["stage": "live", "type": "unix_socket"], 1),
+            ("pipelined_stage_clients_refused_total", ["stage": "live"], 1),
+            ("pipelined_stage_buffer_used_bytes", ["stage": "kernel"], nil),
+            ("pipelined_stage_buffer_size_bytes", ["stage": "kernel"], Double(8 << 20)),
+            ("pipelined_stage_bpf_stats_enabled", ["stage": "kernel"], 1),
+            ("pipelined_stage_attached_events", ["stage": "kernel", "event": "connect", "mode": "tracepoint"], 1),
+            ("pipelined_build_info", [:], 1),
+            ("pipelined_process_resident_memory_bytes", [:], nil),
+            ("pipelined_reloads_total", ["result": "failure"], 0),
+            ("pipelined_last_reload_success_timestamp_seconds", [:], 0),
+        ]
+        for (name, labels, expected) in present {
+            let value = after.value(name, labels)
+            #expect(value != nil, "\(name)\(labels) is missing")
+            if let expected { #expect(value == expected, "\(name)\(labels)") }
+        }
+        let result = pipeline.finish()
+        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        _ = client.finish()
+    }
+
     /// Overload: a sink whose file (a FIFO) nobody reads blocks, its queue
     /// holds the kernel source back, the kernel buffer overflows; a second
     /// sink, also unread, drops at its queue. Once the FIFOs are read and the

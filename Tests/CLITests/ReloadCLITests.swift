@@ -174,9 +174,18 @@ final class ReloadCLITests: Sendable {
               a: {type: file, inputs: [kernel], path: "\(path("a.jsonl"))"}
               new: {type: file, inputs: [kernel], path: "\(path("new.jsonl"))"}
             """)
+        // The kernel programs by name and id: the same after the reload.
+        let programs = { (scrape: Exposition) in
+            Set(scrape.samples.filter { $0.name == "pipelined_stage_bpf_runs_total" }.map { "\($0.labels["program"] ?? "")#\($0.labels["id"] ?? "")" })
+        }
+        let programsBefore = programs(try pipeline.scrape())
         pipeline.run.signal(SIGHUP)
         #expect(pipeline.run.waitFor { _, stderr in stderr.contains("reloaded:") })
         #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "new"]) ?? 0) > 5_000 })
+        let reloaded = try pipeline.scrape()
+        #expect(programs(reloaded) == programsBefore && programsBefore.contains { $0.hasPrefix("tp_exit_connect#") }, "\(programsBefore) -> \(programs(reloaded))")
+        #expect(reloaded.value("pipelined_stage_attached_events", ["event": "socket"]) == 0, "socket is still switched on")
+        #expect(reloaded.value("pipelined_stage_attached_events", ["event": "connect"]) == 1)
         kill(worker, SIGKILL)
         load.process.waitUntilExit()
         // A second run after the reload: its socket() calls are no longer traced.
