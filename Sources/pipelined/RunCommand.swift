@@ -16,7 +16,9 @@ import UnixSignals
 /// privilege exits 77 before any sink has created a file or socket); sinks
 /// open; data flows. The first SIGINT or SIGTERM starts a graceful shutdown;
 /// the pipeline also ends by itself when every source reaches the end of its
-/// input (a `replay` of a file).
+/// input (a `replay` of a file). SIGHUP reloads the file (``ReloadService``).
+/// The metrics endpoint (``MetricsServer``) is bound before anything else:
+/// a busy port exits 1, naming the setting.
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",

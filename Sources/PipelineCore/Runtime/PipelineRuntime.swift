@@ -71,9 +71,11 @@ public final class PipelineRuntime: Sendable {
 
     /// What the metrics endpoint reads for each stage, in plan order.
     public struct StageStatus: Sendable {
+        /// The stage id, its `type` and its kind.
         public var id: String
         public var type: String
         public var kind: StageKind
+        /// The stage's counters (the same object across reloads that keep its id).
         public var metrics: StageMetrics
         /// Sinks: records waiting in the queue, and its capacity.
         public var queueDepth: Int?
