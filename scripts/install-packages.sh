@@ -16,8 +16,9 @@ set -euo pipefail
 build=(libbpf-dev libelf-dev liblz4-dev zlib1g-dev pkg-config)
 # Testing: lz4 reads archive segments back; socat and nc are socket
 # clients; jq reads records; procps and util-linux give ps, setpriv and
-# unshare (namespace and privilege tests).
-test=(lz4 socat netcat-openbsd jq procps util-linux)
+# unshare (namespace and privilege tests); tmux is the terminal the `top`
+# test reads its screen from.
+test=(lz4 socat netcat-openbsd jq procps util-linux tmux)
 # The kprobe VM test: Debian's kernel, which has kprobes, booted in qemu.
 vm=(qemu-system-x86 busybox-static cpio linux-image-amd64)
 
