@@ -211,4 +211,43 @@ final class ReloadCLITests: Sendable {
         #expect(!a.split(separator: "\n").contains { $0.contains("\"host_pid\":\(afterWorker),") && $0.contains("\"event\":\"socket\"") },
                 "socket() is still traced after the reload removed it")
     }
+
+    @Test func aChangeMapsCannotTakeAttachesTheNewProgramFirst() throws {
+        let path = directory.path + "/all.jsonl"
+        let pipeline = { (flush: String) in
+            """
+            sources:
+              kernel: {type: syscall_monitor, events: [connect], flush_interval: \(flush), ringbuf_bytes: 128MiB}
+            sinks:
+              all: {type: file, inputs: [kernel], path: "\(path)"}
+            """
+        }
+        try writePipeline(pipeline("100ms"))
+        let running = try RunningPipeline(pipelineFile)
+        let load = try Loadgen.start(count: 400_000, rate: 20_000)
+        let programs = { (scrape: Exposition) in
+            Set(scrape.samples.filter { $0.name == "pipelined_stage_bpf_runs_total" }.compactMap { $0.labels["id"] })
+        }
+        #expect(try eventually { (try running.scrape().value("pipelined_stage_events_in_total", ["stage": "all"]) ?? 0) > 5_000 })
+        let before = programs(try running.scrape())
+        // flush_interval is set at start: the source is replaced whole.
+        try writePipeline(pipeline("50ms"))
+        running.run.signal(SIGHUP)
+        #expect(running.run.waitFor { _, stderr in stderr.contains("reloaded:") })
+        let atReload = try running.scrape().value("pipelined_stage_events_in_total", ["stage": "all"]) ?? 0
+        #expect(try eventually { (try running.scrape().value("pipelined_stage_events_in_total", ["stage": "all"]) ?? 0) > atReload + 5_000 })
+        let after = programs(try running.scrape())
+        kill(load.worker, SIGKILL)
+        load.process.waitUntilExit()
+        let result = running.finish()
+        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        #expect(result.stderr.contains("reloaded: unchanged 1, replaced [kernel]"), "\(result.stderr.suffix(2000))")
+        #expect(!before.isEmpty && before.isDisjoint(with: after), "the programs were not replaced: \(before) -> \(after)")
+        // Every call was seen (a call made while both programs were attached may be seen twice).
+        let seen = try ports(of: load.worker, in: path)
+        let top = seen.max() ?? 0
+        #expect(seen.count > 10_000)
+        #expect(Set(seen) == Set(1...max(1, top)), "a call went unseen while the source was replaced")
+    }
+
 }
