@@ -16,7 +16,9 @@
  *
  * Every record is `pl_sys_context_t` then `argnum` tagged args (bpf/wire.h).
  * The loader sets the `const volatile` options before load, and chooses which
- * programs load (only the requested events, as tracepoints or kprobes).
+ * programs load (only the requested events, as tracepoints or kprobes); the
+ * options a reload may change (the event set, skipped return values,
+ * visibility) are maps it writes while the programs run.
  */
 #define __PIPELINED_BPF__
 #include "kernel_types.h"
@@ -35,10 +37,7 @@ char LICENSE[] SEC("license") = "GPL";
  * never traced, or every write of an event would make more events. */
 const volatile u32 self_tgid = 0;
 
-/* Return values dropped in the kernel, as the reference's `-2 || -115`. */
 #define PL_MAX_SKIP_RETVALS 8
-const volatile s64 skip_retvals[PL_MAX_SKIP_RETVALS] = { -2, -115 };
-const volatile u32 skip_retvals_count = 2;
 
 /* 0: perf event array (per CPU, as the reference); 1: BPF ring buffer. */
 const volatile u32 use_ringbuf = 0;
@@ -120,6 +119,34 @@ struct {
     __type(key, u32);
     __type(value, u32);
 } visibility SEC(".maps");
+
+/* Options the loader may change while the program runs (a reload), so they
+ * live in maps rather than in .rodata. */
+
+/* Return values dropped in the kernel, as the reference's `-2 || -115`. */
+struct pl_settings {
+    s64 skip_retvals[PL_MAX_SKIP_RETVALS];
+    u32 skip_retvals_count;
+    u32 unused;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, u32);
+    __type(value, struct pl_settings);
+} settings SEC(".maps");
+
+/* By event id: non-zero while the event is traced. An attached event that a
+ * reload removed stays attached and is switched off here; its entry program
+ * returns at once. */
+#define PL_MAX_EVENT_ID 512
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, PL_MAX_EVENT_ID);
+    __type(key, u32);
+    __type(value, u32);
+} enabled SEC(".maps");
 
 /* The two transports; the unused one is shrunk to its minimum by the loader. */
 struct {
@@ -278,6 +305,9 @@ static __always_inline int save_args(u32 id, const u64 *args)
     u32 tid = (u32)pid_tgid;
     if ((u32)(pid_tgid >> 32) == self_tgid)
         return 0;
+    u32 *on = bpf_map_lookup_elem(&enabled, &id);
+    if (!on || !*on)
+        return 0;
     /* A thread's entry stays in the map (the exit only marks it used), so
      * the common case overwrites it in place: no allocation and no LRU list
      * work (this program's cost went from 242 to 125 ns per call). */
@@ -356,9 +386,14 @@ static __always_inline int load_args(u32 tid, u32 id, struct pl_saved_args *out)
 
 static __always_inline int skip_retval(s64 ret)
 {
+    u32 zero = 0;
+    struct pl_settings *settings_now = bpf_map_lookup_elem(&settings, &zero);
+    if (!settings_now)
+        return 0;
+    u32 count = settings_now->skip_retvals_count;
 #pragma unroll
     for (int i = 0; i < PL_MAX_SKIP_RETVALS; i++) {
-        if (i < skip_retvals_count && ret == skip_retvals[i])
+        if (i < count && ret == settings_now->skip_retvals[i])
             return 1;
     }
     return 0;

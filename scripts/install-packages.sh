@@ -17,9 +17,10 @@ set -euo pipefail
 build=(libbpf-dev libelf-dev liblz4-dev zlib1g-dev libnats-dev pkg-config)
 # Testing: lz4 reads archive segments back; socat and nc are socket
 # clients; jq reads records; procps and util-linux give ps, setpriv and
-# unshare (namespace and privilege tests); nats-server is the JetStream
-# broker the fleet tests start (and the README's Fleet section uses).
-test=(lz4 socat netcat-openbsd jq procps util-linux nats-server)
+# unshare (namespace and privilege tests); tmux is the terminal the `top`
+# test reads its screen from; nats-server is the JetStream broker the fleet
+# tests start (and the README's Fleet section uses).
+test=(lz4 socat netcat-openbsd jq procps util-linux tmux nats-server)
 # The kprobe VM test: Debian's kernel, which has kprobes, booted in qemu.
 vm=(qemu-system-x86 busybox-static cpio linux-image-amd64)
 

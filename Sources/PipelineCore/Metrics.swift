@@ -8,7 +8,7 @@ import Atomics
 /// (``lostTotal`` is their sum). A stage adds series of its own by name, with
 /// help text, when it starts: ``counter(_:help:)`` and ``gauge(_:help:)``
 /// return a handle to update, ``observe(_:_:help:read:)`` reads a value the
-/// stage already keeps. ``series`` lists them all, each with its labels (the
+/// stage already keeps, ``observeEach(_:_:help:read:)`` a labelled family. ``series`` lists them all, each with its labels (the
 /// loss counters carry `where`), so that the summary and the metrics endpoint
 /// need no special case for any stage. The core declares the sites
 /// `kernel`, `queue` and `sink`; a stage declares its own
@@ -126,6 +126,19 @@ public final class StageMetrics: Sendable {
         }
     }
 
+    /// A family of series the stage reads at once, each with labels of its
+    /// own (one per kernel program: `program`, `id`). `read` is called
+    /// whenever the series are listed, from any thread; declaring the name
+    /// again replaces it.
+    public func observeEach(_ kind: Series.Kind, _ name: String, help: String, read: @escaping @Sendable () -> [(labels: [String: String], value: Int64)]) {
+        declare(name) { existing in
+            if let existing {
+                guard case .observedEach(_, _, let declaredKind, _) = existing, declaredKind == kind else { Self.clash(name) }
+            }
+            return (.observedEach(name: name, help: help, kind: kind, read: read), ())
+        }
+    }
+
     private func declare<Handle>(_ name: String, _ body: (Declared?) -> (Declared, Handle)) -> Handle {
         precondition(Series.isValidName(name) && !Self.commonNames.contains(name), "'\(name)' is not a name a stage may declare")
         return declaring.withLock {
@@ -159,7 +172,7 @@ public final class StageMetrics: Sendable {
         ownSeries.first { $0.name == name }?.value
     }
 
-    private var ownSeries: [Series] { declaring.withLock { declared }.map(\.series) }
+    private var ownSeries: [Series] { declaring.withLock { declared }.flatMap(\.series) }
 
     private static let commonNames: Set<String> = ["records_in", "records_out", "malformed", "bytes", "lost"]
     private static let lostHelp = "events lost at this stage, by where they were lost"
@@ -273,20 +286,23 @@ public final class StageMetrics: Sendable {
         case counter(Counter)
         case gauge(Gauge)
         case observed(name: String, help: String, kind: Series.Kind, read: @Sendable () -> Int64)
+        case observedEach(name: String, help: String, kind: Series.Kind, read: @Sendable () -> [(labels: [String: String], value: Int64)])
 
         var name: String {
             switch self {
             case .counter(let counter): counter.name
             case .gauge(let gauge): gauge.name
-            case .observed(let name, _, _, _): name
+            case .observed(let name, _, _, _), .observedEach(let name, _, _, _): name
             }
         }
 
-        var series: Series {
+        var series: [Series] {
             switch self {
-            case .counter(let counter): counter.series
-            case .gauge(let gauge): Series(name: gauge.name, help: gauge.help, kind: .gauge, value: gauge.value)
-            case .observed(let name, let help, let kind, let read): Series(name: name, help: help, kind: kind, value: read())
+            case .counter(let counter): [counter.series]
+            case .gauge(let gauge): [Series(name: gauge.name, help: gauge.help, kind: .gauge, value: gauge.value)]
+            case .observed(let name, let help, let kind, let read): [Series(name: name, help: help, kind: kind, value: read())]
+            case .observedEach(let name, let help, let kind, let read):
+                read().map { Series(name: name, help: help, kind: kind, labels: $0.labels, value: $0.value) }
             }
         }
     }

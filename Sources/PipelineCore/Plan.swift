@@ -25,13 +25,24 @@ public struct PlannedStage: Sendable {
     public var inputs: [String]
     /// For sinks: how its queue behaves when full.
     public var queue: QueuePolicy
+    /// The stage's options as written (every key but `type` and `inputs`),
+    /// locations removed (``ConfigValue/comparable``): a reload keeps a
+    /// stage running when its type and these are unchanged.
+    public var options: ConfigValue
 
-    public init(id: String, type: String, instance: StageInstance, inputs: [String] = [], queue: QueuePolicy = QueuePolicy()) {
+    public init(id: String, type: String, instance: StageInstance, inputs: [String] = [], queue: QueuePolicy = QueuePolicy(), options: ConfigValue = .mapping([], at: SourceLocation(file: "", line: 0, column: 0))) {
         self.id = id
         self.type = type
         self.instance = instance
         self.inputs = inputs
         self.queue = queue
+        self.options = options.comparable
+    }
+
+    /// True when `other` is the same stage with the same options: a reload
+    /// leaves it running (its `inputs` may still be rewired).
+    public func hasSameConfiguration(as other: PlannedStage) -> Bool {
+        id == other.id && kind == other.kind && type == other.type && options == other.options
     }
 
     public var kind: StageKind { instance.kind }
@@ -75,8 +86,11 @@ public struct PipelineSettings: Sendable, Equatable {
     /// fair share of a busy machine falls behind the very load it watches,
     /// and its buffers overflow.
     public var priorityBoost: Int = 4
-    /// The name records carry in `node` (SPEC section 2); nil for the host name.
+    /// The name records carry in `node` (docs/pipeline-file.md); nil for the host name.
     public var node: String?
+    /// `metrics.listen`: where the command serves its Prometheus endpoint,
+    /// or nil for none (`listen: false`). The core only carries the address.
+    public var metricsListen: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9464)
 
     public init() {}
 
@@ -90,6 +104,7 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("log_level", "trace|debug|info|notice|warning|error|critical", default: "info", "log verbosity (stderr)"),
         OptionSpec("priority_boost", "int", default: "4", "raise the stage threads' scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
         OptionSpec("node", "string", default: "the host name", "the machine's name in every record's node key (a fleet's records say where they came from)"),
+        OptionSpec("metrics", "{listen: HOST:PORT|false}", default: "{listen: 127.0.0.1:9464}", "metrics.listen: HOST:PORT of the Prometheus endpoint (GET /metrics, /-/healthy, /-/ready); port 0 picks a free one; false for none"),
     ]
 
     /// Options every sink accepts: its input queue.
@@ -97,4 +112,34 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("queue_events", "int", default: "8192", "events the sink's input queue holds (16-16777216)"),
         OptionSpec("queue_full", "block|drop", default: "block", "when the queue is full: block the producers, or drop and count (a 'lost' record with where=queue)"),
     ]
+}
+
+/// A TCP address to listen on, as `settings.metrics.listen` writes it:
+/// `HOST:PORT`, with an IPv6 host in brackets (`[::1]:9464`).
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    /// 0 asks the kernel for a free port.
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT` or `[V6]:PORT`; nil when it is neither.
+    public init?(parsing text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
+            return nil
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            return nil
+        }
+        guard !host.isEmpty, !host.contains(where: { $0 == " " || $0 == "/" }) else { return nil }
+        self.init(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

@@ -52,6 +52,8 @@ public final class LZ4SegmentSink: EventSink {
 
     private struct State {
         var context: StageContext?
+        /// `raw_bytes`, `segments_open`, `segments_sealed`: declared in open.
+        var counts: ArchiveCounts?
         var entries: [ManifestEntry] = []
         var nextSequence = 1
         var current: Segment?
@@ -100,6 +102,7 @@ public final class LZ4SegmentSink: EventSink {
     /// what recovery throws when that fails.
     public func open(_ context: StageContext) throws {
         state.context = context
+        state.counts = ArchiveCounts(context.metrics)
         do throws(SystemError) {
             try FileIO.makeDirectories(options.directory)
         } catch {
@@ -124,6 +127,7 @@ public final class LZ4SegmentSink: EventSink {
         let segment = try state.current ?? startSegment(firstTimeNs: first.timeNs, nowNs: now)
         state.buffer.removeAll(keepingCapacity: true)
         encoder.encode(batch, into: &state.buffer)
+        state.counts?.rawBytes.add(UInt64(state.buffer.count))
         let blocksBefore = segment.writer.bytesWritten
         try segment.writer.append(state.buffer)
         if let completion = batch.completion {
@@ -233,6 +237,7 @@ public final class LZ4SegmentSink: EventSink {
                 let writer = try LZ4FrameWriter(fd: fd, path: path, blockSize: options.blockSize)
                 let segment = Segment(name: name, fd: fd, writer: writer, startedAtNs: nowNs, firstTimeNs: firstTimeNs)
                 state.current = segment
+                state.counts?.open.set(1)
                 report(segment)
                 return segment
             } catch {
@@ -249,6 +254,7 @@ public final class LZ4SegmentSink: EventSink {
     private func seal(nowNs: Int64 = Clock.wallNs()) throws {
         guard let segment = state.current else { return }
         state.current = nil
+        state.counts?.open.set(0)
         let openPath = directory.path(of: segment.name)
         let sealedName = segment.name.sealed
         do {
@@ -269,6 +275,7 @@ public final class LZ4SegmentSink: EventSink {
             events: segment.records, bytes: segment.writer.bytesWritten
         )
         try manifest.append(entry)
+        state.counts?.sealed.add()
         state.entries.append(entry)
         state.context?.logger.debug("sealed \(entry.segment): \(entry.events) records, \(entry.bytes) bytes")
         try applyRetention(nowNs: nowNs)
@@ -317,5 +324,22 @@ public final class LZ4SegmentSink: EventSink {
         try FileIO.syncDirectory(directory.path)
         let bytes = removed.reduce(0) { $0 + $1.bytes }
         state.context?.logger.info("retention removed \(removed.count) segment(s), \(bytes) bytes")
+    }
+}
+
+/// The archive sink's own series (`bytes`, the common counter, counts the
+/// compressed bytes written).
+struct ArchiveCounts {
+    /// NDJSON bytes before compression.
+    let rawBytes: StageMetrics.Counter
+    /// Segments being written now (0 or 1).
+    let open: StageMetrics.Gauge
+    /// Segments sealed since the sink opened.
+    let sealed: StageMetrics.Counter
+
+    init(_ metrics: StageMetrics) {
+        rawBytes = metrics.counter("raw_bytes", help: "NDJSON bytes before LZ4 compression")
+        open = metrics.gauge("segments_open", help: "segments being written now")
+        sealed = metrics.counter("segments_sealed", help: "segments sealed since the sink opened")
     }
 }

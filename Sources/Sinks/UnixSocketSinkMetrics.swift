@@ -10,6 +10,8 @@ extension UnixSocketSink.ClientCounters {
     /// Lists the sink's client counts among its stage's series (read from
     /// these atomics, which the event loop updates: no second count).
     func declare(in metrics: StageMetrics) {
+        // Listed from the start, at 0, as Prometheus expects of a counter.
+        metrics.loss(.client)
         metrics.observe(.gauge, "clients_connected", help: "clients connected now") { [connected] in
             Int64(connected.load(ordering: .relaxed))
         }

@@ -34,6 +34,21 @@ enum KernelSupport {
         return "missing privilege: run as root, or grant CAP_BPF and CAP_PERFMON (this process lacks \(missing.joined(separator: " and ")); euid \(geteuid()))"
     }
 
+    /// nil when this machine can run `syscall_monitor` through the syscall
+    /// tracepoints; otherwise why not (privilege, BTF, tracefs, tracepoints).
+    /// What the kernel tests check before they run.
+    static var unavailableReason: String? {
+        if let missing = missingPrivilege() { return missing }
+        if access("/sys/kernel/btf/vmlinux", F_OK) != 0 {
+            return "the kernel has no BTF (/sys/kernel/btf/vmlinux), which the program's CO-RE reads need"
+        }
+        if let problem = ensureTracefs() { return problem }
+        if !hasTracepoint("syscalls", "sys_enter_connect") {
+            return "the kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
+        }
+        return nil
+    }
+
     /// True when the kernel can attach kprobes: the kprobe PMU exists (what
     /// libbpf uses) or tracefs offers kprobe_events.
     static func hasKprobes() -> Bool {

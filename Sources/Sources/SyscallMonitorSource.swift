@@ -31,17 +31,29 @@ public final class SyscallMonitorSource: EventSource {
         case kprobe
     }
 
-    /// The options this source was built with.
+    /// The options this source was built with (a reload may change some of
+    /// them in place: see ``activeOptions``).
     public let options: SyscallMonitorOptions
     private let stopped = ManagedAtomic<Bool>(false)
     private let lock = ConditionLock()
     // Set in prepare and released at the end of run, both on the runtime's
     // threads in sequence; `lock` guards them against a concurrent
-    // `attachments` read from another thread (tests, reports).
-    private nonisolated(unsafe) var object: BPFObject?
+    // `attachments` read from another thread (tests, reports) and against
+    // a reload's `reconfigure`.
+    /// The loaded objects: the first from prepare, one more for each reload
+    /// that added events whose programs were not loaded (sharing its maps).
+    private nonisolated(unsafe) var objects: [BPFObject] = []
     private nonisolated(unsafe) var reader: KernelReader?
     private nonisolated(unsafe) var context: StageContext?
     private nonisolated(unsafe) var attached: [(EventKind, AttachMode)] = []
+    /// Programs attached, by name: a later object never attaches one twice.
+    private nonisolated(unsafe) var attachedPrograms: [String: AttachedProgram] = [:]
+    /// The options in force: `options`, then what reloads applied.
+    private nonisolated(unsafe) var active: SyscallMonitorOptions
+    /// Decided in prepare: kprobe pairs (else tracepoints), and whether exec
+    /// events get their handover program.
+    private nonisolated(unsafe) var useKprobes = false
+    private nonisolated(unsafe) var execHandoverAvailable = true
     /// The transport in use: `options.transport`, with `auto` resolved in
     /// `prepare` (written before the reader exists, read-only after).
     private nonisolated(unsafe) var activeTransport: SyscallMonitorOptions.Transport
@@ -49,7 +61,19 @@ public final class SyscallMonitorSource: EventSource {
     /// Creates the source; nothing touches the kernel before ``prepare(_:)``.
     public init(_ options: SyscallMonitorOptions) {
         self.options = options
+        active = options
         activeTransport = options.transport
+    }
+
+    /// The options in force now: those it was built with, changed in place
+    /// by reloads (events, skip_retvals, visibility).
+    public var activeOptions: SyscallMonitorOptions { lock.withLock { active } }
+
+    /// An attached program: its name in the object and its kernel fd.
+    struct AttachedProgram {
+        var name: String
+        var fd: Int32
+        var mode: AttachMode
     }
 
     /// The transport records travel by: `perf` or `ringbuf` once prepared
@@ -83,81 +107,195 @@ public final class SyscallMonitorSource: EventSource {
             // Only needed if a kprobe fails and an event falls back.
             context.logger.warning("no tracefs, so no fallback to tracepoints: \(problem)")
         }
-        if !useKprobes {
-            for kind in options.events {
-                let name = KernelProgram.kernelName(kind)
-                guard KernelSupport.hasTracepoint("syscalls", "sys_enter_\(name)"), KernelSupport.hasTracepoint("syscalls", "sys_exit_\(name)") else {
-                    throw fail("event '\(kind.name)': this kernel has no tracepoint syscalls/sys_enter_\(name) (is CONFIG_FTRACE_SYSCALLS set?)")
-                }
-            }
-        }
+        try checkTracepoints(options.events, useKprobes: useKprobes, fail: fail)
 
         // An exec from a thread other than the leader is reported through
         // sched/sched_process_exec (see the program's tp_sched_exec).
-        var execHandover = options.events.contains(where: KernelProgram.needsExecHandover)
-        if execHandover, !KernelSupport.hasTracepoint("sched", "sched_process_exec") {
+        var execHandover = true
+        if options.events.contains(where: KernelProgram.needsExecHandover), !KernelSupport.hasTracepoint("sched", "sched_process_exec") {
             context.logger.warning("this kernel has no tracepoint sched/sched_process_exec: a successful exec from a thread other than the process leader will not be reported")
             execHandover = false
         }
 
         let resolved = resolveTransport(context)
-        lock.withLock { activeTransport = resolved }
+        lock.withLock {
+            activeTransport = resolved
+            self.useKprobes = useKprobes
+            execHandoverAvailable = execHandover
+        }
 
         let object: BPFObject
         do {
-            object = try BPFObject(elf: KernelProgram.elf(), name: KernelProgram.objectName)
-            try configure(object, useKprobes: useKprobes, execHandover: execHandover)
-            try object.load()
-            try setVisibility(object)
+            object = try loadObject(for: options.events, sharingMapsOf: nil)
+            try writeMaps(object, options)
         } catch let error as BPFError {
             throw fail("cannot load the eBPF program: \(error)")
         }
-        self.object = object
+        lock.withLock { objects = [object] }
 
-        var attached: [(EventKind, AttachMode)] = []
         do {
-            for kind in options.events {
-                let mode = try attach(kind, in: object, kprobes: useKprobes, context: context)
-                attached.append((kind, mode))
-            }
-            // Extra exits (execveat's through sys_exit_execve), once each.
-            let attachedTracepoints = Set(attached.filter { $0.1 == .tracepoint }.map(\.0.id))
-            var extra = Set<UInt32>()
-            for (kind, mode) in attached where mode == .tracepoint {
-                for other in KernelProgram.extraTracepointExits(kind) where !attachedTracepoints.contains(other.id) && extra.insert(other.id).inserted {
-                    let name = KernelProgram.kernelName(other)
-                    guard let program = object.programs.first(where: { $0.name == KernelProgram.programName(other, kprobe: false, exit: true) }) else {
-                        throw BPFError("the embedded object has no exit program for \(name)")
-                    }
-                    try object.attachTracepoint(program.program, category: "syscalls", name: "sys_exit_\(name)")
-                    context.logger.info("event \(kind.name): also tracepoint syscalls/sys_exit_\(name) (a successful \(kind.name) returns through it)")
-                }
-            }
-            if execHandover {
-                guard let program = object.programs.first(where: { $0.name == KernelProgram.execHandoverProgram }) else {
-                    throw BPFError("the embedded object has no program '\(KernelProgram.execHandoverProgram)'")
-                }
-                try object.attachTracepoint(program.program, category: "sched", name: "sched_process_exec")
-                context.logger.info("exec events: also tracepoint sched/sched_process_exec (an exec from a thread other than the leader leaves with the leader's id)")
-            }
+            let attached = try attachPrograms(for: options.events, in: object, context: context)
+            lock.withLock { self.attached = attached }
         } catch let error as BPFError {
             object.detachAll()
             throw fail("cannot attach: \(error)")
         }
-        lock.withLock { self.attached = attached }
 
         do {
-            reader = try KernelReader(
+            let reader = try KernelReader(
                 transport: transport(object), decoder: WireDecoder(wallOffsetNs: Clock.monotonicToWallOffsetNs(), node: context.node),
                 metrics: context.metrics, dropCheckIntervalNs: options.flushIntervalNs)
+            lock.withLock { self.reader = reader }
         } catch let error as BPFError {
             object.detachAll()
             throw fail("\(error)")
         }
+        declareSeries(context.metrics)
         let buffer = activeTransport == .perf
             ? "perf buffer, \(options.bufferPages) pages per CPU"
             : "ring buffer of \(options.ringbufBytes) bytes"
         context.logger.info("tracing \(options.events.count) event(s) through a \(buffer)")
+    }
+
+    /// The kernel side's series: the ring buffer's fill, each attached
+    /// program's id, run time and runs (`bpf_prog_info`; the kernel counts
+    /// these only while `kernel.bpf_stats_enabled` is 1), and how each
+    /// event is attached. Read at scrape time, under `lock`.
+    private func declareSeries(_ metrics: StageMetrics) {
+        metrics.observe(.gauge, "buffer_used_bytes", help: "ring buffer bytes written by the kernel program and not yet read") { [self] in
+            Int64(lock.withLock { reader?.bufferUse?.used } ?? 0)
+        }
+        metrics.observe(.gauge, "buffer_size_bytes", help: "ring buffer size (0 for the perf buffer)") { [self] in
+            Int64(lock.withLock { reader?.bufferUse?.size } ?? 0)
+        }
+        metrics.observe(.gauge, "bpf_stats_enabled", help: "1 while kernel.bpf_stats_enabled is on (run time and runs are counted)") {
+            FileIO.readText("/proc/sys/kernel/bpf_stats_enabled")?.hasPrefix("1") == true ? 1 : 0
+        }
+        metrics.observeEach(.counter, "bpf_run_ns", help: "time the kernel spent in each attached program") { [self] in
+            programStats().map { (["program": $0.name, "id": "\($0.id)"], $0.runTimeNs) }
+        }
+        metrics.observeEach(.counter, "bpf_runs", help: "runs of each attached program") { [self] in
+            programStats().map { (["program": $0.name, "id": "\($0.id)"], $0.runs) }
+        }
+        metrics.observeEach(.gauge, "attached_events", help: "1 for each traced event (0: attached, switched off by a reload), by attach mode") { [self] in
+            let (attached, active) = lock.withLock { (self.attached, self.active) }
+            let traced = Set(active.events.map(\.id))
+            return attached.map { (["event": $0.0.name, "mode": $0.1.rawValue], traced.contains($0.0.id) ? 1 : 0) }
+        }
+    }
+
+    /// `bpf_prog_info` of every attached program, by name.
+    private func programStats() -> [(name: String, id: UInt32, runTimeNs: Int64, runs: Int64)] {
+        lock.withLock {
+            attachedPrograms.values.sorted { $0.name < $1.name }.compactMap { program in
+                var info = bpf_prog_info()
+                var length = UInt32(MemoryLayout<bpf_prog_info>.size)
+                guard bpf_obj_get_info_by_fd(program.fd, &info, &length) == 0 else { return nil }
+                return (program.name, info.id, Int64(truncatingIfNeeded: info.run_time_ns), Int64(truncatingIfNeeded: info.run_cnt))
+            }
+        }
+    }
+
+    /// Throws unless every event has its pair of syscall tracepoints (when
+    /// tracepoints are the attach mode).
+    private func checkTracepoints(_ events: [EventKind], useKprobes: Bool, fail: (String) -> StageStartError) throws {
+        guard !useKprobes else { return }
+        for kind in events {
+            let name = KernelProgram.kernelName(kind)
+            guard KernelSupport.hasTracepoint("syscalls", "sys_enter_\(name)"), KernelSupport.hasTracepoint("syscalls", "sys_exit_\(name)") else {
+                throw fail("event '\(kind.name)': this kernel has no tracepoint syscalls/sys_enter_\(name) (is CONFIG_FTRACE_SYSCALLS set?)")
+            }
+        }
+    }
+
+    /// Opens and loads an object with the programs `events` need that are
+    /// not attached yet. A second object (a reload's new events) shares
+    /// every map of the first, so its records reach the same reader.
+    private func loadObject(for events: [EventKind], sharingMapsOf first: BPFObject?) throws -> BPFObject {
+        let object = try BPFObject(elf: KernelProgram.elf(), name: KernelProgram.objectName)
+        let (useKprobes, execHandover, attachedNames) = lock.withLock { (self.useKprobes, execHandoverAvailable, Set(attachedPrograms.keys)) }
+        let handover = execHandover && events.contains(where: KernelProgram.needsExecHandover)
+        try configure(object, events: events, useKprobes: useKprobes, execHandover: handover, skipping: attachedNames)
+        if let first {
+            for name in KernelProgram.Map.shared {
+                let result = bpf_map__reuse_fd(try object.map(named: name), try first.mapFD(named: name))
+                guard result == 0 else { throw BPFError("cannot share map '\(name)' with the running program", code: result) }
+            }
+        }
+        try object.load()
+        return object
+    }
+
+    /// Writes the options a reload may change: skipped return values, the
+    /// event set and per-scope visibility.
+    private func writeMaps(_ object: BPFObject, _ options: SyscallMonitorOptions) throws {
+        var settings = [UInt8]()
+        for index in 0..<KernelProgram.maxSkipRetvals {
+            let value = index < options.skipRetvals.count ? options.skipRetvals[index] : 0
+            withUnsafeBytes(of: value.littleEndian) { settings += $0 }
+        }
+        withUnsafeBytes(of: UInt32(min(options.skipRetvals.count, KernelProgram.maxSkipRetvals)).littleEndian) { settings += $0 }
+        settings += [0, 0, 0, 0]
+        var key: UInt32 = 0
+        let settingsFD = try object.mapFD(named: KernelProgram.Map.settings)
+        guard bpf_map_update_elem(settingsFD, &key, settings, UInt64(BPF_ANY)) == 0 else {
+            throw BPFError("cannot set skip_retvals", code: errno)
+        }
+        let enabledFD = try object.mapFD(named: KernelProgram.Map.enabled)
+        let wanted = Set(options.events.map(\.id))
+        for kind in EventCatalog.all {
+            var id = kind.id
+            var on: UInt32 = wanted.contains(kind.id) ? 1 : 0
+            guard bpf_map_update_elem(enabledFD, &id, &on, UInt64(BPF_ANY)) == 0 else {
+                throw BPFError("cannot switch event \(kind.name)", code: errno)
+            }
+        }
+        try setVisibility(object, options)
+    }
+
+    /// Attaches every program `events` need that is not attached yet, in
+    /// `object`; returns how each event was attached.
+    private func attachPrograms(for events: [EventKind], in object: BPFObject, context: StageContext) throws -> [(EventKind, AttachMode)] {
+        let (useKprobes, execHandover) = lock.withLock { (self.useKprobes, execHandoverAvailable) }
+        var attached: [(EventKind, AttachMode)] = []
+        for kind in events {
+            let mode = try attach(kind, in: object, kprobes: useKprobes, context: context)
+            attached.append((kind, mode))
+        }
+        // Extra exits (execveat's through sys_exit_execve), once each.
+        for (kind, mode) in attached where mode == .tracepoint {
+            for other in KernelProgram.extraTracepointExits(kind) {
+                let name = KernelProgram.programName(other, kprobe: false, exit: true)
+                guard !isAttached(name) else { continue }
+                try attachTracepoint(name, in: object, category: "syscalls", tracepoint: "sys_exit_\(KernelProgram.kernelName(other))")
+                context.logger.info("event \(kind.name): also tracepoint syscalls/sys_exit_\(KernelProgram.kernelName(other)) (a successful \(kind.name) returns through it)")
+            }
+        }
+        if execHandover, events.contains(where: KernelProgram.needsExecHandover), !isAttached(KernelProgram.execHandoverProgram) {
+            try attachTracepoint(KernelProgram.execHandoverProgram, in: object, category: "sched", tracepoint: "sched_process_exec")
+            context.logger.info("exec events: also tracepoint sched/sched_process_exec (an exec from a thread other than the leader leaves with the leader's id)")
+        }
+        return attached
+    }
+
+    private func isAttached(_ name: String) -> Bool { lock.withLock { attachedPrograms[name] != nil } }
+
+    private func program(_ name: String, in object: BPFObject) throws -> OpaquePointer {
+        guard let program = object.programs.first(where: { $0.name == name }) else {
+            throw BPFError("the embedded object has no program '\(name)'")
+        }
+        return program.program
+    }
+
+    private func attachTracepoint(_ name: String, in object: BPFObject, category: String, tracepoint: String) throws {
+        let program = try program(name, in: object)
+        try object.attachTracepoint(program, category: category, name: tracepoint)
+        record(name, program, .tracepoint)
+    }
+
+    private func record(_ name: String, _ program: OpaquePointer, _ mode: AttachMode) {
+        let fd = bpf_program__fd(program)
+        lock.withLock { attachedPrograms[name] = AttachedProgram(name: name, fd: fd, mode: mode) }
     }
 
     /// True for kprobe pairs, false for tracepoints; throws when `attach:
@@ -183,17 +321,11 @@ public final class SyscallMonitorSource: EventSource {
         }
     }
 
-    /// Sets the load-time globals, chooses which programs load, and sizes the
+    /// Sets the load-time globals, chooses which programs load (those
+    /// `events` need, less those already attached), and sizes the
     /// transport maps.
-    private func configure(_ object: BPFObject, useKprobes: Bool, execHandover: Bool) throws {
+    private func configure(_ object: BPFObject, events: [EventKind], useKprobes: Bool, execHandover: Bool, skipping attachedNames: Set<String>) throws {
         try object.setReadOnlyGlobal(KernelProgram.Global.selfTgid, UInt32(getpid()))
-        var skip = [UInt8]()
-        for index in 0..<KernelProgram.maxSkipRetvals {
-            let value = index < options.skipRetvals.count ? options.skipRetvals[index] : 0
-            withUnsafeBytes(of: value.littleEndian) { skip += $0 }
-        }
-        try object.setReadOnlyGlobal(KernelProgram.Global.skipRetvals, bytes: skip)
-        try object.setReadOnlyGlobal(KernelProgram.Global.skipRetvalsCount, UInt32(min(options.skipRetvals.count, KernelProgram.maxSkipRetvals)))
         try object.setReadOnlyGlobal(KernelProgram.Global.useRingbuf, UInt32(activeTransport == .ringbuf ? 1 : 0))
         // Wake the reader once a sixteenth of the ring waits (512 KiB of the
         // default 8 MiB): early enough that a stalled reader still has most
@@ -206,7 +338,7 @@ public final class SyscallMonitorSource: EventSource {
         var wanted = Set<String>()
         // auto may fall back to tracepoints per event: then load both kinds.
         let tracepoints = !useKprobes || options.attach == .auto
-        for kind in options.events {
+        for kind in events {
             for exit in [false, true] {
                 wanted.insert(KernelProgram.programName(kind, kprobe: useKprobes, exit: exit))
                 if tracepoints { wanted.insert(KernelProgram.programName(kind, kprobe: false, exit: exit)) }
@@ -218,6 +350,7 @@ public final class SyscallMonitorSource: EventSource {
             }
         }
         if execHandover { wanted.insert(KernelProgram.execHandoverProgram) }
+        wanted.subtract(attachedNames)
         var found = Set<String>()
         for program in object.programs {
             let load = wanted.contains(program.name)
@@ -239,7 +372,7 @@ public final class SyscallMonitorSource: EventSource {
 
     /// Writes the per-scope switch of successful events (the program's
     /// `drop_syscall(scope)`): non-zero hides a scope's successful events.
-    private func setVisibility(_ object: BPFObject) throws {
+    private func setVisibility(_ object: BPFObject, _ options: SyscallMonitorOptions) throws {
         let fd = try object.mapFD(named: KernelProgram.Map.visibility)
         for scope in Scope.allCases {
             var key = UInt32(scope.rawValue)
@@ -260,17 +393,24 @@ public final class SyscallMonitorSource: EventSource {
         let name = KernelProgram.kernelName(kind)
         if kprobes {
             let function = "__x64_sys_\(name)"
+            let names = (KernelProgram.programName(kind, kprobe: true, exit: false), KernelProgram.programName(kind, kprobe: true, exit: true))
+            if isAttached(names.0) { return .kprobe }
             do {
-                try object.attachKprobe(try program(false, kprobe: true), function: function, isReturn: false)
-                try object.attachKprobe(try program(true, kprobe: true), function: function, isReturn: true)
+                let (entry, exit) = (try program(false, kprobe: true), try program(true, kprobe: true))
+                try object.attachKprobe(entry, function: function, isReturn: false)
+                record(names.0, entry, .kprobe)
+                try object.attachKprobe(exit, function: function, isReturn: true)
+                record(names.1, exit, .kprobe)
                 context.logger.info("event \(kind.name): kprobe/kretprobe on \(function)")
                 return .kprobe
             } catch let error as BPFError where options.attach == .auto {
                 context.logger.warning("event \(kind.name): kprobe on \(function) failed (\(error.message)); using its tracepoints")
             }
         }
-        try object.attachTracepoint(try program(false, kprobe: false), category: "syscalls", name: "sys_enter_\(name)")
-        try object.attachTracepoint(try program(true, kprobe: false), category: "syscalls", name: "sys_exit_\(name)")
+        let enter = KernelProgram.programName(kind, kprobe: false, exit: false)
+        let exit = KernelProgram.programName(kind, kprobe: false, exit: true)
+        if !isAttached(enter) { try attachTracepoint(enter, in: object, category: "syscalls", tracepoint: "sys_enter_\(name)") }
+        if !isAttached(exit) { try attachTracepoint(exit, in: object, category: "syscalls", tracepoint: "sys_exit_\(name)") }
         context.logger.info("event \(kind.name): tracepoints syscalls/sys_enter_\(name), sys_exit_\(name)")
         return .tracepoint
     }
@@ -307,11 +447,14 @@ public final class SyscallMonitorSource: EventSource {
     /// Polls the kernel buffers until ``stop()``, then detaches, drains and
     /// releases everything.
     public func run(_ output: SourceOutput) throws {
-        guard let reader, let object else { return }
+        guard let reader = lock.withLock({ self.reader }), !lock.withLock({ objects.isEmpty }) else { return }
         defer {
-            self.reader = nil
-            self.object = nil
-            lock.withLock { attached.removeAll() }
+            lock.withLock {
+                self.reader = nil
+                objects.removeAll()
+                attached.removeAll()
+                attachedPrograms.removeAll()
+            }
         }
         reader.start(output: output, batchEvents: output.batchEvents)
         let timeoutMs = Int32(clamping: max(1, options.flushIntervalNs / 1_000_000))
@@ -325,7 +468,7 @@ public final class SyscallMonitorSource: EventSource {
             }
         }
         // Nothing new arrives once detached; what the buffers hold still goes out.
-        object.detachAll()
+        lock.withLock { objects.forEach { $0.detachAll() } }
         reader.drain()
         if let context {
             let malformed = context.metrics.malformed.load(ordering: .relaxed)
@@ -337,5 +480,59 @@ public final class SyscallMonitorSource: EventSource {
     /// Asks `run` to return within one flush interval.
     public func stop() {
         stopped.store(true, ordering: .releasing)
+    }
+}
+
+extension SyscallMonitorSource: ReconfigurableSource {
+    /// Takes a reload's new `events`, `skip_retvals` and `visibility` in
+    /// place, the programs staying attached: the maps change, a removed
+    /// event is switched off (its programs stay attached and return at
+    /// once), and an event whose programs are not loaded yet is loaded in a
+    /// second object that shares every map, then attached. Any other change
+    /// (attach, transport, buffer sizes, flush_interval) returns false: the
+    /// runtime then starts a new source before it stops this one.
+    public func reconfigure(like replacement: any EventSource, context: StageContext) throws -> Bool {
+        guard let replacement = replacement as? SyscallMonitorSource else { return false }
+        let wanted = replacement.options
+        let (current, first) = lock.withLock { (active, objects.first) }
+        guard let first, !stopped.load(ordering: .acquiring) else { return false }
+        // What is set at start only.
+        guard wanted.attach == current.attach, wanted.transport == current.transport,
+              wanted.bufferPages == current.bufferPages, wanted.ringbufBytes == current.ringbufBytes,
+              wanted.flushIntervalNs == current.flushIntervalNs
+        else { return false }
+
+        let fail = { (message: String) in StageStartError(stage: context.id, message: message) }
+        let attachedIDs = lock.withLock { Set(attached.map(\.0.id)) }
+        let added = wanted.events.filter { !attachedIDs.contains($0.id) }
+        if !added.isEmpty {
+            let useKprobes = lock.withLock { self.useKprobes }
+            try checkTracepoints(added, useKprobes: useKprobes, fail: fail)
+            let object: BPFObject
+            do {
+                object = try loadObject(for: added, sharingMapsOf: first)
+            } catch let error as BPFError {
+                throw fail("cannot load the programs of \(added.map(\.name).joined(separator: ", ")): \(error)")
+            }
+            // Attached while switched off: the maps below switch them on.
+            do {
+                let newlyAttached = try attachPrograms(for: added, in: object, context: context)
+                lock.withLock {
+                    objects.append(object)
+                    attached += newlyAttached
+                }
+            } catch let error as BPFError {
+                object.detachAll()
+                throw fail("cannot attach \(added.map(\.name).joined(separator: ", ")): \(error)")
+            }
+        }
+        do {
+            try writeMaps(first, wanted)
+        } catch let error as BPFError {
+            throw fail("cannot apply the new options: \(error)")
+        }
+        lock.withLock { active = wanted }
+        context.logger.info("reconfigured in place: events [\(wanted.events.map(\.name).joined(separator: ", "))], skip_retvals \(wanted.skipRetvals)")
+        return true
     }
 }

@@ -20,6 +20,7 @@ struct PipelinedCommand: AsyncParsableCommand {
             PluginsCommand.self,
             ArchiveCommand.self,
             TailCommand.self,
+            TopCommand.self,
         ]
     )
 
@@ -57,15 +58,18 @@ enum ExitStatus {
 /// Unbuffered writes to standard error, for messages that must appear in
 /// order with a child's or the logger's output.
 enum FileHandleStderr {
-    static func write(_ text: String) {
-        var text = text
-        text.withUTF8 { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(STDERR_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
-                if written <= 0 { if errno == EINTR { continue } else { return } }
-                offset += written
-            }
+    static func write(_ text: String) { writeAll(text, to: STDERR_FILENO) }
+}
+
+/// Writes all of `text` to `fd`, retrying after signals; gives up on an error.
+func writeAll(_ text: String, to fd: Int32) {
+    var text = text
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if written <= 0 { if errno == EINTR { continue } else { return } }
+            offset += written
         }
     }
 }

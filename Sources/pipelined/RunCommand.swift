@@ -16,7 +16,9 @@ import UnixSignals
 /// privilege exits 77 before any sink has created a file or socket); sinks
 /// open; data flows. The first SIGINT or SIGTERM starts a graceful shutdown;
 /// the pipeline also ends by itself when every source reaches the end of its
-/// input (a `replay` of a file).
+/// input (a `replay` of a file). SIGHUP reloads the file (``ReloadService``).
+/// The metrics endpoint (``MetricsServer``) is bound before anything else:
+/// a busy port exits 1, naming the setting.
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
@@ -30,10 +32,22 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log level, overriding the file's settings.log_level (trace, debug, info, notice, warning, error, critical).")
     var logLevel: String?
 
+    @Option(name: .long, help: "HOST:PORT of the metrics endpoint (port 0 picks a free one), or false for none, overriding the file's settings.metrics.listen.")
+    var metricsListen: String?
+
     func validate() throws {
         if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        if let metricsListen, metricsListen != "false", ListenAddress(parsing: metricsListen) == nil {
+            throw ValidationError("--metrics-listen must be HOST:PORT (such as 127.0.0.1:9464; port 0 picks a free one) or false, not '\(metricsListen)'")
+        }
+    }
+
+    /// The endpoint's address and the name of what set it, for errors.
+    private func metricsAddress(_ plan: PipelinePlan) -> (ListenAddress, String)? {
+        guard let metricsListen else { return plan.settings.metricsListen.map { ($0, "settings.metrics.listen") } }
+        return ListenAddress(parsing: metricsListen).map { ($0, "--metrics-listen") }
     }
 
     func run() async throws {
@@ -60,10 +74,27 @@ struct RunCommand: AsyncParsableCommand {
         logger.logLevel = level
 
         let runtime = PipelineRuntime(plan: plan, logger: logger)
+        let exporter = MetricsExporter(runtime: runtime)
+        // Bound before anything starts: a busy port fails the run at once.
+        var server: MetricsServer?
+        if let (listen, setting) = metricsAddress(plan) {
+            do {
+                server = try await MetricsServer.start(at: listen, setting: setting, exporter: exporter, logger: logger)
+            } catch {
+                FileHandleStderr.write("pipelined: \(error)\n")
+                throw ExitCode(ExitStatus.failure)
+            }
+        }
+        // Trapped now, before the pipeline starts: SIGHUP's default would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let service = PipelineService(runtime: runtime)
+        let reloader = ReloadService(runtime: runtime, loader: loader, file: file, signals: hangups, counts: exporter.reloads, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [
+                    .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: reloader, successTerminationBehavior: .ignore),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -72,12 +103,17 @@ struct RunCommand: AsyncParsableCommand {
             "pipeline": "\(plan.name)",
             "stages": "\(plan.stages.count)",
         ])
+        var ended: (any Error)?
         do {
             try await group.run()
-        } catch let error as StageStartError {
+        } catch {
+            ended = error
+        }
+        await server?.stop()
+        if let error = ended as? StageStartError {
             FileHandleStderr.write(error.report + "\n")
             throw ExitCode(error.exitCode)
-        } catch let error as ServiceGroupError {
+        } else if let error = ended {
             // A service that throws ends the group; unwrap what it threw.
             if let start = service.startError {
                 FileHandleStderr.write(start.report + "\n")
@@ -94,7 +130,7 @@ struct RunCommand: AsyncParsableCommand {
             }
             throw ExitCode(ExitStatus.failure)
         }
-        for stage in plan.stages {
+        for stage in runtime.plan.stages {
             guard let counts = summary.metrics[stage.id] else { continue }
             var totals: Logger.Metadata = [
                 "stage": "\(stage.id)",

@@ -266,7 +266,7 @@ struct CommandTests {
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", copy.path, "run", pipeline.path]
+        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", copy.path, "run", "--metrics-listen", "127.0.0.1:0", pipeline.path]
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice

@@ -39,7 +39,15 @@ enum CLI {
 
     /// Starts `pipelined ARGS` (behind `prefix`, e.g. `setpriv ...`); the caller
     /// signals and finishes it.
-    static func start(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> Running {
+    ///
+    /// Tests run in parallel, so a `run` serves its metrics on a free port
+    /// (`--metrics-listen 127.0.0.1:0`) unless the test names one itself or
+    /// sets `freeMetricsPort` false (to test the file's own setting).
+    static func start(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = [], freeMetricsPort: Bool = true) throws -> Running {
+        var arguments = arguments
+        if freeMetricsPort, arguments.first == "run", !arguments.contains(where: { $0.hasPrefix("--metrics-listen") }) {
+            arguments.insert(contentsOf: ["--metrics-listen", "127.0.0.1:0"], at: 1)
+        }
         let process = Process()
         if prefix.isEmpty {
             process.executableURL = binary

@@ -9,17 +9,7 @@ import PipelineCore
 enum KernelTests {
     static let required = ProcessInfo.processInfo.environment["PIPELINED_REQUIRE_BPF"] == "1"
 
-    static let unavailableReason: String? = {
-        if let missing = KernelSupport.missingPrivilege() { return missing }
-        if !FileManager.default.fileExists(atPath: "/sys/kernel/btf/vmlinux") {
-            return "the kernel has no BTF (/sys/kernel/btf/vmlinux), which the program's CO-RE reads need"
-        }
-        if let problem = KernelSupport.ensureTracefs() { return problem }
-        if !KernelSupport.hasTracepoint("syscalls", "sys_enter_connect") {
-            return "the kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
-        }
-        return nil
-    }()
+    static let unavailableReason: String? = KernelSupport.unavailableReason
 
     /// The condition of `.enabled(if:)` on every kernel test.
     static var enabled: Bool {

@@ -6,9 +6,12 @@
  * port (refused, -111); `udp` makes only the UDP connects (the fastest
  * storm, where a tracer's per-event cost shows most); `tcp` only the refused
  * ones. Each call is one traced event; none is skipped by the default
- * skip_retvals. Prints what it generated and how fast:
+ * skip_retvals. `seq` makes UDP connects whose peer port counts up
+ * (1, 2, ... 65535, 1, ...), so that a reader can check every call arrived
+ * exactly once and in order. RATE (calls per second per process, default 0:
+ * as fast as possible) paces the calls. Prints what it generated and how fast:
  *
- *     loadgen [N per process] [P] [mixed|udp|tcp]
+ *     loadgen [N per process] [P] [mixed|udp|tcp|seq] [RATE]
  *     generated=2000000 seconds=1.234 rate=1620745 refused=1000000 ok=1000000 other=0 first_done=1.201
  */
 #define _GNU_SOURCE
@@ -36,9 +39,9 @@ struct counts {
     double seconds; /* this process's own time from start to its last call */
 };
 
-enum mode { MIXED, UDP_ONLY, TCP_ONLY };
+enum mode { MIXED, UDP_ONLY, TCP_ONLY, SEQ };
 
-static struct counts work(long n, int pipe_fd, enum mode mode, double start)
+static struct counts work(long n, int pipe_fd, enum mode mode, double start, long rate)
 {
     struct counts c = { 0, 0, 0, 0 };
     /* The refused port: bound, never listening, held for the whole run. */
@@ -53,7 +56,18 @@ static struct counts work(long n, int pipe_fd, enum mode mode, double start)
     for (long i = 0; i < n; i++) {
         long r;
         int use_tcp = mode == TCP_ONLY || (mode == MIXED && (i & 1));
-        if (use_tcp) {
+        if (rate > 0 && i % 100 == 0) {
+            /* Paced: call i is due at start + i / rate. */
+            double due = start + (double)i / rate, wait = due - now();
+            if (wait > 0) {
+                struct timespec pause = { (time_t)wait, (long)((wait - (time_t)wait) * 1e9) };
+                nanosleep(&pause, NULL);
+            }
+        }
+        if (mode == SEQ) {
+            udp_peer.sin_port = htons((unsigned short)(1 + i % 65535));
+            r = syscall(SYS_connect, udp, &udp_peer, sizeof(udp_peer));
+        } else if (use_tcp) {
             r = syscall(SYS_connect, tcp, &closed, sizeof(closed));
         } else {
             r = syscall(SYS_connect, udp, &udp_peer, sizeof(udp_peer));
@@ -76,6 +90,7 @@ int main(int argc, char **argv)
     long n = argc > 1 ? atol(argv[1]) : 1000000;
     int processes = argc > 2 ? atoi(argv[2]) : 2;
     const char *mode_name = argc > 3 ? argv[3] : "mixed";
+    long rate = argc > 4 ? atol(argv[4]) : 0;
     enum mode mode;
     if (!strcmp(mode_name, "mixed"))
         mode = MIXED;
@@ -83,8 +98,10 @@ int main(int argc, char **argv)
         mode = UDP_ONLY;
     else if (!strcmp(mode_name, "tcp"))
         mode = TCP_ONLY;
+    else if (!strcmp(mode_name, "seq"))
+        mode = SEQ;
     else {
-        fprintf(stderr, "loadgen: mode must be mixed, udp or tcp\n");
+        fprintf(stderr, "loadgen: mode must be mixed, udp, tcp or seq\n");
         return 64;
     }
     int fds[2];
@@ -92,11 +109,17 @@ int main(int argc, char **argv)
         return 1;
     double start = now();
     for (int p = 0; p < processes; p++) {
-        if (fork() == 0) {
-            work(n, fds[1], mode, start);
+        pid_t child = fork();
+        if (child == 0) {
+            work(n, fds[1], mode, start, rate);
             _exit(0);
         }
+        /* A reader finds each worker's calls by its pid. */
+        printf("worker=%d\n", (int)child);
+        fflush(stdout);
     }
+    /* Only the workers write: a worker that dies ends the parent's read. */
+    close(fds[1]);
     struct counts total = { 0, 0, 0, 0 };
     double first_done = 0;
     for (int p = 0; p < processes; p++) {

@@ -19,7 +19,7 @@
 #   TRANSPORT=ringbuf bench/connect/run.sh     (default settings otherwise)
 #   TRANSPORT=ringbuf RINGBUF_BYTES=4MiB bench/connect/run.sh
 #   BATCH_EVENTS=4096 bench/connect/run.sh      (settings.batch_events)
-#   RUNS=5 bench/connect/run.sh                 (medians over 5 runs; default 3)
+#   RUNS=9 bench/connect/run.sh                 (medians, min and max over 9 runs; default 7)
 #   MODE=udp bench/connect/run.sh               (only UDP connects: the storm;
 #                                                MODE=tcp only refused TCP; default mixed)
 set -euo pipefail
@@ -28,7 +28,7 @@ root="$(cd "$here/../.." && pwd)"
 out="$root/bench/out/connect"
 per_process="${EVENTS_PER_PROCESS:-500000}"
 processes="${PROCESSES:-2}"
-runs="${RUNS:-3}"
+runs="${RUNS:-7}"
 mode="${MODE:-mixed}"
 generated=$((per_process * processes))
 mkdir -p "$out"
@@ -79,8 +79,33 @@ load() {
     sed -n 's/.*rate=\([0-9]*\).*/\1/p' <<< "$result"
 }
 
-# user+sys seconds and peak RSS (KiB) from a `time -v` report.
+# user+sys seconds, user and system seconds apart, and peak RSS (KiB) from a `time -v` report.
 cpu_seconds() { awk -F': ' '/User time|System time/ { sum += $2 } END { printf "%.2f", sum }' "$1"; }
+user_seconds() { awk -F': ' '/User time/ { printf "%.2f", $2 }' "$1"; }
+system_seconds() { awk -F': ' '/System time/ { printf "%.2f", $2 }' "$1"; }
+# Syscalls and context switches of a process while it runs (perf stat -p;
+# counts, not times, so they hold on a noisy machine). Prints "0 0" without perf.
+count_start() {
+    if command -v perf > /dev/null; then
+        rm -f "$out/perf-stat.txt"
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$1" -o "$out/perf-stat.txt" > /dev/null 2>&1 &
+        echo $!
+    fi
+}
+count_stop() {
+    if [ -n "${1:-}" ]; then
+        kill -INT "$1" 2> /dev/null || true
+        # perf is not this shell's child (it was started in a command
+        # substitution): wait for its report rather than for the process.
+        for _ in $(seq 1 50); do
+            grep -q context-switches "$out/perf-stat.txt" 2> /dev/null && break
+            sleep 0.1
+        done
+        awk -F, '/raw_syscalls/ { s = $1 } /context-switches/ { c = $1 } END { printf "%d %d", s, c }' "$out/perf-stat.txt"
+    else
+        echo "0 0"
+    fi
+}
 peak_rss_kib() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"; }
 
 # The child of `time` (the tracer itself).
@@ -98,14 +123,17 @@ run_pipelined() {
     /usr/bin/time -v -o "$out/pipelined.time" "$pipelined" run "$out/pipeline.yaml" > /dev/null 2> "$out/pipelined.log" &
     local time_pid=$!
     wait_for "$out/pipelined.log" "pipeline started"
-    local rate
+    local tracer counter rate counts
+    tracer="$(tracer_pid "$time_pid")"
+    counter="$(count_start "$tracer")"
     rate="$(load)"
-    kill -INT "$(tracer_pid "$time_pid")"
+    counts="$(count_stop "$counter")"
+    kill -INT "$tracer"
     wait "$time_pid"
     local delivered lost
     delivered="$(grep -c '"comm":"loadgen"' "$out/pipelined.jsonl" || true)"
     lost="$({ grep '"event":"lost"' "$out/pipelined.jsonl" || true; } | sed -n 's/.*"count":\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')"
-    echo "$rate $delivered $lost $(cpu_seconds "$out/pipelined.time") $(peak_rss_kib "$out/pipelined.time")"
+    echo "$rate $delivered $lost $(cpu_seconds "$out/pipelined.time") $(peak_rss_kib "$out/pipelined.time") $(user_seconds "$out/pipelined.time") $(system_seconds "$out/pipelined.time") $counts"
     mv "$out/pipelined.time" "$out/pipelined-$run.time"
     rm -f "$out/pipelined.jsonl"
 }
@@ -144,22 +172,28 @@ for run in $(seq 1 "$runs"); do
     echo "$untraced $pipelined_result $bpftrace_result" >> "$out/runs.txt"
 done
 
-# runs.txt: untraced | rate delivered lost cpu rss (pipelined) | the same (bpftrace)
+# runs.txt: untraced | rate delivered lost cpu rss user sys syscalls ctxsw (pipelined) | rate delivered lost cpu rss (bpftrace)
 awk -v g="$generated" -v n="$runs" -v p="$processes" -v e="$per_process" -v m="$mode" '
-function median(a, k,   i, j, t) {
+function sort(a, k,   i, j, t) {
     for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
 }
+function median(a, k) { sort(a, k); return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2 }
+# "median (min to max)" of a[1..k].
+function spread(a, k, f,   med) { med = median(a, k); return sprintf(f " (" f " to " f ")", med, a[1], a[k]) }
 {
     u[NR] = $1
     pr[NR] = $2 / $1; pd[NR] = $3; pl[NR] = $4; pc[NR] = ($3 > 0 ? $5 / $3 * 1e6 : 0); pm[NR] = $6 / 1024
-    br[NR] = $7 / $1; bd[NR] = $8; bl[NR] = $9; bc[NR] = ($8 > 0 ? $10 / $8 * 1e6 : 0); bm[NR] = $11 / 1024
-    q[NR] = ($7 > 0 ? $2 / $7 : 0)
-    printf "run %d: untraced %d/s | pipelined %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB | bpftrace %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB\n", NR, $1, $2, pr[NR], $3, $4, $5, pm[NR], $7, br[NR], $8, $9, $10, bm[NR]
+    pu[NR] = ($3 > 0 ? $7 / $3 * 1e6 : 0); ps[NR] = ($3 > 0 ? $8 / $3 * 1e6 : 0)
+    sc[NR] = ($3 > 0 ? $9 / $3 * 1e6 : 0); cs[NR] = ($3 > 0 ? $10 / $3 * 1e6 : 0)
+    br[NR] = $11 / $1; bd[NR] = $12; bl[NR] = $13; bc[NR] = ($12 > 0 ? $14 / $12 * 1e6 : 0); bm[NR] = $15 / 1024
+    q[NR] = ($11 > 0 ? $2 / $11 : 0)
+    printf "run %d: untraced %d/s | pipelined %d/s ratio %.3f delivered %d lost %d cpu %.2fs (user %.2f sys %.2f) syscalls %d ctxsw %d RSS %.1f MiB | bpftrace %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB\n", NR, $1, $2, pr[NR], $3, $4, $5, $7, $8, $9, $10, pm[NR], $11, br[NR], $12, $13, $14, bm[NR]
 }
 END {
-    printf "\n%d runs of %d connects (%d processes x %d, mode %s); medians:\n", n, g, p, e, m
-    printf "%-10s traced/untraced rate %.3f  delivered/generated %.4f (+%d reported lost)  CPU %.3f s per million events  peak RSS %.1f MiB\n", "pipelined", median(pr, n), median(pd, n) / g, median(pl, n), median(pc, n), median(pm, n)
-    printf "%-10s traced/untraced rate %.3f  delivered/generated %.4f (+%d reported lost)  CPU %.3f s per million events  peak RSS %.1f MiB\n", "bpftrace", median(br, n), median(bd, n) / g, median(bl, n), median(bc, n), median(bm, n)
-    printf "pipelined ratio / bpftrace ratio: %.2f\n", median(q, n)
+    printf "\n%d runs of %d connects (%d processes x %d, mode %s); median (min to max):\n", n, g, p, e, m
+    printf "pipelined  traced/untraced %s  delivered/generated %.4f (+%d reported lost)\n", spread(pr, n, "%.3f"), median(pd, n) / g, median(pl, n)
+    printf "           CPU s per million events %s: user %s, system %s\n", spread(pc, n, "%.3f"), spread(pu, n, "%.3f"), spread(ps, n, "%.3f")
+    printf "           per million events: syscalls %s, context switches %s; peak RSS %s MiB\n", spread(sc, n, "%.0f"), spread(cs, n, "%.0f"), spread(pm, n, "%.1f")
+    printf "bpftrace   traced/untraced %s  delivered/generated %.4f (+%d reported lost)  CPU s per million events %s  peak RSS %.1f MiB\n", spread(br, n, "%.3f"), median(bd, n) / g, median(bl, n), spread(bc, n, "%.3f"), median(bm, n)
+    printf "pipelined ratio / bpftrace ratio: %s\n", spread(q, n, "%.2f")
 }' "$out/runs.txt" | tee "$out/results.txt"

@@ -60,3 +60,23 @@ public struct ConfigEntry: Sendable, Equatable {
         self.value = value
     }
 }
+
+extension ConfigValue {
+    /// The value as written, without where it was written and with map keys
+    /// in order: what a reload compares to tell a changed stage from an
+    /// unchanged one (moving a stage within the file, or reordering its
+    /// keys, changes nothing).
+    public var comparable: ConfigValue {
+        let nowhere = SourceLocation(file: "", line: 0, column: 0)
+        switch self {
+        case .scalar(let text, let quoted, _):
+            return .scalar(text, quoted: quoted, at: nowhere)
+        case .sequence(let items, _):
+            return .sequence(items.map(\.comparable), at: nowhere)
+        case .mapping(let entries, _):
+            let sorted = entries.map { ConfigEntry(key: $0.key, keyLocation: nowhere, value: $0.value.comparable) }
+                .sorted { $0.key < $1.key }
+            return .mapping(sorted, at: nowhere)
+        }
+    }
+}

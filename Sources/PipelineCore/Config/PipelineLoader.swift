@@ -160,7 +160,7 @@ struct LoadSession {
 
         let planned = stages.compactMap { stage -> PlannedStage? in
             guard let instance = stage.instance else { return nil }
-            return PlannedStage(id: stage.id, type: stage.type, instance: instance, inputs: stage.inputs.map(\.id), queue: stage.queue)
+            return PlannedStage(id: stage.id, type: stage.type, instance: instance, inputs: stage.inputs.map(\.id), queue: stage.queue, options: stage.options)
         }
         guard planned.count == stages.count else { return nil }
         return PipelinePlan(name: name, settings: settings, stages: planned)
@@ -208,6 +208,8 @@ struct LoadSession {
                 } else {
                     error(at, "settings: 'node' must be a non-empty name without control characters, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
                 }
+            case "metrics":
+                readMetricsSettings(entry.value, into: &settings)
             default:
                 var message = "settings: unknown key '\(entry.key)'"
                 if let suggestion = closestMatch(to: entry.key, in: known) { message += " (did you mean '\(suggestion)'?)" }
@@ -215,6 +217,30 @@ struct LoadSession {
             }
         }
         return settings
+    }
+
+    /// `settings.metrics`: `{listen: HOST:PORT}` or `{listen: false}`.
+    mutating func readMetricsSettings(_ value: ConfigValue, into settings: inout PipelineSettings) {
+        guard case .mapping(let entries, _) = value else {
+            error(value.location, "settings: 'metrics' must be a map such as {listen: 127.0.0.1:9464}, not \(value.kindDescription)")
+            return
+        }
+        for entry in entries {
+            guard entry.key == "listen" else {
+                var message = "settings.metrics: unknown key '\(entry.key)'"
+                if let suggestion = closestMatch(to: entry.key, in: ["listen"]) { message += " (did you mean 'listen'?)" }
+                error(entry.keyLocation, message)
+                continue
+            }
+            let text = entry.value.scalarText
+            if let text, ["false", "off", "no"].contains(text.lowercased()) {
+                settings.metricsListen = nil
+            } else if let text, let address = ListenAddress(parsing: text) {
+                settings.metricsListen = address
+            } else {
+                error(entry.value.location, "settings.metrics: 'listen' must be HOST:PORT (such as 127.0.0.1:9464 or [::1]:9464; port 0 picks a free one) or false, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
+            }
+        }
     }
 
     struct InputRef {
@@ -234,6 +260,8 @@ struct LoadSession {
         /// The stage id a scalar `inputs: kernel` named.
         var namedByInvalidInputs: String?
         var queue: QueuePolicy
+        /// The options as written (all but `type` and `inputs`).
+        var options: ConfigValue = .mapping([], at: SourceLocation(file: "", line: 0, column: 0))
         /// Nil when the stage's options had errors (already reported).
         var instance: StageInstance?
     }
@@ -303,6 +331,7 @@ struct LoadSession {
 
         guard let descriptor else { return stage }
         let options = fields.filter { $0.key != "type" && $0.key != "inputs" }
+        stage.options = .mapping(options, at: at)
         let config = StageConfig(id: id, kind: kind, type: stage.type, location: entry.keyLocation, specs: descriptor.allOptions, entries: options)
         if kind == .sink {
             let capacity = config.int("queue_events", in: 16...16_777_216) ?? QueuePolicy().capacityEvents

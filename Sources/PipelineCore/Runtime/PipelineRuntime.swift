@@ -13,118 +13,199 @@ import Logging
 /// what they already read; when the last source has returned, every queue is
 /// closed, each sink drains its queue and is closed. The pipeline also ends
 /// by itself when every source reaches the end of its input.
+///
+/// While it runs, ``apply(_:)`` replaces the plan with another, changing only
+/// the stages that differ (see `Reload.swift`).
 public final class PipelineRuntime: Sendable {
-    public let plan: PipelinePlan
-    private let logger: Logger
-    private let sources: [(stage: PlannedStage, source: any EventSource, output: SourceOutput)]
-    private let sinks: [(stage: PlannedStage, sink: any EventSink, queue: SinkQueue)]
-    /// Every stage's counters, by id.
-    public let metrics: [String: StageMetrics]
-    private let state = ConditionLock()
+    let logger: Logger
+    /// The name records made here carry (`settings.node` when the runtime
+    /// was made; a reload keeps it: a new node name needs a restart).
+    let node: NodeID
+    let state = ConditionLock()
     // Guarded by `state`.
-    private nonisolated(unsafe) var sourceThreads: [RuntimeThread] = []
-    private nonisolated(unsafe) var sinkThreads: [RuntimeThread] = []
-    private nonisolated(unsafe) var failures: [String] = []
-    private nonisolated(unsafe) var started = false
-    private let stopRequested = ManagedAtomic<Bool>(false)
+    nonisolated(unsafe) var currentPlan: PipelinePlan
+    nonisolated(unsafe) var sources: [RunningSource] = []
+    nonisolated(unsafe) var sinks: [RunningSink] = []
+    nonisolated(unsafe) var filters: [String: any EventFilter] = [:]
+    nonisolated(unsafe) var stageMetrics: [String: StageMetrics] = [:]
+    nonisolated(unsafe) var failures: [String] = []
+    nonisolated(unsafe) var started = false
+    /// Every live source has returned and the queues are closed: the end.
+    nonisolated(unsafe) var ended = false
+    let stopRequested = ManagedAtomic<Bool>(false)
+    /// One reload at a time.
+    let reloadLock = ConditionLock()
+    /// The stage threads' priority, decided at start; reloads reuse it.
+    nonisolated(unsafe) var priority: StagePriority?
 
     public init(plan: PipelinePlan, logger: Logger) {
-        self.plan = plan
+        self.currentPlan = plan
         self.logger = logger
-        var metrics: [String: StageMetrics] = [:]
-        for stage in plan.stages { metrics[stage.id] = StageMetrics() }
-        self.metrics = metrics
-
-        var queues: [String: SinkQueue] = [:]
-        var sinks: [(PlannedStage, any EventSink, SinkQueue)] = []
+        self.node = plan.settings.nodeID
+        for stage in plan.stages { stageMetrics[stage.id] = StageMetrics() }
         for stage in plan.stages {
-            if case .sink(let sink) = stage.instance {
-                let queue = SinkQueue(policy: stage.queue, metrics: metrics[stage.id]!, node: plan.settings.nodeID)
-                queues[stage.id] = queue
-                sinks.append((stage, sink, queue))
+            switch stage.instance {
+            case .sink(let sink):
+                sinks.append(RunningSink(stage: stage, sink: sink, queue: SinkQueue(policy: stage.queue, metrics: stageMetrics[stage.id]!, node: node)))
+            case .filter(let filter):
+                filters[stage.id] = filter
+            case .source:
+                break
             }
         }
-        self.sinks = sinks
+        let routes = Self.routes(plan: plan, filters: filters, sinks: sinks, metrics: stageMetrics)
+        for stage in plan.stages {
+            if case .source(let source) = stage.instance {
+                let output = SourceOutput(routes: routes[stage.id] ?? [], metrics: stageMetrics[stage.id]!, batchEvents: plan.settings.batchEvents, node: node)
+                sources.append(RunningSource(stage: stage, source: source, output: output))
+            }
+        }
+    }
 
+    /// The plan running now (the last one ``apply(_:)`` put in place).
+    public var plan: PipelinePlan { state.withLock { currentPlan } }
+
+    /// Every stage's counters, by id. A stage that a reload replaced keeps
+    /// its counters (same id, same object); a removed stage's are dropped.
+    public var metrics: [String: StageMetrics] { state.withLock { stageMetrics } }
+
+    /// True once every source of the running plan is prepared (attached,
+    /// for the kernel source) and every thread started, until the end.
+    public var isReady: Bool { state.withLock { started && !ended } }
+
+    /// What the metrics endpoint reads for each stage, in plan order.
+    public struct StageStatus: Sendable {
+        /// The stage id, its `type` and its kind.
+        public var id: String
+        public var type: String
+        public var kind: StageKind
+        /// The stage's counters (the same object across reloads that keep its id).
+        public var metrics: StageMetrics
+        /// Sinks: records waiting in the queue, and its capacity.
+        public var queueDepth: Int?
+        public var queueCapacity: Int?
+    }
+
+    /// A reading of every stage of the running plan: cheap (relaxed loads and
+    /// one lock per queue), for scrapes.
+    public var stages: [StageStatus] {
+        let (plan, metrics, sinks) = state.withLock { (currentPlan, stageMetrics, self.sinks) }
+        let queues = Dictionary(sinks.map { ($0.stage.id, $0.queue) }, uniquingKeysWith: { _, last in last })
+        return plan.stages.compactMap { stage in
+            guard let counters = metrics[stage.id] else { return nil }
+            let queue = queues[stage.id]
+            return StageStatus(id: stage.id, type: stage.type, kind: stage.kind, metrics: counters,
+                               queueDepth: queue?.depth, queueCapacity: queue?.policy.capacityEvents)
+        }
+    }
+
+    /// The routes of every source and filter: where each one's batches go.
+    static func routes(plan: PipelinePlan, filters: [String: any EventFilter], sinks: [RunningSink], metrics: [String: StageMetrics]) -> [String: [Route]] {
+        let queues = Dictionary(sinks.map { ($0.stage.id, $0.queue) }, uniquingKeysWith: { _, last in last })
         func routes(from id: String) -> [Route] {
             plan.stages.filter { $0.inputs.contains(id) }.compactMap { next in
-                switch next.instance {
-                case .filter(let filter):
-                    return .filter(id: next.id, filter, metrics[next.id]!, routes(from: next.id))
+                switch next.kind {
+                case .filter:
+                    guard let filter = filters[next.id], let counters = metrics[next.id] else { return nil }
+                    return .filter(id: next.id, filter, counters, routes(from: next.id))
                 case .sink:
-                    return .sink(id: next.id, queues[next.id]!)
+                    return queues[next.id].map { .sink(id: next.id, $0) }
                 case .source:
                     return nil
                 }
             }
         }
-        var sources: [(PlannedStage, any EventSource, SourceOutput)] = []
-        for stage in plan.stages {
-            if case .source(let source) = stage.instance {
-                let output = SourceOutput(routes: routes(from: stage.id), metrics: metrics[stage.id]!, batchEvents: plan.settings.batchEvents, node: plan.settings.nodeID)
-                sources.append((stage, source, output))
-            }
-        }
-        self.sources = sources
+        var result: [String: [Route]] = [:]
+        for stage in plan.stages where stage.kind == .source { result[stage.id] = routes(from: stage.id) }
+        return result
     }
 
-    private func context(for stage: PlannedStage) -> StageContext {
+    func context(for stage: PlannedStage, metrics: StageMetrics) -> StageContext {
         var stageLogger = logger
         stageLogger[metadataKey: "stage"] = "\(stage.id)"
-        return StageContext(id: stage.id, logger: stageLogger, metrics: metrics[stage.id]!, node: plan.settings.nodeID)
+        return StageContext(id: stage.id, logger: stageLogger, metrics: metrics, node: node)
     }
 
     /// Prepares sources, opens sinks and starts every thread. Throws the first
     /// ``StageStartError``, after undoing what was already started.
     public func start() throws {
-        // Sources first, then sinks; each step with what undoes it.
-        let steps: [(stage: PlannedStage, start: () throws -> Void, undo: () -> Void)] =
-            sources.map { stage, source, _ in (stage, { try source.prepare(self.context(for: stage)) }, { source.stop() }) }
-            + sinks.map { stage, sink, _ in (stage, { try sink.open(self.context(for: stage)) }, { try? sink.close() }) }
-        var undoes: [() -> Void] = []
-        for step in steps {
-            do {
-                try step.start()
-            } catch {
-                undoes.forEach { $0() }
-                throw Self.startError(step.stage.id, error)
-            }
-            undoes.append(step.undo)
-        }
+        let (plan, sources, sinks, metrics) = state.withLock { (currentPlan, self.sources, self.sinks, stageMetrics) }
+        try Self.acquire(sources: sources, sinks: sinks, contexts: { self.context(for: $0, metrics: metrics[$0.id]!) })
         let priority = StagePriority(boost: plan.settings.priorityBoost, logger: logger)
         state.withLock {
             started = true
-            for (stage, sink, queue) in sinks {
-                let stageContext = context(for: stage)
-                sinkThreads.append(RuntimeThread(name: "sink:\(stage.id)") { [self] in
-                    priority.apply()
-                    self.drain(sink, queue: queue, context: stageContext)
-                })
-            }
-            for (stage, source, output) in sources {
-                let stageContext = context(for: stage)
-                sourceThreads.append(RuntimeThread(name: "src:\(stage.id)") { [self] in
-                    priority.apply()
-                    do {
-                        try source.run(output)
-                    } catch {
-                        self.fail(stage.id, "\(error)", logger: stageContext.logger)
-                    }
-                })
-            }
-        }
-        // Close the queues once every source has returned.
-        let threads = state.withLock { sourceThreads }
-        _ = RuntimeThread(name: "pipeline-join") { [self] in
-            for thread in threads { thread.join() }
-            for (_, _, queue) in self.sinks { queue.close() }
+            self.priority = priority
+            for running in sinks { startThread(of: running, priority: priority) }
+            for running in sources { startThread(of: running, priority: priority) }
         }
         logger.info("pipeline started", metadata: [
             "pipeline": "\(plan.name)", "sources": "\(sources.count)", "sinks": "\(sinks.count)",
         ])
     }
 
-    private static func startError(_ id: String, _ error: any Error) -> StageStartError {
+    /// Prepares `sources`, then opens `sinks`; on a failure, undoes what it
+    /// did and throws the stage's ``StageStartError``.
+    static func acquire(sources: [RunningSource], sinks: [RunningSink], contexts: @escaping (PlannedStage) -> StageContext) throws {
+        // Sources first, then sinks; each step with what undoes it.
+        let steps: [(stage: PlannedStage, start: () throws -> Void, undo: () -> Void)] =
+            sources.map { running in (running.stage, { try running.source.prepare(contexts(running.stage)) }, { running.source.stop() }) }
+            + sinks.map { running in (running.stage, { try running.sink.open(contexts(running.stage)) }, { try? running.sink.close() }) }
+        var undoes: [() -> Void] = []
+        for step in steps {
+            do {
+                try step.start()
+            } catch {
+                undoes.forEach { $0() }
+                throw startError(step.stage.id, error)
+            }
+            undoes.append(step.undo)
+        }
+    }
+
+    /// Starts a sink's thread; `state` must be held.
+    func startThread(of running: RunningSink, priority: StagePriority) {
+        let stageContext = context(for: running.stage, metrics: stageMetrics[running.stage.id]!)
+        running.thread = RuntimeThread(name: "sink:\(running.stage.id)") { [self] in
+            priority.apply()
+            self.drain(running.sink, queue: running.queue, context: stageContext)
+        }
+    }
+
+    /// Starts a source's thread; `state` must be held.
+    func startThread(of running: RunningSource, priority: StagePriority) {
+        let stageContext = context(for: running.stage, metrics: stageMetrics[running.stage.id]!)
+        let (source, output) = (running.source, running.output)
+        running.thread = RuntimeThread(name: "src:\(stageContext.id)") { [self] in
+            priority.apply()
+            do {
+                try source.run(output)
+            } catch {
+                self.fail(stageContext.id, "\(error)", logger: stageContext.logger)
+            }
+            self.sourceReturned(running)
+        }
+    }
+
+    /// A source's thread is done. Once every source of the running plan has
+    /// returned, the queues close and the sinks drain: the pipeline ends. A
+    /// source a reload retired does not count (its replacement does).
+    private func sourceReturned(_ running: RunningSource) {
+        state.withLock {
+            running.returned = true
+            if !running.retired { endIfEverySourceReturned() }
+        }
+    }
+
+    /// Closes every queue once no source of the running plan is left; `state`
+    /// must be held.
+    func endIfEverySourceReturned() {
+        guard started, !ended, sources.allSatisfy(\.returned) else { return }
+        ended = true
+        for sink in sinks { sink.queue.close() }
+        state.broadcast()
+    }
+
+    static func startError(_ id: String, _ error: any Error) -> StageStartError {
         if var startError = error as? StageStartError {
             startError.stage = id
             return startError
@@ -186,9 +267,10 @@ public final class PipelineRuntime: Sendable {
     public func stop() {
         guard !stopRequested.exchange(true, ordering: .acquiringAndReleasing) else { return }
         logger.info("stopping: sources stop, queues drain")
-        for (_, source, output) in sources {
-            output.markStopping()
-            source.stop()
+        let sources = state.withLock { self.sources }
+        for running in sources {
+            running.output.markStopping()
+            running.source.stop()
         }
     }
 
@@ -196,24 +278,28 @@ public final class PipelineRuntime: Sendable {
     /// passes after a stop. Call from a thread of your own, not the
     /// cooperative pool (``run()`` does that for you).
     public func wait() -> RunSummary {
-        let (sourceThreads, sinkThreads) = state.withLock { (self.sourceThreads, self.sinkThreads) }
-        for thread in sourceThreads { thread.join() }
+        // A reload in progress finishes first; none starts once ended.
+        state.withLock {
+            while started && !ended { state.wait() }
+        }
+        let (plan, sinks) = state.withLock { (currentPlan, self.sinks) }
         let deadline = Clock.monotonicNs() + plan.settings.drainTimeoutNs
         var drained = true
-        for thread in sinkThreads where !thread.join(untilMonotonicNs: deadline) {
+        for running in sinks where !(running.thread?.join(untilMonotonicNs: deadline) ?? true) {
             drained = false
         }
         if !drained {
             state.withLock { failures.append("queues did not drain within \(Units.formatDuration(plan.settings.drainTimeoutNs))") }
         }
-        return RunSummary(metrics: metrics.mapValues(\.snapshot), failures: state.withLock { failures })
+        return state.withLock { RunSummary(metrics: stageMetrics.mapValues(\.snapshot), failures: failures) }
     }
 
     /// Every series of every stage, in plan order, each labelled with the
     /// stage's `stage` id and `type`: what the summary and the metrics
     /// endpoint list.
     public var series: [StageMetrics.Series] {
-        plan.stages.flatMap { stage in
+        let (plan, metrics) = state.withLock { (currentPlan, stageMetrics) }
+        return plan.stages.flatMap { stage in
             (metrics[stage.id]?.series ?? []).map { series in
                 var labelled = series
                 labelled.labels["stage"] = stage.id
@@ -248,6 +334,45 @@ public final class PipelineRuntime: Sendable {
         } onCancel: {
             self.stop()
         }
+    }
+}
+
+/// A source of the running pipeline and its thread.
+///
+/// `@unchecked Sendable`: the mutable fields are written and read only with
+/// the runtime's `state` lock held (`thread` is set once, under it, before
+/// anyone reads it; `stage` changes only under it, in a reload).
+final class RunningSource: @unchecked Sendable {
+    var stage: PlannedStage
+    let source: any EventSource
+    let output: SourceOutput
+    var thread: RuntimeThread?
+    /// `run` has returned.
+    var returned = false
+    /// A reload replaced or removed it: its end is not the pipeline's.
+    var retired = false
+
+    init(stage: PlannedStage, source: any EventSource, output: SourceOutput) {
+        self.stage = stage
+        self.source = source
+        self.output = output
+    }
+}
+
+/// A sink of the running pipeline, its queue and its thread.
+///
+/// `@unchecked Sendable`: `thread` is set once, under the runtime's `state`
+/// lock, before anyone reads it.
+final class RunningSink: @unchecked Sendable {
+    let stage: PlannedStage
+    let sink: any EventSink
+    let queue: SinkQueue
+    var thread: RuntimeThread?
+
+    init(stage: PlannedStage, sink: any EventSink, queue: SinkQueue) {
+        self.stage = stage
+        self.sink = sink
+        self.queue = queue
     }
 }
 

@@ -9,20 +9,38 @@ public indirect enum Route: Sendable {
 /// What a source pushes its batches into. Filtering happens inline, on the
 /// calling (source) thread; a push into a full blocking queue waits there,
 /// which is how back-pressure reaches a source.
+///
+/// A reload rewires a running source with ``replaceRoutes(_:)``: each batch
+/// goes wholly along the routes before or wholly along the routes after,
+/// never both and never neither.
 public final class SourceOutput: Sendable {
-    public let routes: [Route]
     public let metrics: StageMetrics
     /// The most records the source should put in one batch.
     public let batchEvents: Int
     /// The node of the `lost` records ``emitLost(count:site:cpu:)`` makes.
     public let node: NodeID
     private let stopping = ManagedAtomic<Bool>(false)
+    /// Held while a batch is delivered, and to swap the routes. Only the
+    /// source's own thread emits, so it is contended only during a reload.
+    private let routesLock = ConditionLock()
+    // Guarded by `routesLock`.
+    private nonisolated(unsafe) var currentRoutes: [Route]
 
     public init(routes: [Route], metrics: StageMetrics, batchEvents: Int = 512, node: NodeID = .host) {
-        self.routes = routes
+        self.currentRoutes = routes
         self.metrics = metrics
         self.batchEvents = batchEvents
         self.node = node
+    }
+
+    /// Where batches go now.
+    public var routes: [Route] { routesLock.withLock { currentRoutes } }
+
+    /// Makes later batches go along `routes`. Waits while a batch is being
+    /// delivered (a push into a full blocking queue included), so that when
+    /// it returns no batch is still on its way along the old routes.
+    public func replaceRoutes(_ routes: [Route]) {
+        routesLock.withLock { currentRoutes = routes }
     }
 
     /// Pushes one batch downstream: every route gets it (fan-out shares the
@@ -32,7 +50,9 @@ public final class SourceOutput: Sendable {
         defer { batch.completion?.release(written: true) }
         guard !batch.isEmpty else { return }
         metrics.add(metrics.recordsIn, UInt64(batch.count))
-        for route in routes { Self.deliver(batch, along: route) }
+        routesLock.withLock {
+            for route in currentRoutes { Self.deliver(batch, along: route) }
+        }
         metrics.add(metrics.recordsOut, UInt64(batch.count))
     }
 

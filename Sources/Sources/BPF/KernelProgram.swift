@@ -68,8 +68,6 @@ enum KernelProgram {
     /// The `.rodata` globals the loader sets (see the program's header).
     enum Global {
         static let selfTgid = "self_tgid"
-        static let skipRetvals = "skip_retvals"
-        static let skipRetvalsCount = "skip_retvals_count"
         static let useRingbuf = "use_ringbuf"
         static let ringbufWakeupBytes = "ringbuf_wakeup_bytes"
     }
@@ -80,6 +78,13 @@ enum KernelProgram {
         static let ringbuf = "ringbuf"
         static let ringbufPerCPU = "ringbuf_percpu"
         static let visibility = "visibility"
+        /// skip_retvals (`struct pl_settings`), written while the program runs.
+        static let settings = "settings"
+        /// By event id: non-zero while the event is traced.
+        static let enabled = "enabled"
+        /// The maps a second object (a reload's new events) takes over from
+        /// the first, so that both feed one reader with one set of options.
+        static let shared = ["saved_args", "scratch", "exec_args", visibility, settings, enabled, perfEvents, ringbuf, ringbufPerCPU]
     }
 
     /// The size of the program's `skip_retvals` array.

@@ -70,6 +70,12 @@ final class KernelReader {
         if let perf { perf_buffer__free(perf) }
     }
 
+    /// The ring buffer's bytes waiting to be read and its size; nil for the
+    /// perf buffer (per CPU, its fill is not read here).
+    var bufferUse: (used: Int, size: Int)? {
+        ring.map { ($0.usedBytes, $0.size) }
+    }
+
     /// Sets where batches go; call before the first poll.
     func start(output: SourceOutput, batchEvents: Int) {
         state.output = output

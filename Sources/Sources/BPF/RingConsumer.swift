@@ -100,6 +100,12 @@ final class RingConsumer {
         return result < 0 ? -errno : 0
     }
 
+    /// Bytes written by the program and not yet read (relaxed; any thread,
+    /// while the consumer exists).
+    var usedBytes: Int {
+        Int(truncatingIfNeeded: producerPosition.load(ordering: .relaxed) &- consumerPosition.load(ordering: .relaxed))
+    }
+
     private var consumerPosition: UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: consumerPage.assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
