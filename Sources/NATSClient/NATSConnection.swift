@@ -53,7 +53,6 @@ public final class NATSConnection: @unchecked Sendable {
     // the C client is thread-safe. That is why this is @unchecked Sendable.
     /// The C client's `natsConnection*`.
     public let handle: OpaquePointer
-    private var callbacks: Unmanaged<CallbackBox>?
     public let endpoint: NATSEndpoint
 
     /// How long the client waits between connection attempts.
@@ -61,10 +60,11 @@ public final class NATSConnection: @unchecked Sendable {
 
     /// What happens to the connection, as the C client reports it.
     public enum Event: Sendable, Equatable {
-        /// Connected for the first time (after a failed first attempt).
-        case connected
+        /// Connected for the first time (after a failed first attempt), to `url`.
+        case connected(url: String?)
         case disconnected
-        case reconnected
+        /// Connected again, to `url`.
+        case reconnected(url: String?)
         /// Closed for good (only by ``close()``).
         case closed
         /// An asynchronous error (a permission violation, a slow consumer).
@@ -72,17 +72,18 @@ public final class NATSConnection: @unchecked Sendable {
     }
 
     /// Holds the event handler for the C callbacks. Its reference is taken
-    /// when the connection is made and given back by the `closed` callback,
-    /// the last one the client delivers for a connection.
+    /// when the connection is made and never given back: nothing in the
+    /// client promises that no callback follows `closed`, and a box freed
+    /// under a late one would be a use after free. One small object per
+    /// connection a stage opens; handlers hold their stage weakly.
     final class CallbackBox: @unchecked Sendable {
         // Set once before the connection exists; only read by callbacks.
         let handler: @Sendable (Event) -> Void
         init(_ handler: @escaping @Sendable (Event) -> Void) { self.handler = handler }
     }
 
-    private init(handle: OpaquePointer, callbacks: Unmanaged<CallbackBox>, endpoint: NATSEndpoint) {
+    private init(handle: OpaquePointer, endpoint: NATSEndpoint) {
         self.handle = handle
-        self.callbacks = callbacks
         self.endpoint = endpoint
     }
 
@@ -125,19 +126,17 @@ public final class NATSConnection: @unchecked Sendable {
 
         let box = Unmanaged.passRetained(CallbackBox(onEvent))
         let closure = box.toOpaque()
-        try natsCheck(natsOptions_SetRetryOnFailedConnect(options, true, { _, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.connected)
+        try natsCheck(natsOptions_SetRetryOnFailedConnect(options, true, { handle, closure in
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.connected(url: NATSConnection.connectedURL(of: handle)))
         }, closure), "cannot set connect retries")
         try natsCheck(natsOptions_SetDisconnectedCB(options, { _, closure in
             Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.disconnected)
         }, closure), "cannot set the disconnect handler")
-        try natsCheck(natsOptions_SetReconnectedCB(options, { _, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.reconnected)
+        try natsCheck(natsOptions_SetReconnectedCB(options, { handle, closure in
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.reconnected(url: NATSConnection.connectedURL(of: handle)))
         }, closure), "cannot set the reconnect handler")
         try natsCheck(natsOptions_SetClosedCB(options, { _, closure in
-            let box = Unmanaged<CallbackBox>.fromOpaque(closure!)
-            box.takeUnretainedValue().handler(.closed)
-            box.release()
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.closed)
         }, closure), "cannot set the close handler")
         try natsCheck(natsOptions_SetErrorHandler(options, { _, _, status, closure in
             let text = String(cString: natsStatus_GetText(status))
@@ -147,17 +146,20 @@ public final class NATSConnection: @unchecked Sendable {
         var handle: OpaquePointer?
         let status = natsConnection_Connect(&handle, options)
         guard status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let handle else {
-            box.release()
             throw NATSError(status, "cannot connect to \(endpoint.urlList)")
         }
-        return (NATSConnection(handle: handle, callbacks: box, endpoint: endpoint), status == NATS_OK)
+        return (NATSConnection(handle: handle, endpoint: endpoint), status == NATS_OK)
     }
 
     /// True while a server is connected.
     public var isConnected: Bool { natsConnection_Status(handle) == NATS_CONN_STATUS_CONNECTED }
 
     /// The url of the server connected to, if any.
-    public var connectedURL: String? {
+    public var connectedURL: String? { Self.connectedURL(of: handle) }
+
+    /// The url `handle` is connected to (the callbacks get the handle, not this object).
+    static func connectedURL(of handle: OpaquePointer?) -> String? {
+        guard let handle else { return nil }
         var buffer = [CChar](repeating: 0, count: 512)
         guard natsConnection_GetConnectedUrl(handle, &buffer, buffer.count) == NATS_OK, buffer[0] != 0 else { return nil }
         return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
@@ -187,7 +189,6 @@ public final class NATSConnection: @unchecked Sendable {
     public func close() {
         natsConnection_Close(handle)
         natsConnection_Destroy(handle)
-        callbacks = nil
     }
 }
 

@@ -405,10 +405,12 @@ final class Outbox: @unchecked Sendable {
 /// The sink's connection, JetStream context and publisher thread, and the
 /// handlers the C client calls: everything that talks to the server.
 final class PublishLink: @unchecked Sendable {
-    // `connection`, `jetStream` and `thread` are set in `start()` before any
-    // other thread can see them and cleared only in `finish()` after those
-    // threads are done; `failure`, `streamReady` and the log flags are
-    // guarded by the outbox's lock. That is why this is @unchecked Sendable.
+    // `connection` and `thread` are set in `start()` and cleared in
+    // `finish()`, both on the sink's thread; the client's callbacks never
+    // touch them. `jetStream` is also read by the callback thread (after a
+    // reconnect), so it is set and destroyed under `handles`. `failure`,
+    // `streamReady` and the log flags are guarded by the outbox's lock. That
+    // is why this is @unchecked Sendable.
     let options: NATSSinkOptions
     let outbox: Outbox
     let context: StageContext
@@ -422,6 +424,8 @@ final class PublishLink: @unchecked Sendable {
     private let connected = ManagedAtomic<Bool>(false)
     /// Set before the connection is closed on purpose.
     private let tornDown = ManagedAtomic<Bool>(false)
+    /// Held to use `jetStream` from the client's callback thread, and to destroy it.
+    private let handles = ConditionLock()
     /// The `Nats-Msg-Id` prefix: `NODE:BOOT:`.
     private let idPrefix: [CChar]
     private var droppingReported = false
@@ -463,7 +467,7 @@ final class PublishLink: @unchecked Sendable {
         // client may call it until its reply subscription is gone, which
         // nothing reports. It holds the link weakly.
         let closure = Unmanaged.passRetained(target).toOpaque()
-        jetStream = try connection.jetStream { options in
+        let jsContext = try connection.jetStream { options in
             options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
                 Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue().link?.acknowledged(message, ok: ack != nil, refusal: refusal)
                 natsMsg_Destroy(message)
@@ -472,6 +476,7 @@ final class PublishLink: @unchecked Sendable {
             // No stall inside the client: the outbox keeps max_pending.
             options.PublishAsync.MaxPending = 0
         }
+        handles.withLock { jetStream = jsContext }
         if isConnected {
             connected.store(true, ordering: .releasing)
             context.logger.info("connected to \(connection.connectedURL ?? options.endpoint.urlList)")
@@ -729,10 +734,12 @@ final class PublishLink: @unchecked Sendable {
 
     fileprivate func connectionEvent(_ event: NATSConnection.Event) {
         switch event {
-        case .connected, .reconnected:
+        case .connected(let url), .reconnected(let url):
             connected.store(true, ordering: .releasing)
-            context.logger.info("\(event == .connected ? "connected" : "reconnected") to \(connection?.connectedURL ?? options.endpoint.urlList)")
-            if event == .reconnected { reclaimPending() }
+            guard !tornDown.load(ordering: .acquiring) else { return }
+            let again = event != .connected(url: url)
+            context.logger.info("\(again ? "reconnected" : "connected") to \(url ?? options.endpoint.urlList)")
+            if again { reclaimPending() }
             outbox.lock.withLock { outbox.lock.broadcast() }
         case .disconnected:
             connected.store(false, ordering: .releasing)
@@ -751,9 +758,14 @@ final class PublishLink: @unchecked Sendable {
     /// answered: take every unanswered publish back and send it again (the
     /// stream drops the ones it already has, by id).
     private func reclaimPending() {
-        guard let jetStream else { return }
         var pending = natsMsgList()
-        guard js_PublishAsyncGetPendingList(&pending, jetStream) == NATS_OK else { return }
+        // The client's callback thread against teardown on the sink's: the
+        // context must not be destroyed under the call.
+        let taken = handles.withLock { () -> Bool in
+            guard !tornDown.load(ordering: .acquiring), let jetStream else { return false }
+            return js_PublishAsyncGetPendingList(&pending, jetStream) == NATS_OK
+        }
+        guard taken else { return }
         defer { natsMsgList_Destroy(&pending) }
         var sequences: [UInt64] = []
         for index in 0..<Int(pending.Count) {
@@ -823,9 +835,11 @@ final class PublishLink: @unchecked Sendable {
     }
 
     private func teardown() {
-        tornDown.store(true, ordering: .releasing)
-        if let jetStream { jsCtx_Destroy(jetStream) }
-        jetStream = nil
+        handles.withLock {
+            tornDown.store(true, ordering: .releasing)
+            if let jetStream { jsCtx_Destroy(jetStream) }
+            jetStream = nil
+        }
         connection?.close()
         connection = nil
     }

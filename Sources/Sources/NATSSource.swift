@@ -62,11 +62,19 @@ public final class NATSSource: EventSource {
         stopped.store(true, ordering: .releasing)
     }
 
+    /// How long the end of ``run(_:)`` waits for the sinks to write what was
+    /// emitted before it closes the connection.
+    static let closeWaitNs: Int64 = 20_000_000_000
+
     public func run(_ output: SourceOutput) throws {
         guard let consumer, let context, let redelivered else { return }
-        // Completions hold the link until their messages are acknowledged;
-        // it closes the connection when the last one lets go.
-        defer { self.consumer = nil }
+        // The sinks go on writing what was emitted (the queues close only once
+        // every source has returned): wait for those acknowledgements, then
+        // close the connection, so that none is left open at exit.
+        defer {
+            consumer.close(waitingUpToNs: Self.closeWaitNs, logger: context.logger)
+            self.consumer = nil
+        }
         let decoder = NDJSONDecoder(defaultNode: context.node)
         var reported = 0
         var waitingSince: Int64?
@@ -116,6 +124,7 @@ public final class NATSSource: EventSource {
             natsMsgList_Destroy(&list)
             guard !records.isEmpty else { continue }
             let delivery = Delivery(messages: messages, link: consumer)
+            consumer.delivering()
             output.emit(EventBatch(records, completion: BatchCompletion { written in delivery.finish(acknowledge: written) }))
         }
         let count = redelivered.value
@@ -139,20 +148,19 @@ final class Delivery: Sendable {
     }
 
     func finish(acknowledge: Bool) {
-        for message in messages {
-            if acknowledge { natsMsg_Ack(message, nil) }
-            natsMsg_Destroy(message)
-        }
+        link.finish(messages, acknowledge: acknowledge)
     }
 }
 
-/// The source's connection and pull subscription. Every batch in flight
-/// holds it (through its ``Delivery``), so the connection is closed only
-/// after the last acknowledgement has been sent.
+/// The source's connection and pull subscription. Batches in flight are
+/// counted: ``close(waitingUpToNs:logger:)`` waits for their
+/// acknowledgements before it closes the connection; one that completes
+/// later finds it closed and leaves its messages to be delivered again.
 final class ConsumerLink: @unchecked Sendable {
-    // `connection` and `jetStream` are set once in `connect()`; the
-    // subscription and the log state are touched only by the source's run
-    // thread; deinit runs after every Delivery let go. Hence @unchecked Sendable.
+    // `connection` and `jetStream` are set in `connect()` (prepare) and
+    // cleared in `close` (the end of run); the subscriptions and the log
+    // state are touched only by the source's run thread; the sink threads
+    // reach only `finish`, under `deliveries`. Hence @unchecked Sendable.
     let options: NATSSourceOptions
     let context: StageContext
     private var connection: NATSConnection?
@@ -171,12 +179,55 @@ final class ConsumerLink: @unchecked Sendable {
         self.context = context
     }
 
-    deinit {
+    /// Guards `inFlight` and `closed` against the sink threads that acknowledge.
+    private let deliveries = ConditionLock()
+    private var inFlight = 0
+    private var closed = false
+
+    /// A batch of messages is on its way to the sinks.
+    func delivering() {
+        deliveries.withLock { inFlight += 1 }
+    }
+
+    /// A batch is done: acknowledge its messages and free them. After
+    /// ``close(waitingUpToNs:logger:)`` they are left alone (their connection
+    /// is gone; the server delivers them again after `ack_wait`).
+    func finish(_ messages: [OpaquePointer], acknowledge: Bool) {
+        deliveries.withLock {
+            if !closed {
+                for message in messages {
+                    if acknowledge { natsMsg_Ack(message, nil) }
+                    natsMsg_Destroy(message)
+                }
+            }
+            inFlight -= 1
+            deliveries.broadcast()
+        }
+    }
+
+    /// Waits up to `waitingUpToNs` for every batch in flight, then closes
+    /// the subscription and the connection.
+    func close(waitingUpToNs wait: Int64, logger: Logger) {
+        let deadline = Clock.monotonicNs() + wait
+        let left = deliveries.withLock { () -> Int in
+            while inFlight > 0 {
+                if !deliveries.wait(untilMonotonicNs: deadline), Clock.monotonicNs() >= deadline { break }
+            }
+            closed = true
+            return inFlight
+        }
+        if left > 0 {
+            logger.warning("\(left) batch(es) not written by every sink within \(Units.formatDuration(wait)): left unacknowledged, they come again")
+        }
         closing.store(true, ordering: .releasing)
         if let subscribed { natsSubscription_Destroy(subscribed) }
         retired.forEach { natsSubscription_Destroy($0) }
+        subscribed = nil
+        retired = []
         if let jetStream { jsCtx_Destroy(jetStream) }
+        jetStream = nil
         connection?.close()
+        connection = nil
     }
 
     func connect() throws {
@@ -186,9 +237,10 @@ final class ConsumerLink: @unchecked Sendable {
         let closing = closing
         let (connection, isConnected) = try NATSConnection.connect(options.endpoint, name: "pipelined \(context.node.name) \(context.id)") { event in
             switch event {
-            case .connected, .reconnected:
+            case .connected(let url), .reconnected(let url):
                 flag.store(true, ordering: .releasing)
-                logger.info("\(event == .connected ? "connected" : "reconnected") to \(urls)")
+                guard !closing.load(ordering: .acquiring) else { return }
+                logger.info("\(event == .connected(url: url) ? "connected" : "reconnected") to \(url ?? urls)")
             case .disconnected:
                 flag.store(false, ordering: .releasing)
                 guard !closing.load(ordering: .acquiring) else { return }

@@ -103,6 +103,22 @@ enum FleetRecords {
         return byNode
     }
 
+    /// What to show of a child's stderr when it failed: the last log lines
+    /// and, if it crashed, the backtrace of the thread that crashed (not
+    /// the register and image dumps that end a crash report).
+    static func excerpt(_ stderr: String) -> String {
+        let lines = stderr.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let crash = lines.firstIndex(where: { $0.contains("*** Program crashed") || $0.contains("*** Signal") }) else {
+            return lines.suffix(30).joined(separator: "\n")
+        }
+        let before = lines[..<crash].suffix(15)
+        var report = Array(lines[crash...].prefix(6))
+        if let thread = lines[crash...].firstIndex(where: { $0.hasSuffix("crashed:") }) {
+            report += lines[thread...].prefix(30)
+        }
+        return (before + report).joined(separator: "\n")
+    }
+
     /// The counts carried by `lost` records.
     static func lost(_ records: [PipelineRecord]) -> UInt64 {
         records.reduce(0) { total, record in

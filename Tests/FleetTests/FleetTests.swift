@@ -43,7 +43,7 @@ struct FleetTests {
     static func finish(_ running: [CLI.Running]) -> [String] {
         zip(nodes, running).map { name, node in
             let result = node.finish(timeout: 240)
-            #expect(result.status == 0, "\(name): \(result.stderr.suffix(2000))")
+            #expect(result.status == 0, "\(name): \(FleetRecords.excerpt(result.stderr))")
             return result.stderr
         }
     }
@@ -80,7 +80,7 @@ struct FleetTests {
         #expect(inspector.messageCount("PIPELINED") == total)
         #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: total), "the aggregator did not acknowledge every message")
         let result = aggregator.terminate()
-        #expect(result.status == 0, "aggregator: \(result.stderr.suffix(2000))")
+        #expect(result.status == 0, "aggregator: \(FleetRecords.excerpt(result.stderr))")
 
         let records = try FleetRecords.archive(archive)
         #expect(records.count == Int(total))
@@ -148,7 +148,7 @@ struct FleetTests {
         defer { second.stopIfRunning() }
         #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(total)))
         let result = second.terminate()
-        #expect(result.status == 0, "restarted aggregator: \(result.stderr.suffix(2000))")
+        #expect(result.status == 0, "restarted aggregator: \(FleetRecords.excerpt(result.stderr))")
         #expect(result.stderr.contains("delivered again"), "the restarted aggregator reports the redelivered messages")
 
         let records = try FleetRecords.archive(archive)
@@ -200,7 +200,7 @@ struct FleetTests {
         let server = try NATSServer(directory: scratch.directory, port: port)
         defer { server.stop() }
         let result = node.finish(timeout: 120)
-        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        #expect(result.status == 0, "\(FleetRecords.excerpt(result.stderr))")
 
         let inspector = try StreamInspector(urls: [server.url])
         let stored = Int(inspector.settledCount("PIPELINED"))
@@ -290,7 +290,7 @@ struct FleetTests {
         #expect(inspector.waitForMessages("PIPELINED", atLeast: 100, timeout: 60) == 100)
         feed.close()
         let result = node.finish(timeout: 60)
-        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        #expect(result.status == 0, "\(FleetRecords.excerpt(result.stderr))")
         #expect(inspector.messageCount("PIPELINED") == 100)
     }
 
