@@ -426,6 +426,9 @@ final class PublishLink: @unchecked Sendable {
     private let tornDown = ManagedAtomic<Bool>(false)
     /// Held to use `jetStream` from the client's callback thread, and to destroy it.
     private let handles = ConditionLock()
+    /// Set once a publish went out: before that the context has no table of
+    /// pending publishes, and asking it for one crashes the C client (3.4.1).
+    private let published = ManagedAtomic<Bool>(false)
     /// The `Nats-Msg-Id` prefix: `NODE:BOOT:`.
     private let idPrefix: [CChar]
     private var droppingReported = false
@@ -640,6 +643,8 @@ final class PublishLink: @unchecked Sendable {
                     natsMsg_Destroy(message)
                     failed.append(item.sequence)
                     lastError = status
+                } else if !published.load(ordering: .relaxed) {
+                    published.store(true, ordering: .releasing)
                 }
             }
             if !failed.isEmpty {
@@ -762,7 +767,7 @@ final class PublishLink: @unchecked Sendable {
         // The client's callback thread against teardown on the sink's: the
         // context must not be destroyed under the call.
         let taken = handles.withLock { () -> Bool in
-            guard !tornDown.load(ordering: .acquiring), let jetStream else { return false }
+            guard !tornDown.load(ordering: .acquiring), published.load(ordering: .acquiring), let jetStream else { return false }
             return js_PublishAsyncGetPendingList(&pending, jetStream) == NATS_OK
         }
         guard taken else { return }
