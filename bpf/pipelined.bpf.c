@@ -9,10 +9,23 @@
  *   ──────────────────────────────         ───────────────────────────────────
  *   save the six raw args under the         look up + delete the saved args,
  *   thread id (exec: also copy path and     fill the 68-byte header, skip
- *   argv now, they are gone after exec)     configured retvals and hidden
- *                                           scopes, write typed args into a
- *                                           per-CPU scratch buffer, submit it
- *                                           to the perf array or ring buffer
+ *   argv now, they are gone after exec)     configured retvals, hidden scopes
+ *                                           and what no sink keeps, write
+ *                                           typed args into a per-CPU scratch
+ *                                           buffer, submit it to the perf
+ *                                           array or ring buffer
+ *
+ * That is the entry capture (the reference's design, and what a kernel
+ * without bpf_task_pt_regs (before 5.15) gets). The exit-only capture needs
+ * no entry program at all: at exit, the task's saved user registers
+ * (bpf_task_pt_regs) still hold the six args in the syscall convention (di,
+ * si, dx, r10, r8, r9), so one program per syscall decides from the event id
+ * and the return value whether a record is wanted, then reads the args and
+ * builds it: no map update, no lookup of saved args. execve and execveat
+ * keep the entry capture under both (a successful exec has replaced the
+ * memory the args point into, and the registers, before its exit). The
+ * loader chooses the capture (`capture: auto|exit|entry`) and loads only
+ * the chosen programs.
  *
  * Every record is `pl_sys_context_t` then `argnum` tagged args (bpf/wire.h).
  * The loader sets the `const volatile` options before load, and chooses which
@@ -137,8 +150,9 @@ struct {
     __type(value, struct pl_settings);
 } settings SEC(".maps");
 
-/* By event id: non-zero while the event is traced. An attached event that a
- * reload removed stays attached and is switched off here; its entry program
+/* By event id: non-zero while the event is traced (PL_EVENT_ON | the mask
+ * of the `keep` clauses that apply to it). An attached event that a reload
+ * removed stays attached and is switched off here; its first program
  * returns at once. */
 #define PL_MAX_EVENT_ID 512
 struct {
@@ -147,6 +161,15 @@ struct {
     __type(key, u32);
     __type(value, u32);
 } enabled SEC(".maps");
+
+/* What the sinks downstream keep (struct pl_keep in wire.h), pushed down by
+ * the loader: the clauses that `enabled`'s per-event mask selects. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, u32);
+    __type(value, struct pl_keep);
+} keep SEC(".maps");
 
 /* The two transports; the unused one is shrunk to its minimum by the loader. */
 struct {
@@ -406,6 +429,67 @@ static __always_inline int drop_syscall(u32 scope)
     return hidden && *hidden;
 }
 
+/* In a pid namespace other than the init one: the `origin: container` of
+ * the record (pid_ns and mnt_ns both non-zero, see fill_process). */
+static __always_inline int in_container(void)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    return task->group_leader->thread_pid->level > 0;
+}
+
+/* One clause of the keep condition: every field must hold (the meaning of
+ * KeepClause.matches in PipelineCore). `container` is -1 until a clause
+ * asks for the origin, which costs three loads. */
+static __always_inline int clause_holds(const struct pl_keep_clause *c, s64 ret, int *container)
+{
+    if (ret < c->min || ret > c->max)
+        return 0;
+    u32 count = c->not_in_count;
+#pragma unroll
+    for (int i = 0; i < PL_KEEP_MAX_VALUES; i++) {
+        if (i < count && ret == c->not_in[i])
+            return 0;
+    }
+    count = c->in_count;
+    if (count != PL_KEEP_IN_ANY) {
+        int found = 0;
+#pragma unroll
+        for (int i = 0; i < PL_KEEP_MAX_VALUES; i++) {
+            if (i < count && ret == c->in_values[i])
+                found = 1;
+        }
+        if (!found)
+            return 0;
+    }
+    if (c->origin != PL_KEEP_ANY) {
+        if (*container < 0)
+            *container = in_container();
+        if ((c->origin == PL_KEEP_CONTAINER) != (*container > 0))
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether some sink can still want the event: `on` is its `enabled` value.
+ * No clause bit (the condition keeps everything) costs nothing more. */
+static __always_inline int keep_record(u32 on, s64 ret)
+{
+    u32 mask = on & ~PL_EVENT_ON;
+    if (!mask)
+        return 1;
+    u32 zero = 0;
+    struct pl_keep *condition = bpf_map_lookup_elem(&keep, &zero);
+    if (!condition)
+        return 1;
+    int container = -1;
+#pragma unroll
+    for (int i = 0; i < PL_KEEP_MAX_CLAUSES; i++) {
+        if ((mask & (1u << i)) && clause_holds(&condition->clauses[i], ret, &container))
+            return 1;
+    }
+    return 0;
+}
+
 static __always_inline u32 count_args(u64 types)
 {
     u32 n = 0;
@@ -599,6 +683,28 @@ static __always_inline void put_args(struct pl_writer *w, u32 id, u64 types,
     }
 }
 
+/* Builds and submits the record of a syscall that exits with `ret`, its
+ * args in `args` (and, for exec, the blob captured at entry). */
+static __always_inline void submit_event(u32 id, void *ctx, s64 ret, u64 types, u64 pid_tgid,
+                                         const struct pl_saved_args *args, const struct pl_exec_blob *exec)
+{
+    struct pl_scratch *s = get_scratch();
+    if (!s)
+        return;
+    u8 *base = s->data;
+    *(u64 *)base = bpf_ktime_get_ns();
+    fill_process(base, pid_tgid);
+    *(u32 *)(base + 36) = id;
+    *(u32 *)(base + 40) = count_args(types);
+    *(u32 *)(base + 44) = (u32)ret;
+    *(u32 *)(base + 48) = (u32)((u64)ret >> 32);
+
+    struct pl_writer w = { .base = base, .off = PL_SYS_CONTEXT_SIZE, .limit = PL_RECORD_LIMIT };
+    put_args(&w, id, types, args, exec);
+    submit_record(ctx, base, w.off);
+}
+
+/* The exit of the entry capture: the args its entry program saved. */
 static __always_inline int trace_ret_generic(u32 id, void *ctx, s64 ret, u64 types, u32 scope)
 {
     struct pl_saved_args args;
@@ -617,21 +723,12 @@ static __always_inline int trace_ret_generic(u32 id, void *ctx, s64 ret, u64 typ
     /* The reference skips -2 (ENOENT) and -115 (EINPROGRESS) here. */
     if (skip_retval(ret) || (ret >= 0 && drop_syscall(scope)))
         goto done;
-
-    struct pl_scratch *s = get_scratch();
-    if (!s)
+    /* The entry saw the event switched on; its clauses are tested here. */
+    u32 *on = bpf_map_lookup_elem(&enabled, &id);
+    if (on && !keep_record(*on, ret))
         goto done;
-    u8 *base = s->data;
-    *(u64 *)base = bpf_ktime_get_ns();
-    fill_process(base, pid_tgid);
-    *(u32 *)(base + 36) = id;
-    *(u32 *)(base + 40) = count_args(types);
-    *(u32 *)(base + 44) = (u32)ret;
-    *(u32 *)(base + 48) = (u32)((u64)ret >> 32);
 
-    struct pl_writer w = { .base = base, .off = PL_SYS_CONTEXT_SIZE, .limit = PL_RECORD_LIMIT };
-    put_args(&w, id, types, &args, exec);
-    submit_record(ctx, base, w.off);
+    submit_event(id, ctx, ret, types, pid_tgid, &args, exec);
 
 done:
     if (exec)
@@ -639,11 +736,46 @@ done:
     return 0;
 }
 
-/* ---- Programs: four per event -------------------------------------------- */
+/* The exit-only capture: everything that decides whether a record is made
+ * (our own process, the event switched on, skipped return values, hidden
+ * scopes, the keep clauses) is known before any arg is read, so a syscall
+ * no sink wants costs a pid compare and two or three array lookups. */
+static __always_inline int trace_exit_only(u32 id, void *ctx, s64 ret, u64 types, u32 scope)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if ((u32)(pid_tgid >> 32) == self_tgid)
+        return 0;
+    u32 *on = bpf_map_lookup_elem(&enabled, &id);
+    if (!on || !*on)
+        return 0;
+    if (skip_retval(ret) || (ret >= 0 && drop_syscall(scope)))
+        return 0;
+    if (!keep_record(*on, ret))
+        return 0;
+
+    /* The user registers the syscall entry saved: its args, as the entry
+     * programs read them (r10, not cx, in the syscall convention). */
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    struct pl_saved_args args;
+    args.args[0] = regs->di;
+    args.args[1] = regs->si;
+    args.args[2] = regs->dx;
+    args.args[3] = regs->r10;
+    args.args[4] = regs->r8;
+    args.args[5] = regs->r9;
+    args.event_id = id;
+    args.unused = 0;
+    submit_event(id, ctx, ret, types, pid_tgid, &args, NULL);
+    return 0;
+}
+
+/* ---- Programs: six per event --------------------------------------------- */
 
 /* `name` is the kernel's name for the syscall (sys_enter_<name>,
  * __x64_sys_<name>); the loader finds the programs by these names. `nargs`
- * is how many arguments the syscall itself takes. */
+ * is how many arguments the syscall itself takes. Entry capture: the
+ * tp_enter/tp_exit and kp_enter/kp_exit pairs; exit-only capture: tp_ret
+ * (sys_exit_<name>) or kp_ret (kretprobe). */
 #define PL_TRACEPOINT_ENTER(name, nargs, id)                                            \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                         \
     int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                          \
@@ -670,10 +802,26 @@ done:
         return trace_ret_generic(id, ctx, PT_REGS_RC(ctx), types, scope);               \
     }
 
-#define PL_EVENT(name, nargs, id, types, scope)                                         \
+#define PL_EXIT_ONLY(name, id, types, scope)                                            \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                          \
+    int tp_ret_##name(struct trace_event_raw_sys_exit *ctx)                             \
+    {                                                                                   \
+        return trace_exit_only(id, ctx, ctx->ret, types, scope);                        \
+    }                                                                                   \
+    SEC("kretprobe/__x64_sys_" #name)                                                   \
+    int kp_ret_##name(struct pt_regs *ctx)                                              \
+    {                                                                                   \
+        return trace_exit_only(id, ctx, PT_REGS_RC(ctx), types, scope);                 \
+    }
+
+#define PL_PAIRS(name, nargs, id, types, scope)                                         \
     PL_TRACEPOINT_ENTER(name, nargs, id)                                                \
     PL_TRACEPOINT_EXIT(name, id, types, scope)                                          \
     PL_KPROBES(name, id, types, scope)
+
+#define PL_EVENT(name, nargs, id, types, scope)                                         \
+    PL_PAIRS(name, nargs, id, types, scope)                                             \
+    PL_EXIT_ONLY(name, id, types, scope)
 
 /* The id of the syscall this thread entered, or 0. */
 static __always_inline u32 entered_event(void)
@@ -736,7 +884,8 @@ PL_EVENT(chown, 3, PL_EV_CHOWN, PL_TYPES_CHOWN, PL_SCOPE_FILE)
 PL_EVENT(fchownat, 5, PL_EV_FCHOWNAT, PL_TYPES_FCHOWNAT, PL_SCOPE_FILE)
 PL_TRACEPOINT_ENTER(execve, 3, PL_EV_EXECVE)
 PL_KPROBES(execve, PL_EV_EXECVE, PL_TYPES_EXECVE, PL_SCOPE_PROCESS)
-PL_EVENT(execveat, 5, PL_EV_EXECVEAT, PL_TYPES_EXECVEAT, PL_SCOPE_PROCESS)
+/* The exec events have no exit-only programs: see the header. */
+PL_PAIRS(execveat, 5, PL_EV_EXECVEAT, PL_TYPES_EXECVEAT, PL_SCOPE_PROCESS)
 PL_EVENT(setuid, 1, PL_EV_SETUID, PL_TYPES_SETUID, PL_SCOPE_CAPABILITIES)
 PL_EVENT(setgid, 1, PL_EV_SETGID, PL_TYPES_SETGID, PL_SCOPE_CAPABILITIES)
 PL_EVENT(ptrace, 4, PL_EV_PTRACE, PL_TYPES_PTRACE, PL_SCOPE_CAPABILITIES)

@@ -131,4 +131,40 @@ enum pl_event_id {
 #define PL_TYPES_BIND     (PL_ARG_TYPE0(PL_INT_T) | PL_ARG_TYPE1(PL_SOCKADDR_T))
 #define PL_TYPES_LISTEN   (PL_ARG_TYPE0(PL_INT_T) | PL_ARG_TYPE1(PL_INT_T))
 
+/* ---- Loader to program: the pushed-down keep condition -------------------
+ *
+ * What the sinks downstream can still want (docs/wire-format.md, "Pushdown"),
+ * tested at exit before a record is built. The `enabled` map's value per
+ * event is PL_EVENT_ON | a mask of the clauses that apply to the event: no
+ * bit set keeps everything (no test at all); otherwise a record is kept when
+ * one of those clauses holds. A clause is a conjunction of its fields. */
+#define PL_EVENT_ON 0x80000000u
+#define PL_KEEP_MAX_CLAUSES 8
+#define PL_KEEP_MAX_VALUES 8
+
+enum pl_keep_origin {
+    PL_KEEP_ANY = 0,
+    PL_KEEP_HOST = 1,      /* in the init pid namespace */
+    PL_KEEP_CONTAINER = 2, /* in another pid namespace */
+};
+
+/* `in_count` PL_KEEP_IN_ANY: the retval may be any value (within bounds). */
+#define PL_KEEP_IN_ANY 0xFFFFFFFFu
+
+struct pl_keep_clause {
+    pl_s64 min;                            /* inclusive */
+    pl_s64 max;                            /* inclusive */
+    pl_s64 in_values[PL_KEEP_MAX_VALUES];  /* the retval is one of the first in_count */
+    pl_s64 not_in[PL_KEEP_MAX_VALUES];     /* and none of the first not_in_count */
+    pl_u32 in_count;
+    pl_u32 not_in_count;
+    pl_u32 origin;                         /* enum pl_keep_origin */
+    pl_u32 unused;
+};
+
+/* The keep map's one value. */
+struct pl_keep {
+    struct pl_keep_clause clauses[PL_KEEP_MAX_CLAUSES];
+};
+
 #endif /* PIPELINED_WIRE_H */

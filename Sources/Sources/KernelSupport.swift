@@ -62,6 +62,24 @@ enum KernelSupport {
         libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1
     }
 
+    /// nil when the kernel can run the exit-only programs (BTF, and the
+    /// `bpf_task_pt_regs` helper for the program type: Linux 5.15 and
+    /// later); otherwise why not. libbpf loads a tiny program to find out,
+    /// so this needs the privilege to load programs.
+    static func exitCaptureUnavailableReason(kprobes: Bool) -> String? {
+        if access("/sys/kernel/btf/vmlinux", F_OK) != 0 {
+            return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+        }
+        let type = kprobes ? BPF_PROG_TYPE_KPROBE : BPF_PROG_TYPE_TRACEPOINT
+        let result = libbpf_probe_bpf_helper(type, BPF_FUNC_task_pt_regs, nil)
+        guard result == 1 else {
+            let programs = kprobes ? "kprobe" : "tracepoint"
+            let why = result < 0 ? " (the probe failed: \(String(cString: strerror(-result))))" : ""
+            return "the kernel has no bpf_task_pt_regs helper for \(programs) programs (Linux 5.15+)\(why)"
+        }
+        return nil
+    }
+
     /// Where tracefs is, mounting it at /sys/kernel/tracing when it is not
     /// mounted yet (tracepoint attachment reads event ids from it).
     static func tracefsRoot() -> String {

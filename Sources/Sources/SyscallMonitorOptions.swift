@@ -12,6 +12,20 @@ public struct SyscallMonitorOptions: StageOptions, Equatable {
         case tracepoint
     }
 
+    /// Where a syscall's arguments are read.
+    public enum Capture: String, Sendable {
+        /// `exit` where the kernel has BTF and `bpf_task_pt_regs` (5.15 and
+        /// later), else `entry`.
+        case auto
+        /// One program per syscall, at its exit, reading the arguments from
+        /// the task's saved user registers (execve and execveat still
+        /// capture theirs at entry: the exec has replaced them by its exit).
+        case exit
+        /// An entry program saves the arguments in a map for the exit
+        /// program (the reference's design; any kernel).
+        case entry
+    }
+
     /// How records reach user space.
     public enum Transport: String, Sendable {
         /// The ring buffer where the kernel has one (5.8 and later), else
@@ -26,6 +40,7 @@ public struct SyscallMonitorOptions: StageOptions, Equatable {
 
     public var events: [EventKind]
     public var attach: Attach
+    public var capture: Capture
     public var transport: Transport
     /// Pages per CPU for the perf buffer (a power of two).
     public var bufferPages: Int
@@ -44,12 +59,13 @@ public struct SyscallMonitorOptions: StageOptions, Equatable {
     public static let maxSkipRetvals = 8
 
     public init(
-        events: [EventKind] = EventCatalog.all, attach: Attach = .auto, transport: Transport = .auto,
+        events: [EventKind] = EventCatalog.all, attach: Attach = .auto, capture: Capture = .auto, transport: Transport = .auto,
         bufferPages: Int = 1024, ringbufBytes: Int = 8 << 20, skipRetvals: [Int64] = [-2, -115],
         visibility: [Scope: Bool] = [:], flushIntervalNs: Int64 = 100_000_000
     ) {
         self.events = events
         self.attach = attach
+        self.capture = capture
         self.transport = transport
         self.bufferPages = bufferPages
         self.ringbufBytes = ringbufBytes
@@ -64,6 +80,7 @@ public struct SyscallMonitorOptions: StageOptions, Equatable {
     public static let specs: [OptionSpec] = [
         OptionSpec("events", "[event]", default: "all", "events to trace, by name or id (\(EventCatalog.all.map(\.name).joined(separator: ", ")))"),
         OptionSpec("attach", "auto|kprobe|tracepoint", default: "auto", "kretprobe pairs where the kernel has kprobes, else syscall tracepoints"),
+        OptionSpec("capture", "auto|exit|entry", default: "auto", "where the args are read: exit = at the syscall's exit, from the task's saved registers (one program per syscall; needs BTF and bpf_task_pt_regs, 5.15+), entry = saved by an entry program for the exit; auto = exit where the kernel can"),
         OptionSpec("transport", "auto|perf|ringbuf", default: "auto", "BPF ring buffer where the kernel has one (5.8+), else perf event array (per CPU)"),
         OptionSpec("buffer_pages", "int", default: "1024", "perf buffer pages per CPU, a power of two (perf transport)"),
         OptionSpec("ringbuf_bytes", "size", default: "8MiB", "ring buffer size, a power of two (ringbuf transport)"),
@@ -96,6 +113,9 @@ public struct SyscallMonitorOptions: StageOptions, Equatable {
         }
         if let attach = config.choice("attach", ["auto", "kprobe", "tracepoint"]) {
             options.attach = Attach(rawValue: attach)!
+        }
+        if let capture = config.choice("capture", ["auto", "exit", "entry"]) {
+            options.capture = Capture(rawValue: capture)!
         }
         if let transport = config.choice("transport", ["auto", "perf", "ringbuf"]) {
             options.transport = Transport(rawValue: transport)!

@@ -10,16 +10,21 @@ import PipelineCore
 /// (`bpf/pipelined.bpf.c`), attaches it to the requested syscalls, and turns
 /// its records into events.
 ///
-///     kernel: sys_enter/sys_exit (or kprobe/kretprobe) ─▶ perf buffer | ring buffer
+///     kernel: sys_exit (or kretprobe), args from the task's registers ─▶ perf buffer | ring buffer
+///             (capture entry: sys_enter/sys_exit or kprobe/kretprobe pairs)
 ///     run():  KernelReader.pollOnce ─▶ WireDecoder ─▶ batches ─▶ SourceOutput
 ///                                   └▶ buffer overflows ─▶ `lost` records
+///
+/// A ``PushdownSource``: what the sinks downstream keep (``push(_:)``)
+/// decides which events are attached and which return values and origins
+/// the kernel submits at all (``KernelCondition``).
 ///
 /// `prepare` does everything that can fail for a reason the user must fix
 /// (privilege, tracefs, kprobes, the verifier) and names that reason; `run`
 /// polls on the runtime's source thread until ``stop()``, then detaches the
 /// programs, drains what the buffers still hold, and releases the kernel
 /// objects.
-public final class SyscallMonitorSource: EventSource {
+public final class SyscallMonitorSource: PushdownSource {
     /// The registry entry for `type: syscall_monitor`.
     public static let descriptor = StageDescriptor.source(
         type: "syscall_monitor", summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
@@ -30,6 +35,10 @@ public final class SyscallMonitorSource: EventSource {
         case tracepoint
         case kprobe
     }
+
+    /// Where the args of an event were read (``SyscallMonitorOptions/Capture``
+    /// resolved): `exit` or `entry`.
+    public typealias CapturePath = SyscallMonitorOptions.Capture
 
     /// The options this source was built with (a reload may change some of
     /// them in place: see ``activeOptions``).
@@ -45,7 +54,7 @@ public final class SyscallMonitorSource: EventSource {
     private nonisolated(unsafe) var objects: [BPFObject] = []
     private nonisolated(unsafe) var reader: KernelReader?
     private nonisolated(unsafe) var context: StageContext?
-    private nonisolated(unsafe) var attached: [(EventKind, AttachMode)] = []
+    private nonisolated(unsafe) var attached: [(EventKind, AttachMode, CapturePath)] = []
     /// Programs attached, by name: a later object never attaches one twice.
     private nonisolated(unsafe) var attachedPrograms: [String: AttachedProgram] = [:]
     /// The options in force: `options`, then what reloads applied.
@@ -57,13 +66,46 @@ public final class SyscallMonitorSource: EventSource {
     /// The transport in use: `options.transport`, with `auto` resolved in
     /// `prepare` (written before the reader exists, read-only after).
     private nonisolated(unsafe) var activeTransport: SyscallMonitorOptions.Transport
+    /// `options.capture` with `auto` resolved in `prepare` (exit-only where
+    /// the kernel can), read-only after.
+    private nonisolated(unsafe) var activeCapture: SyscallMonitorOptions.Capture
+    /// What ``push(_:)`` was given (everything until then), and the kernel
+    /// form in force: the pushed condition from `prepare` on, a reload's after.
+    private nonisolated(unsafe) var pushed: KeepCondition = .everything
+    private nonisolated(unsafe) var activeKeep: KernelCondition
 
     /// Creates the source; nothing touches the kernel before ``prepare(_:)``.
     public init(_ options: SyscallMonitorOptions) {
         self.options = options
         active = options
         activeTransport = options.transport
+        activeCapture = options.capture
+        activeKeep = .everything(options.events)
     }
+
+    /// Records what the sinks downstream keep, for `prepare` (or for the
+    /// running source this one replaces on a reload), and says what the
+    /// kernel will test. Pure: touches nothing in the system.
+    public func push(_ condition: KeepCondition) -> PushdownReport {
+        let keep = KernelCondition(condition, configured: options.events)
+        lock.withLock {
+            pushed = condition
+            activeKeep = keep
+        }
+        return keep.report
+    }
+
+    /// The condition last pushed (``KeepCondition/everything`` before any).
+    public var pushedCondition: KeepCondition { lock.withLock { pushed } }
+
+    /// The events traced now: the configured ones that the pushed condition
+    /// can keep (a reload changes both).
+    public var tracedEvents: [EventKind] { lock.withLock { activeKeep.events } }
+
+    /// Where the args are read: `exit` or `entry` once prepared (`auto`
+    /// resolved), `options.capture` before. execve and execveat are
+    /// captured at entry either way (``captures``).
+    public var captureInUse: CapturePath { lock.withLock { activeCapture } }
 
     /// The options in force now: those it was built with, changed in place
     /// by reloads (events, skip_retvals, visibility).
@@ -87,6 +129,11 @@ public final class SyscallMonitorSource: EventSource {
         lock.withLock { attached.map { ($0.0.name, $0.1) } }
     }
 
+    /// Where each attached event's args are read (empty before `prepare`).
+    public var captures: [(event: String, capture: CapturePath)] {
+        lock.withLock { attached.map { ($0.0.name, $0.2) } }
+    }
+
     // MARK: prepare
 
     /// Checks privilege (exit status 77 when missing), mounts tracefs if
@@ -100,6 +147,9 @@ public final class SyscallMonitorSource: EventSource {
             throw StageStartError(stage: context.id, message: missing, exitCode: 77)
         }
         let useKprobes = try chooseAttachMode(context)
+        let capture = try chooseCapture(useKprobes: useKprobes, context)
+        let keep = lock.withLock { activeKeep }
+        let events = keep.events
         if !useKprobes, let problem = KernelSupport.ensureTracefs() {
             throw fail("the syscall tracepoints need tracefs: \(problem)")
         }
@@ -107,12 +157,12 @@ public final class SyscallMonitorSource: EventSource {
             // Only needed if a kprobe fails and an event falls back.
             context.logger.warning("no tracefs, so no fallback to tracepoints: \(problem)")
         }
-        try checkTracepoints(options.events, useKprobes: useKprobes, fail: fail)
+        try checkTracepoints(events, useKprobes: useKprobes, capture: capture, fail: fail)
 
         // An exec from a thread other than the leader is reported through
         // sched/sched_process_exec (see the program's tp_sched_exec).
         var execHandover = true
-        if options.events.contains(where: KernelProgram.needsExecHandover), !KernelSupport.hasTracepoint("sched", "sched_process_exec") {
+        if events.contains(where: KernelProgram.needsExecHandover), !KernelSupport.hasTracepoint("sched", "sched_process_exec") {
             context.logger.warning("this kernel has no tracepoint sched/sched_process_exec: a successful exec from a thread other than the process leader will not be reported")
             execHandover = false
         }
@@ -121,20 +171,21 @@ public final class SyscallMonitorSource: EventSource {
         lock.withLock {
             activeTransport = resolved
             self.useKprobes = useKprobes
+            activeCapture = capture
             execHandoverAvailable = execHandover
         }
 
         let object: BPFObject
         do {
-            object = try loadObject(for: options.events, sharingMapsOf: nil)
-            try writeMaps(object, options)
+            object = try loadObject(for: events, sharingMapsOf: nil)
+            try writeMaps(object, options, keep)
         } catch let error as BPFError {
             throw fail("cannot load the eBPF program: \(error)")
         }
         lock.withLock { objects = [object] }
 
         do {
-            let attached = try attachPrograms(for: options.events, in: object, context: context)
+            let attached = try attachPrograms(for: events, in: object, context: context)
             lock.withLock { self.attached = attached }
         } catch let error as BPFError {
             object.detachAll()
@@ -154,7 +205,13 @@ public final class SyscallMonitorSource: EventSource {
         let buffer = activeTransport == .perf
             ? "perf buffer, \(options.bufferPages) pages per CPU"
             : "ring buffer of \(options.ringbufBytes) bytes"
-        context.logger.info("tracing \(options.events.count) event(s) through a \(buffer)")
+        let modes = Set(lock.withLock { attached.map(\.1.rawValue) }).sorted().joined(separator: "+")
+        let captureText = capture == .exit
+            ? "exit-only capture (args from the task's registers\(events.contains(where: KernelProgram.needsExecHandover) ? "; execve/execveat at entry" : ""))"
+            : "entry+exit capture"
+        let pushdown = keep.events.count == options.events.count && keep.clauses.isEmpty
+            ? "" : ", pushdown: \(keep.report.pushed.joined(separator: "; "))"
+        context.logger.info("tracing \(events.count) event(s), \(modes.isEmpty ? "none attached" : modes), \(captureText), through a \(buffer)\(pushdown)")
     }
 
     /// The kernel side's series: the ring buffer's fill, each attached
@@ -177,10 +234,10 @@ public final class SyscallMonitorSource: EventSource {
         metrics.observeEach(.counter, "bpf_runs", help: "runs of each attached program") { [self] in
             programStats().map { (["program": $0.name, "id": "\($0.id)"], $0.runs) }
         }
-        metrics.observeEach(.gauge, "attached_events", help: "1 for each traced event (0: attached, switched off by a reload), by attach mode") { [self] in
-            let (attached, active) = lock.withLock { (self.attached, self.active) }
-            let traced = Set(active.events.map(\.id))
-            return attached.map { (["event": $0.0.name, "mode": $0.1.rawValue], traced.contains($0.0.id) ? 1 : 0) }
+        metrics.observeEach(.gauge, "attached_events", help: "1 for each traced event (0: attached, switched off by a reload), by attach mode and capture (exit: args read at exit; entry: saved by an entry program)") { [self] in
+            let (attached, keep) = lock.withLock { (self.attached, activeKeep) }
+            let traced = Set(keep.events.map(\.id))
+            return attached.map { (["event": $0.0.name, "mode": $0.1.rawValue, "capture": $0.2.rawValue], traced.contains($0.0.id) ? 1 : 0) }
         }
     }
 
@@ -196,14 +253,18 @@ public final class SyscallMonitorSource: EventSource {
         }
     }
 
-    /// Throws unless every event has its pair of syscall tracepoints (when
-    /// tracepoints are the attach mode).
-    private func checkTracepoints(_ events: [EventKind], useKprobes: Bool, fail: (String) -> StageStartError) throws {
+    /// Throws unless every event has the syscall tracepoints it needs (when
+    /// tracepoints are the attach mode): its exit, and its entry when the
+    /// args are captured there.
+    private func checkTracepoints(_ events: [EventKind], useKprobes: Bool, capture: CapturePath, fail: (String) -> StageStartError) throws {
         guard !useKprobes else { return }
         for kind in events {
             let name = KernelProgram.kernelName(kind)
-            guard KernelSupport.hasTracepoint("syscalls", "sys_enter_\(name)"), KernelSupport.hasTracepoint("syscalls", "sys_exit_\(name)") else {
-                throw fail("event '\(kind.name)': this kernel has no tracepoint syscalls/sys_enter_\(name) (is CONFIG_FTRACE_SYSCALLS set?)")
+            let exitOnly = capture == .exit && KernelProgram.hasExitOnlyPrograms(kind)
+            for tracepoint in (exitOnly ? ["sys_exit_\(name)"] : ["sys_enter_\(name)", "sys_exit_\(name)"]) {
+                guard KernelSupport.hasTracepoint("syscalls", tracepoint) else {
+                    throw fail("event '\(kind.name)': this kernel has no tracepoint syscalls/\(tracepoint) (is CONFIG_FTRACE_SYSCALLS set?)")
+                }
             }
         }
     }
@@ -213,9 +274,11 @@ public final class SyscallMonitorSource: EventSource {
     /// every map of the first, so its records reach the same reader.
     private func loadObject(for events: [EventKind], sharingMapsOf first: BPFObject?) throws -> BPFObject {
         let object = try BPFObject(elf: KernelProgram.elf(), name: KernelProgram.objectName)
-        let (useKprobes, execHandover, attachedNames) = lock.withLock { (self.useKprobes, execHandoverAvailable, Set(attachedPrograms.keys)) }
+        let (useKprobes, capture, execHandover, attachedNames) = lock.withLock {
+            (self.useKprobes, activeCapture, execHandoverAvailable, Set(attachedPrograms.keys))
+        }
         let handover = execHandover && events.contains(where: KernelProgram.needsExecHandover)
-        try configure(object, events: events, useKprobes: useKprobes, execHandover: handover, skipping: attachedNames)
+        try configure(object, events: events, useKprobes: useKprobes, capture: capture, execHandover: handover, skipping: attachedNames)
         if let first {
             for name in KernelProgram.Map.shared {
                 let result = bpf_map__reuse_fd(try object.map(named: name), try first.mapFD(named: name))
@@ -227,8 +290,8 @@ public final class SyscallMonitorSource: EventSource {
     }
 
     /// Writes the options a reload may change: skipped return values, the
-    /// event set and per-scope visibility.
-    private func writeMaps(_ object: BPFObject, _ options: SyscallMonitorOptions) throws {
+    /// event set with the pushed-down keep clauses, and per-scope visibility.
+    private func writeMaps(_ object: BPFObject, _ options: SyscallMonitorOptions, _ keep: KernelCondition) throws {
         var settings = [UInt8]()
         for index in 0..<KernelProgram.maxSkipRetvals {
             let value = index < options.skipRetvals.count ? options.skipRetvals[index] : 0
@@ -241,11 +304,16 @@ public final class SyscallMonitorSource: EventSource {
         guard bpf_map_update_elem(settingsFD, &key, settings, UInt64(BPF_ANY)) == 0 else {
             throw BPFError("cannot set skip_retvals", code: errno)
         }
+        // The clauses before the masks that select them: an event switched
+        // on never points at a clause not written yet.
+        var condition = keep.mapValue
+        guard bpf_map_update_elem(try object.mapFD(named: KernelProgram.Map.keep), &key, &condition, UInt64(BPF_ANY)) == 0 else {
+            throw BPFError("cannot write the keep condition", code: errno)
+        }
         let enabledFD = try object.mapFD(named: KernelProgram.Map.enabled)
-        let wanted = Set(options.events.map(\.id))
         for kind in EventCatalog.all {
             var id = kind.id
-            var on: UInt32 = wanted.contains(kind.id) ? 1 : 0
+            var on = keep.enabledValue(kind.id)
             guard bpf_map_update_elem(enabledFD, &id, &on, UInt64(BPF_ANY)) == 0 else {
                 throw BPFError("cannot switch event \(kind.name)", code: errno)
             }
@@ -255,15 +323,16 @@ public final class SyscallMonitorSource: EventSource {
 
     /// Attaches every program `events` need that is not attached yet, in
     /// `object`; returns how each event was attached.
-    private func attachPrograms(for events: [EventKind], in object: BPFObject, context: StageContext) throws -> [(EventKind, AttachMode)] {
-        let (useKprobes, execHandover) = lock.withLock { (self.useKprobes, execHandoverAvailable) }
-        var attached: [(EventKind, AttachMode)] = []
+    private func attachPrograms(for events: [EventKind], in object: BPFObject, context: StageContext) throws -> [(EventKind, AttachMode, CapturePath)] {
+        let (useKprobes, capture, execHandover) = lock.withLock { (self.useKprobes, activeCapture, execHandoverAvailable) }
+        var attached: [(EventKind, AttachMode, CapturePath)] = []
         for kind in events {
-            let mode = try attach(kind, in: object, kprobes: useKprobes, context: context)
-            attached.append((kind, mode))
+            let exitOnly = capture == .exit && KernelProgram.hasExitOnlyPrograms(kind)
+            let mode = try attach(kind, in: object, kprobes: useKprobes, exitOnly: exitOnly, context: context)
+            attached.append((kind, mode, exitOnly ? .exit : .entry))
         }
         // Extra exits (execveat's through sys_exit_execve), once each.
-        for (kind, mode) in attached where mode == .tracepoint {
+        for (kind, mode, _) in attached where mode == .tracepoint {
             for other in KernelProgram.extraTracepointExits(kind) {
                 let name = KernelProgram.programName(other, kprobe: false, exit: true)
                 guard !isAttached(name) else { continue }
@@ -321,10 +390,29 @@ public final class SyscallMonitorSource: EventSource {
         }
     }
 
+    /// `exit` or `entry`; throws when `capture: exit` was asked of a kernel
+    /// that cannot read the args at exit.
+    private func chooseCapture(useKprobes: Bool, _ context: StageContext) throws -> CapturePath {
+        if options.capture == .entry { return .entry }
+        // attach auto may fall back to tracepoints per event: both must do.
+        var problem = KernelSupport.exitCaptureUnavailableReason(kprobes: useKprobes)
+        if problem == nil, useKprobes, options.attach == .auto {
+            problem = KernelSupport.exitCaptureUnavailableReason(kprobes: false)
+        }
+        guard let problem else { return .exit }
+        if options.capture == .exit {
+            throw StageStartError(
+                stage: context.id,
+                message: "capture: exit is impossible: \(problem). Use 'capture: entry', or 'capture: auto' to fall back to entry capture")
+        }
+        context.logger.info("capture auto: \(problem); capturing the args at entry")
+        return .entry
+    }
+
     /// Sets the load-time globals, chooses which programs load (those
     /// `events` need, less those already attached), and sizes the
     /// transport maps.
-    private func configure(_ object: BPFObject, events: [EventKind], useKprobes: Bool, execHandover: Bool, skipping attachedNames: Set<String>) throws {
+    private func configure(_ object: BPFObject, events: [EventKind], useKprobes: Bool, capture: CapturePath, execHandover: Bool, skipping attachedNames: Set<String>) throws {
         try object.setReadOnlyGlobal(KernelProgram.Global.selfTgid, UInt32(getpid()))
         try object.setReadOnlyGlobal(KernelProgram.Global.useRingbuf, UInt32(activeTransport == .ringbuf ? 1 : 0))
         // Wake the reader once a sixteenth of the ring waits (512 KiB of the
@@ -339,6 +427,11 @@ public final class SyscallMonitorSource: EventSource {
         // auto may fall back to tracepoints per event: then load both kinds.
         let tracepoints = !useKprobes || options.attach == .auto
         for kind in events {
+            if capture == .exit, let exitOnly = KernelProgram.exitOnlyProgramName(kind, kprobe: useKprobes) {
+                wanted.insert(exitOnly)
+                if tracepoints, let tracepoint = KernelProgram.exitOnlyProgramName(kind, kprobe: false) { wanted.insert(tracepoint) }
+                continue
+            }
             for exit in [false, true] {
                 wanted.insert(KernelProgram.programName(kind, kprobe: useKprobes, exit: exit))
                 if tracepoints { wanted.insert(KernelProgram.programName(kind, kprobe: false, exit: exit)) }
@@ -382,8 +475,9 @@ public final class SyscallMonitorSource: EventSource {
         }
     }
 
-    /// Attaches one event's entry and exit programs.
-    private func attach(_ kind: EventKind, in object: BPFObject, kprobes: Bool, context: StageContext) throws -> AttachMode {
+    /// Attaches one event's programs: its exit-only program, or its entry
+    /// and exit pair.
+    private func attach(_ kind: EventKind, in object: BPFObject, kprobes: Bool, exitOnly: Bool, context: StageContext) throws -> AttachMode {
         let programs = Dictionary(object.programs.map { ($0.name, $0.program) }, uniquingKeysWith: { first, _ in first })
         func program(_ exit: Bool, kprobe: Bool) throws -> OpaquePointer {
             let name = KernelProgram.programName(kind, kprobe: kprobe, exit: exit)
@@ -391,6 +485,25 @@ public final class SyscallMonitorSource: EventSource {
             return program
         }
         let name = KernelProgram.kernelName(kind)
+        if exitOnly, let kprobeName = KernelProgram.exitOnlyProgramName(kind, kprobe: true),
+           let tracepointName = KernelProgram.exitOnlyProgramName(kind, kprobe: false) {
+            if kprobes {
+                let function = "__x64_sys_\(name)"
+                if isAttached(kprobeName) { return .kprobe }
+                do {
+                    let exit = try self.program(kprobeName, in: object)
+                    try object.attachKprobe(exit, function: function, isReturn: true)
+                    record(kprobeName, exit, .kprobe)
+                    context.logger.info("event \(kind.name): kretprobe on \(function), args read at exit")
+                    return .kprobe
+                } catch let error as BPFError where options.attach == .auto {
+                    context.logger.warning("event \(kind.name): kretprobe on \(function) failed (\(error.message)); using its tracepoint")
+                }
+            }
+            if !isAttached(tracepointName) { try attachTracepoint(tracepointName, in: object, category: "syscalls", tracepoint: "sys_exit_\(name)") }
+            context.logger.info("event \(kind.name): tracepoint syscalls/sys_exit_\(name), args read at exit")
+            return .tracepoint
+        }
         if kprobes {
             let function = "__x64_sys_\(name)"
             let names = (KernelProgram.programName(kind, kprobe: true, exit: false), KernelProgram.programName(kind, kprobe: true, exit: true))
@@ -484,30 +597,34 @@ public final class SyscallMonitorSource: EventSource {
 }
 
 extension SyscallMonitorSource: ReconfigurableSource {
-    /// Takes a reload's new `events`, `skip_retvals` and `visibility` in
-    /// place, the programs staying attached: the maps change, a removed
-    /// event is switched off (its programs stay attached and return at
-    /// once), and an event whose programs are not loaded yet is loaded in a
-    /// second object that shares every map, then attached. Any other change
-    /// (attach, transport, buffer sizes, flush_interval) returns false: the
-    /// runtime then starts a new source before it stops this one.
+    /// Takes a reload's new `events`, `skip_retvals`, `visibility` and
+    /// pushed-down condition (`replacement`'s ``pushedCondition``) in place,
+    /// the programs staying attached: the maps change, a removed event (or
+    /// one no sink keeps any more) is switched off (its programs stay
+    /// attached and return at once), and an event whose programs are not
+    /// loaded yet is loaded in a second object that shares every map, then
+    /// attached. Any other change (attach, capture, transport, buffer sizes,
+    /// flush_interval) returns false: the runtime then starts a new source
+    /// before it stops this one.
     public func reconfigure(like replacement: any EventSource, context: StageContext) throws -> Bool {
         guard let replacement = replacement as? SyscallMonitorSource else { return false }
         let wanted = replacement.options
         let (current, first) = lock.withLock { (active, objects.first) }
         guard let first, !stopped.load(ordering: .acquiring) else { return false }
         // What is set at start only.
-        guard wanted.attach == current.attach, wanted.transport == current.transport,
+        guard wanted.attach == current.attach, wanted.capture == current.capture, wanted.transport == current.transport,
               wanted.bufferPages == current.bufferPages, wanted.ringbufBytes == current.ringbufBytes,
               wanted.flushIntervalNs == current.flushIntervalNs
         else { return false }
 
         let fail = { (message: String) in StageStartError(stage: context.id, message: message) }
+        // What the sinks of the new graph keep (everything when nothing was pushed).
+        let keep = KernelCondition(replacement.pushedCondition, configured: wanted.events)
         let attachedIDs = lock.withLock { Set(attached.map(\.0.id)) }
-        let added = wanted.events.filter { !attachedIDs.contains($0.id) }
+        let added = keep.events.filter { !attachedIDs.contains($0.id) }
         if !added.isEmpty {
-            let useKprobes = lock.withLock { self.useKprobes }
-            try checkTracepoints(added, useKprobes: useKprobes, fail: fail)
+            let (useKprobes, capture) = lock.withLock { (self.useKprobes, activeCapture) }
+            try checkTracepoints(added, useKprobes: useKprobes, capture: capture, fail: fail)
             let object: BPFObject
             do {
                 object = try loadObject(for: added, sharingMapsOf: first)
@@ -527,12 +644,16 @@ extension SyscallMonitorSource: ReconfigurableSource {
             }
         }
         do {
-            try writeMaps(first, wanted)
+            try writeMaps(first, wanted, keep)
         } catch let error as BPFError {
             throw fail("cannot apply the new options: \(error)")
         }
-        lock.withLock { active = wanted }
-        context.logger.info("reconfigured in place: events [\(wanted.events.map(\.name).joined(separator: ", "))], skip_retvals \(wanted.skipRetvals)")
+        lock.withLock {
+            active = wanted
+            activeKeep = keep
+            pushed = replacement.pushedCondition
+        }
+        context.logger.info("reconfigured in place: events [\(keep.events.map(\.name).joined(separator: ", "))], skip_retvals \(wanted.skipRetvals), pushdown: \(keep.report.pushed.joined(separator: "; "))")
         return true
     }
 }

@@ -17,13 +17,17 @@ final class TraceSession {
     /// `stalled`: the sink takes nothing until `sink.release()`, and its
     /// small blocking queue then holds the source back, so the kernel buffer
     /// fills however fast the reader would be.
-    init(_ options: SyscallMonitorOptions, stalled: Bool = false) throws {
+    /// `push`: a condition handed to the source before it is prepared, as
+    /// the runtime does with what the pipeline's filters keep.
+    init(_ options: SyscallMonitorOptions, stalled: Bool = false, push condition: KeepCondition? = nil) throws {
         source = SyscallMonitorSource(options)
+        if let condition { _ = source.push(condition) }
         sink = MemorySink(stalled: stalled)
         let queue = stalled ? QueuePolicy(capacityEvents: 16, whenFull: .block) : QueuePolicy()
         let plan = StageHarness.plan(sources: [("kernel", source)], sinks: [("memory", sink, queue)])
         runtime = PipelineRuntime(plan: plan, logger: KernelTests.logger)
         try runtime.start()
+        #expect(source.captureInUse == KernelTests.resolved(options.capture), "kernel \(KernelTests.kernelVersion)")
     }
 
     /// Stops the source (which detaches and drains the kernel buffers) and
@@ -32,6 +36,28 @@ final class TraceSession {
         runtime.stop()
         let summary = runtime.wait()
         return (sink.records, summary)
+    }
+}
+
+/// The capture paths the exact-event tests run under: the default (exit-only
+/// on a kernel with bpf_task_pt_regs) and the entry capture, forced.
+let bothCaptures: [SyscallMonitorOptions.Capture] = [.auto, .entry]
+
+extension KernelTests {
+    /// What `capture` resolves to on this kernel: `auto` is exit-only from 5.15.
+    static func resolved(_ capture: SyscallMonitorOptions.Capture) -> SyscallMonitorOptions.Capture {
+        capture != .auto ? capture : kernelVersion >= (5, 15) ? .exit : .entry
+    }
+}
+
+extension SyscallEvent {
+    /// The event without what differs between two programs that saw the
+    /// same syscall: when each built its record.
+    var untimed: SyscallEvent {
+        var event = self
+        event.timeNs = 0
+        event.ktimeNs = 0
+        return event
     }
 }
 

@@ -47,6 +47,7 @@ struct SyscallMonitorOptionsTests {
         let options = try #require(try Self.load([]))
         #expect(options.events == EventCatalog.all)
         #expect(options.attach == .auto)
+        #expect(options.capture == .auto)
         #expect(options.transport == .auto)
         #expect(options.bufferPages == 1024)
         #expect(options.ringbufBytes == 8 << 20)
@@ -59,6 +60,7 @@ struct SyscallMonitorOptionsTests {
         let options = try #require(try Self.load([
             "events: [connect, 257, execve, connect]",
             "attach: tracepoint",
+            "capture: entry",
             "transport: ringbuf",
             "ringbuf_bytes: 16MiB",
             "skip_retvals: [-2, -11]",
@@ -67,6 +69,8 @@ struct SyscallMonitorOptionsTests {
         ]))
         #expect(options.events.map(\.name) == ["connect", "execve", "openat"])
         #expect(options.attach == .tracepoint)
+        #expect(options.capture == .entry)
+        #expect(try Self.load(["capture: exit"])?.capture == .exit)
         #expect(options.transport == .ringbuf)
         #expect(options.ringbufBytes == 16 << 20)
         #expect(options.skipRetvals == [-2, -11])
@@ -87,6 +91,7 @@ struct SyscallMonitorOptionsTests {
         #expect(Self.errors(["events: []"]) == [
             "p.yaml:4:13: error: source 'kernel': 'events' must name at least one event",
         ])
+        #expect(Self.errors(["capture: exits"]).first?.hasPrefix("p.yaml:4:14: error: source 'kernel': 'capture' must be one of auto, exit, entry") == true)
         #expect(Self.errors(["transport: ring"]).first?.hasPrefix("p.yaml:4:16: error: source 'kernel': 'transport' must be one of auto, perf, ringbuf") == true)
         #expect(Self.errors(["buffer_pages: 100"]) == [
             "p.yaml:4:19: error: source 'kernel': 'buffer_pages' must be a power of two, not 100",

@@ -28,7 +28,7 @@ struct EmbeddedObjectTests {
         }
     }
 
-    @Test func everyEventHasItsFourPrograms() throws {
+    @Test func everyEventHasItsPairsAndExitOnlyPrograms() throws {
         let object = try BPFObject(elf: KernelProgram.elf(), name: "check")
         let names = Set(object.programs.map(\.name))
         for kind in EventCatalog.all {
@@ -37,8 +37,14 @@ struct EmbeddedObjectTests {
                     let name = KernelProgram.programName(kind, kprobe: kprobe, exit: exit)
                     #expect(names.contains(name), "missing \(name)")
                 }
+                if let name = KernelProgram.exitOnlyProgramName(kind, kprobe: kprobe) {
+                    #expect(names.contains(name), "missing \(name)")
+                }
             }
         }
+        // The exec events keep their entry capture: no exit-only programs.
+        #expect(!names.contains("tp_ret_execve") && !names.contains("kp_ret_execveat"))
+        #expect(EventCatalog.all.filter { KernelProgram.exitOnlyProgramName($0, kprobe: false) == nil }.map(\.name) == ["execve", "execveat"])
     }
 }
 
@@ -46,11 +52,11 @@ struct EmbeddedObjectTests {
 /// process makes known syscalls and the events must match exactly.
 @Suite("syscall_monitor on the real kernel", .serialized, .enabled(if: KernelTests.enabled))
 struct SyscallMonitorKernelTests {
-    @Test(arguments: [SyscallMonitorOptions.Transport.perf, .ringbuf, .auto])
-    func connectEventsOfEveryFamily_failuresSkippedAsConfigured(transport: SyscallMonitorOptions.Transport) throws {
+    @Test(arguments: [SyscallMonitorOptions.Transport.perf, .ringbuf, .auto], bothCaptures)
+    func connectEventsOfEveryFamily_failuresSkippedAsConfigured(transport: SyscallMonitorOptions.Transport, capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], transport: transport))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], capture: capture, transport: transport))
         // auto: the ring buffer, which every kernel since 5.8 has.
         let kernel = KernelTests.kernelVersion
         let expectedTransport: SyscallMonitorOptions.Transport = transport != .auto ? transport : kernel >= (5, 8) ? .ringbuf : .perf
@@ -132,14 +138,15 @@ struct SyscallMonitorKernelTests {
 
     /// The header's uid is the caller's: a driver run as nobody (65534)
     /// reports that uid on every event, and root's events report 0.
-    @Test func eventsCarryTheCallersUid() throws {
+    @Test(arguments: bothCaptures)
+    func eventsCarryTheCallersUid(capture: SyscallMonitorOptions.Capture) throws {
         let nobodysDirectory = try TemporaryDirectory(), rootsDirectory = try TemporaryDirectory()
         defer {
             nobodysDirectory.remove()
             rootsDirectory.remove()
         }
         chmod(nobodysDirectory.path, 0o777)  // the AF_UNIX sockets are made there
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!]))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], capture: capture))
         let nobody = try Driver.run(["connect", nobodysDirectory.path], uid: 65534)
         let root = try Driver.run(["connect", rootsDirectory.path])
         let (records, _) = session.finish()
@@ -151,11 +158,12 @@ struct SyscallMonitorKernelTests {
         #expect(!asRoot.isEmpty && asRoot.allSatisfy { $0.uid == 0 })
     }
 
-    @Test func socketBindListenAcceptAndConnectArgs() throws {
+    @Test(arguments: bothCaptures)
+    func socketBindListenAcceptAndConnectArgs(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let names = ["socket", "bind", "listen", "accept", "connect"]
-        let session = try TraceSession(SyscallMonitorOptions(events: names.map { EventCatalog.kind(named: $0)! }))
+        let session = try TraceSession(SyscallMonitorOptions(events: names.map { EventCatalog.kind(named: $0)! }, capture: capture))
         let run = try Driver.run(["server", directory.path])
         let (records, summary) = session.finish()
         #expect(run.status == 0)
@@ -165,11 +173,12 @@ struct SyscallMonitorKernelTests {
         #expect(records.events(of: run.pid).map(\.expectedForm) == expected)
     }
 
-    @Test func fileEventsWithDecodedArgs() throws {
+    @Test(arguments: bothCaptures)
+    func fileEventsWithDecodedArgs(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let names = ["open", "openat", "close", "unlink", "unlinkat", "rmdir", "chown", "fchownat"]
-        let session = try TraceSession(SyscallMonitorOptions(events: names.map { EventCatalog.kind(named: $0)! }))
+        let session = try TraceSession(SyscallMonitorOptions(events: names.map { EventCatalog.kind(named: $0)! }, capture: capture))
         let run = try Driver.run(["files", directory.path])
         let (records, summary) = session.finish()
         #expect(run.status == 0)
@@ -182,11 +191,12 @@ struct SyscallMonitorKernelTests {
         #expect(expected.contains { $0.name == "unlinkat" && $0.args[2] == .flags(.unlinkat, 0x200) })
     }
 
-    @Test func processAndCapabilityEvents_execArgvCapturedAtEntry() throws {
+    @Test(arguments: bothCaptures)
+    func processAndCapabilityEvents_execArgvCapturedAtEntry(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let names = ["execve", "execveat", "setuid", "setgid", "ptrace", "mount", "umount"]
-        let session = try TraceSession(SyscallMonitorOptions(events: names.map { EventCatalog.kind(named: $0)! }))
+        let session = try TraceSession(SyscallMonitorOptions(events: names.map { EventCatalog.kind(named: $0)! }, capture: capture))
         let run = try Driver.run(["process", directory.path, Driver.path])
         let (records, summary) = session.finish()
         #expect(run.status == 0)
@@ -202,10 +212,11 @@ struct SyscallMonitorKernelTests {
 
     /// A successful execveat returns through sys_exit_execve: traced alone,
     /// it must still be reported (and no execve with it).
-    @Test func execveatAloneIsReported() throws {
+    @Test(arguments: bothCaptures)
+    func execveatAloneIsReported(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "execveat")!]))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "execveat")!], capture: capture))
         let run = try Driver.run(["process", directory.path, Driver.path])
         let (records, _) = session.finish()
         let expected = try run.expected { name, _ in name == "execveat" }
@@ -216,10 +227,11 @@ struct SyscallMonitorKernelTests {
     /// A thread other than the leader execs: the failed execve and the
     /// successful one (which leaves with the leader's id) are both reported,
     /// with the argv captured at entry, under the process's pid.
-    @Test func execFromAThreadOtherThanTheLeaderIsReported() throws {
+    @Test(arguments: bothCaptures)
+    func execFromAThreadOtherThanTheLeaderIsReported(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "execve")!]))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "execve")!], capture: capture))
         let run = try Driver.run(["thread-exec", directory.path, Driver.path])
         let (records, summary) = session.finish()
         #expect(run.status == 0)
@@ -235,8 +247,9 @@ struct SyscallMonitorKernelTests {
 
     /// Inside new pid and mount namespaces (`unshare`), events carry the
     /// namespace's pids and ids: a container's view.
-    @Test func namespacePidsAndIdsInsideNewNamespaces() throws {
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!]))
+    @Test(arguments: bothCaptures)
+    func namespacePidsAndIdsInsideNewNamespaces(capture: SyscallMonitorOptions.Capture) throws {
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], capture: capture))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["unshare", "--pid", "--mount", "--fork", Driver.path, "fork-connect"]
@@ -276,10 +289,11 @@ struct SyscallMonitorKernelTests {
         #expect(childEvents.first?.ppid == 1)
     }
 
-    @Test func hiddenNetworkScopeDropsSuccessfulConnectsOnly() throws {
+    @Test(arguments: bothCaptures)
+    func hiddenNetworkScopeDropsSuccessfulConnectsOnly(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], visibility: [.network: false]))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], capture: capture, visibility: [.network: false]))
         let run = try Driver.run(["connect", directory.path])
         let (records, _) = session.finish()
         let expected = try run.expected { _, retval in retval < 0 }
@@ -287,11 +301,12 @@ struct SyscallMonitorKernelTests {
         #expect(records.events(of: run.pid).map(\.expectedForm) == expected)
     }
 
-    @Test func skipRetvalsIsConfigurable() throws {
+    @Test(arguments: bothCaptures)
+    func skipRetvalsIsConfigurable(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         // Skip refused instead of ENOENT/EINPROGRESS.
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], skipRetvals: [-111]))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!], capture: capture, skipRetvals: [-111]))
         let run = try Driver.run(["connect", directory.path])
         let (records, _) = session.finish()
         let expected = try run.expected(skipping: [-111])
@@ -299,12 +314,13 @@ struct SyscallMonitorKernelTests {
         #expect(records.events(of: run.pid).map(\.expectedForm) == expected)
     }
 
-    @Test func concurrentProcessesKeepTheirOwnEvents() throws {
+    @Test(arguments: bothCaptures)
+    func concurrentProcessesKeepTheirOwnEvents(capture: SyscallMonitorOptions.Capture) throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let first = try TemporaryDirectory(), second = try TemporaryDirectory()
         defer { first.remove(); second.remove() }
-        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!, EventCatalog.kind(named: "socket")!]))
+        let session = try TraceSession(SyscallMonitorOptions(events: [EventCatalog.kind(named: "connect")!, EventCatalog.kind(named: "socket")!], capture: capture))
         let runs = try [first, second].concurrentMap { try Driver.run(["connect", $0.path]) }
         let (records, _) = session.finish()
         for run in runs {
@@ -349,17 +365,24 @@ struct SyscallMonitorKernelTests {
         }
         #expect(bpf_map__set_max_entries(try object.map(named: KernelProgram.Map.ringbuf), 4096) == 0)
         try object.load()
-        #expect(loaded == EventCatalog.all.count * 2)
+        // The pairs of every event, and the exit-only kretprobes (bpf_task_pt_regs).
+        #expect(loaded == EventCatalog.all.count * 2 + EventCatalog.all.filter(KernelProgram.hasExitOnlyPrograms).count)
         for program in object.programs where program.name.hasPrefix("kp_") {
             #expect(bpf_program__fd(program.program) >= 0, "\(program.name) not loaded")
         }
     }
 
-    @Test func everyEventLoadsAndAttachesAsTracepoints() throws {
-        let session = try TraceSession(SyscallMonitorOptions(attach: .tracepoint))
+    @Test(arguments: bothCaptures)
+    func everyEventLoadsAndAttachesAsTracepoints(capture: SyscallMonitorOptions.Capture) throws {
+        let session = try TraceSession(SyscallMonitorOptions(attach: .tracepoint, capture: capture))
         let modes = session.source.attachments
+        let captures = session.source.captures
         _ = session.finish()
         #expect(modes.map(\.event) == EventCatalog.all.map(\.name))
+        let resolved = KernelTests.resolved(capture)
+        for (event, path) in captures {
+            #expect(path == (event.hasPrefix("execve") ? .entry : resolved), "\(event)")
+        }
     }
 
     /// A buffer far too small for a burst: every event the driver made is

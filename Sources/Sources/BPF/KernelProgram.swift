@@ -42,6 +42,17 @@ enum KernelProgram {
         (kprobe ? "kp_" : "tp_") + (exit ? "exit_" : "enter_") + kernelName(kind)
     }
 
+    /// The exit-only program of an event (`tp_ret_connect` on
+    /// `sys_exit_connect`, `kp_ret_connect` as a kretprobe); nil for the
+    /// exec events, which keep their entry capture.
+    static func exitOnlyProgramName(_ kind: EventKind, kprobe: Bool) -> String? {
+        hasExitOnlyPrograms(kind) ? (kprobe ? "kp_ret_" : "tp_ret_") + kernelName(kind) : nil
+    }
+
+    /// False for execve and execveat: a successful exec has replaced the
+    /// memory their args point into before the exit runs.
+    static func hasExitOnlyPrograms(_ kind: EventKind) -> Bool { !needsExecHandover(kind) }
+
     /// Tracepoint programs an event needs besides its own pair: a successful
     /// execveat(2) leaves through `sys_exit_execve` (see the program), so
     /// execveat also needs execve's exit program.
@@ -82,9 +93,11 @@ enum KernelProgram {
         static let settings = "settings"
         /// By event id: non-zero while the event is traced.
         static let enabled = "enabled"
+        /// The pushed-down keep condition (`struct pl_keep`), written while the program runs.
+        static let keep = "keep"
         /// The maps a second object (a reload's new events) takes over from
         /// the first, so that both feed one reader with one set of options.
-        static let shared = ["saved_args", "scratch", "exec_args", visibility, settings, enabled, perfEvents, ringbuf, ringbufPerCPU]
+        static let shared = ["saved_args", "scratch", "exec_args", visibility, settings, enabled, keep, perfEvents, ringbuf, ringbufPerCPU]
     }
 
     /// The size of the program's `skip_retvals` array.
