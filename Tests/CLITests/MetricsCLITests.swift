@@ -159,8 +159,8 @@ final class MetricsCLITests: Sendable {
             ("pipelined_stage_events_in_total", ["stage": "log"]), ("pipelined_stage_bytes_total", ["stage": "log"]),
             ("pipelined_stage_bytes_total", ["stage": "archive"]), ("pipelined_stage_raw_bytes_total", ["stage": "archive"]),
             ("pipelined_stage_segments_sealed_total", ["stage": "archive"]), ("pipelined_stage_bytes_total", ["stage": "live"]),
-            ("pipelined_stage_bpf_run_seconds_total", ["stage": "kernel", "program": "tp_exit_connect"]),
-            ("pipelined_stage_bpf_runs_total", ["stage": "kernel", "program": "tp_exit_connect"]),
+            ("pipelined_stage_bpf_run_seconds_total", ["stage": "kernel", "program": "tp_ret_connect"]),
+            ("pipelined_stage_bpf_runs_total", ["stage": "kernel", "program": "tp_ret_connect"]),
             ("pipelined_process_cpu_seconds_total", [:]),
         ]
         for (name, labels) in moving {
@@ -179,7 +179,7 @@ final class MetricsCLITests: Sendable {
             ("pipelined_stage_buffer_used_bytes", ["stage": "kernel"], nil),
             ("pipelined_stage_buffer_size_bytes", ["stage": "kernel"], Double(8 << 20)),
             ("pipelined_stage_bpf_stats_enabled", ["stage": "kernel"], 1),
-            ("pipelined_stage_attached_events", ["stage": "kernel", "event": "connect", "mode": "tracepoint"], 1),
+            ("pipelined_stage_attached_events", ["stage": "kernel", "event": "connect", "mode": "tracepoint", "capture": "exit"], 1),
             ("pipelined_build_info", [:], 1),
             ("pipelined_process_resident_memory_bytes", [:], nil),
             ("pipelined_reloads_total", ["result": "failure"], 0),

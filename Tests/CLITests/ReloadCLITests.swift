@@ -185,7 +185,7 @@ final class ReloadCLITests: Sendable {
         #expect(pipeline.run.waitFor { _, stderr in stderr.contains("reloaded:") })
         #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "new"]) ?? 0) > 5_000 })
         let reloaded = try pipeline.scrape()
-        #expect(programs(reloaded) == programsBefore && programsBefore.contains { $0.hasPrefix("tp_exit_connect#") }, "\(programsBefore) -> \(programs(reloaded))")
+        #expect(programs(reloaded) == programsBefore && programsBefore.contains { $0.hasPrefix("tp_ret_connect#") }, "\(programsBefore) -> \(programs(reloaded))")
         #expect(reloaded.value("pipelined_stage_attached_events", ["event": "socket"]) == 0, "socket is still switched on")
         #expect(reloaded.value("pipelined_stage_attached_events", ["event": "connect"]) == 1)
         kill(worker, SIGKILL)

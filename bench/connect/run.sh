@@ -22,6 +22,19 @@
 #   RUNS=9 bench/connect/run.sh                 (medians, min and max over 9 runs; default 7)
 #   MODE=udp bench/connect/run.sh               (only UDP connects: the storm;
 #                                                MODE=tcp only refused TCP; default mixed)
+#   CAPTURE=entry bench/connect/run.sh          (syscall_monitor's capture: entry|exit;
+#                                                default auto: exit-only from Linux 5.15)
+#   PIPELINE=failures MODE=udp bench/connect/run.sh
+#                                               (a retval filter success: false before the
+#                                                sink: on a storm of successful connects
+#                                                nothing is delivered, and pushdown keeps the
+#                                                kernel from submitting anything; CPU per
+#                                                million is then per generated event)
+#   PIPELINE=failures PUSHDOWN=false MODE=udp bench/connect/run.sh
+#                                               (the same with settings.pushdown: false)
+#   PIPELINED=.build/debug/pipelined RUNS=1 EVENTS_PER_PROCESS=20000 bench/connect/run.sh
+#                                               (a given binary, no release build: to try
+#                                                the script, not to measure)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -31,6 +44,8 @@ processes="${PROCESSES:-2}"
 runs="${RUNS:-7}"
 mode="${MODE:-mixed}"
 generated=$((per_process * processes))
+pipeline_kind="${PIPELINE:-all}"
+case "$pipeline_kind" in all|failures) ;; *) echo "run.sh: PIPELINE is all or failures, not $pipeline_kind" >&2; exit 2 ;; esac
 mkdir -p "$out"
 rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/*.time  # (*-N.time: run N's /usr/bin/time -v)
 
@@ -38,25 +53,46 @@ for tool in /usr/bin/time bpftrace cc; do
     command -v "$tool" > /dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
 done
 
-echo "== building pipelined (swift build -c release --static-swift-stdlib) and loadgen (cc -O2)"
-(cd "$root" && swift build -c release --static-swift-stdlib --product pipelined > "$out/build.log" 2>&1) || { tail -20 "$out/build.log" >&2; exit 1; }
-pipelined="$(cd "$root" && swift build -c release --static-swift-stdlib --show-bin-path)/pipelined"
+if [ -n "${PIPELINED:-}" ]; then
+    pipelined="$(cd "$root" && realpath "$PIPELINED")"
+    echo "== using $pipelined (not a release build: for trying the script only); building loadgen (cc -O2)"
+else
+    echo "== building pipelined (swift build -c release --static-swift-stdlib) and loadgen (cc -O2)"
+    (cd "$root" && swift build -c release --static-swift-stdlib --product pipelined > "$out/build.log" 2>&1) || { tail -20 "$out/build.log" >&2; exit 1; }
+    pipelined="$(cd "$root" && swift build -c release --static-swift-stdlib --show-bin-path)/pipelined"
+fi
 cc -O2 -Wall -o "$out/loadgen" "$here/loadgen.c"
 
+settings=""
+[ -n "${BATCH_EVENTS:-}" ] && settings="$settings
+  batch_events: $BATCH_EVENTS"
+[ -n "${PUSHDOWN:-}" ] && settings="$settings
+  pushdown: $PUSHDOWN"
+sink_input=kernel
+filters=""
+if [ "$pipeline_kind" = failures ]; then
+    sink_input=failed
+    filters="
+filters:
+  failed:
+    type: retval
+    inputs: [kernel]
+    success: false"
+fi
 cat > "$out/pipeline.yaml" <<YAML
-name: bench-connect${BATCH_EVENTS:+
-settings:
-  batch_events: $BATCH_EVENTS}
+name: bench-connect${settings:+
+settings:$settings}
 sources:
   kernel:
     type: syscall_monitor
-    events: [connect]${TRANSPORT:+
+    events: [connect]${CAPTURE:+
+    capture: $CAPTURE}${TRANSPORT:+
     transport: $TRANSPORT}${RINGBUF_BYTES:+
-    ringbuf_bytes: $RINGBUF_BYTES}
+    ringbuf_bytes: $RINGBUF_BYTES}$filters
 sinks:
   log:
     type: file
-    inputs: [kernel]
+    inputs: [$sink_input]
     path: $out/pipelined.jsonl
 YAML
 
@@ -123,6 +159,7 @@ run_pipelined() {
     /usr/bin/time -v -o "$out/pipelined.time" "$pipelined" run "$out/pipeline.yaml" > /dev/null 2> "$out/pipelined.log" &
     local time_pid=$!
     wait_for "$out/pipelined.log" "pipeline started"
+    [ "$run" = 1 ] && grep -o 'tracing [0-9]* event(s).*' "$out/pipelined.log" | head -1 | sed 's/^/   pipelined: /' >&2
     local tracer counter rate counts
     tracer="$(tracer_pid "$time_pid")"
     counter="$(count_start "$tracer")"
@@ -173,7 +210,7 @@ for run in $(seq 1 "$runs"); do
 done
 
 # runs.txt: untraced | rate delivered lost cpu rss user sys syscalls ctxsw (pipelined) | rate delivered lost cpu rss (bpftrace)
-awk -v g="$generated" -v n="$runs" -v p="$processes" -v e="$per_process" -v m="$mode" '
+awk -v g="$generated" -v n="$runs" -v p="$processes" -v e="$per_process" -v m="$mode" -v k="$pipeline_kind" -v c="${CAPTURE:-auto}" -v pd="${PUSHDOWN:-true}" '
 function sort(a, k,   i, j, t) {
     for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
 }
@@ -182,17 +219,19 @@ function median(a, k) { sort(a, k); return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] 
 function spread(a, k, f,   med) { med = median(a, k); return sprintf(f " (" f " to " f ")", med, a[1], a[k]) }
 {
     u[NR] = $1
-    pr[NR] = $2 / $1; pd[NR] = $3; pl[NR] = $4; pc[NR] = ($3 > 0 ? $5 / $3 * 1e6 : 0); pm[NR] = $6 / 1024
-    pu[NR] = ($3 > 0 ? $7 / $3 * 1e6 : 0); ps[NR] = ($3 > 0 ? $8 / $3 * 1e6 : 0)
-    sc[NR] = ($3 > 0 ? $9 / $3 * 1e6 : 0); cs[NR] = ($3 > 0 ? $10 / $3 * 1e6 : 0)
+    # Per delivered event, or per generated one where the pipeline keeps few (failures).
+    d = (k == "failures" ? g : $3)
+    pr[NR] = $2 / $1; pdl[NR] = $3; pl[NR] = $4; pc[NR] = (d > 0 ? $5 / d * 1e6 : 0); pm[NR] = $6 / 1024
+    pu[NR] = (d > 0 ? $7 / d * 1e6 : 0); ps[NR] = (d > 0 ? $8 / d * 1e6 : 0)
+    sc[NR] = (d > 0 ? $9 / d * 1e6 : 0); cs[NR] = (d > 0 ? $10 / d * 1e6 : 0)
     br[NR] = $11 / $1; bd[NR] = $12; bl[NR] = $13; bc[NR] = ($12 > 0 ? $14 / $12 * 1e6 : 0); bm[NR] = $15 / 1024
     q[NR] = ($11 > 0 ? $2 / $11 : 0)
     printf "run %d: untraced %d/s | pipelined %d/s ratio %.3f delivered %d lost %d cpu %.2fs (user %.2f sys %.2f) syscalls %d ctxsw %d RSS %.1f MiB | bpftrace %d/s ratio %.3f delivered %d lost %d cpu %.2fs RSS %.1f MiB\n", NR, $1, $2, pr[NR], $3, $4, $5, $7, $8, $9, $10, pm[NR], $11, br[NR], $12, $13, $14, bm[NR]
 }
 END {
-    printf "\n%d runs of %d connects (%d processes x %d, mode %s); median (min to max):\n", n, g, p, e, m
-    printf "pipelined  traced/untraced %s  delivered/generated %.4f (+%d reported lost)\n", spread(pr, n, "%.3f"), median(pd, n) / g, median(pl, n)
-    printf "           CPU s per million events %s: user %s, system %s\n", spread(pc, n, "%.3f"), spread(pu, n, "%.3f"), spread(ps, n, "%.3f")
+    printf "\n%d runs of %d connects (%d processes x %d, mode %s; pipeline %s, capture %s, pushdown %s); median (min to max):\n", n, g, p, e, m, k, c, pd
+    printf "pipelined  traced/untraced %s  delivered/generated %.4f (+%d reported lost)\n", spread(pr, n, "%.3f"), median(pdl, n) / g, median(pl, n)
+    printf "           CPU s per million %s events %s: user %s, system %s\n", (k == "failures" ? "generated" : "delivered"), spread(pc, n, "%.3f"), spread(pu, n, "%.3f"), spread(ps, n, "%.3f")
     printf "           per million events: syscalls %s, context switches %s; peak RSS %s MiB\n", spread(sc, n, "%.0f"), spread(cs, n, "%.0f"), spread(pm, n, "%.1f")
     printf "bpftrace   traced/untraced %s  delivered/generated %.4f (+%d reported lost)  CPU s per million events %s  peak RSS %.1f MiB\n", spread(br, n, "%.3f"), median(bd, n) / g, median(bl, n), spread(bc, n, "%.3f"), median(bm, n)
     printf "pipelined ratio / bpftrace ratio: %s\n", spread(q, n, "%.2f")
