@@ -5,7 +5,7 @@ import PipelineCore
 /// `include` keeps only the listed events; `exclude` removes the listed ones;
 /// both together keep what is included and not excluded. The name `lost` in
 /// `exclude` removes `lost` records, which otherwise always pass.
-public struct EventIDFilter: EventFilter {
+public struct EventIDFilter: ConditionFilter {
     public static let descriptor = StageDescriptor.filter(
         type: "event_id", summary: "keep events by name or id (include / exclude)",
         options: EventIDFilterOptions.self, make: EventIDFilter.init)
@@ -34,5 +34,13 @@ public struct EventIDFilter: EventFilter {
     }
 
     @usableFromInline func passes(id: UInt32) -> Bool { keep[Int(id)] }
+
+    /// The events of the catalog that pass (exact: an id outside the
+    /// catalog is no event a source makes).
+    public var keeps: KeepCondition {
+        if options.include == nil, options.exclude.isEmpty { return .everything }
+        let ids = (options.include ?? Set(EventCatalog.all.map(\.id))).subtracting(options.exclude).filter { $0 < 512 }
+        return KeepCondition([KeepClause(events: ids)])
+    }
     @usableFromInline var keepsLost: Bool { keepLost }
 }

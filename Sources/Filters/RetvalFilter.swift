@@ -7,7 +7,7 @@ import PipelineCore
 /// `errno` are alternatives within themselves (the value is one of the
 /// listed), `not_equals` excludes each listed value, `min`/`max` bound the
 /// value inclusively. `lost` records pass unless `lost: drop`.
-public struct RetvalFilter: EventFilter {
+public struct RetvalFilter: ConditionFilter {
     public static let descriptor = StageDescriptor.filter(
         type: "retval", summary: "keep events by return value: success, exact values, ranges, errno names",
         options: RetvalFilterOptions.self, make: RetvalFilter.init)
@@ -40,5 +40,17 @@ public struct RetvalFilter: EventFilter {
         if let equals = options.equals, !equals.contains(retval) { return false }
         if let errnoValues, !errnoValues.contains(retval) { return false }
         return true
+    }
+
+    /// Exactly ``passes(_:)``, as one clause.
+    public var keeps: KeepCondition {
+        var clause = KeepClause(retvalMin: options.min, retvalMax: options.max, retvalIn: options.equals, retvalNotIn: options.notEquals)
+        switch options.success {
+        case true?: clause = clause.intersection(KeepClause(retvalMin: 0))
+        case false?: clause = clause.intersection(KeepClause(retvalMax: -1))
+        case nil: break
+        }
+        if let errnoValues { clause = clause.intersection(KeepClause(retvalIn: errnoValues)) }
+        return KeepCondition([clause])
     }
 }

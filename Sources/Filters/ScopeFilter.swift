@@ -1,7 +1,7 @@
 import PipelineCore
 
 /// The `scope` filter: keeps events by scope and by origin (host or container).
-public struct ScopeFilter: EventFilter {
+public struct ScopeFilter: ConditionFilter {
     public static let descriptor = StageDescriptor.filter(
         type: "scope", summary: "keep events by scope (file, process, network, capabilities) and origin",
         options: ScopeFilterOptions.self, make: ScopeFilter.init)
@@ -28,5 +28,17 @@ public struct ScopeFilter: EventFilter {
             case .container: return event.isContainer
             }
         }
+    }
+
+    /// The catalog's events of the kept scopes, from the kept origin (exact).
+    public var keeps: KeepCondition {
+        let events = options.scopes == Set(Scope.allCases)
+            ? nil : Set(EventCatalog.all.filter { options.scopes.contains($0.scope) }.map(\.id))
+        let origin: KeepClause.Origin? = switch options.origin {
+        case .any: nil
+        case .host: .host
+        case .container: .container
+        }
+        return KeepCondition([KeepClause(events: events, origin: origin)])
     }
 }

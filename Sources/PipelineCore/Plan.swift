@@ -29,6 +29,9 @@ public struct PlannedStage: Sendable {
     /// locations removed (``ConfigValue/comparable``): a reload keeps a
     /// stage running when its type and these are unchanged.
     public var options: ConfigValue
+    /// For a ``PushdownSource``: the condition pushed to it (``PipelinePlan/pushDown()``),
+    /// nil when none was. A reload that changes it reconfigures the source.
+    public var pushed: KeepCondition?
 
     public init(id: String, type: String, instance: StageInstance, inputs: [String] = [], queue: QueuePolicy = QueuePolicy(), options: ConfigValue = .mapping([], at: SourceLocation(file: "", line: 0, column: 0))) {
         self.id = id
@@ -91,6 +94,9 @@ public struct PipelineSettings: Sendable, Equatable {
     /// `metrics.listen`: where the command serves its Prometheus endpoint,
     /// or nil for none (`listen: false`). The core only carries the address.
     public var metricsListen: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9464)
+    /// `pushdown`: whether sources that can are told what the sinks keep
+    /// (Pushdown.swift), so that they make only records some path keeps.
+    public var pushdown: Bool = true
 
     public init() {}
 
@@ -104,6 +110,7 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("log_level", "trace|debug|info|notice|warning|error|critical", default: "info", "log verbosity (stderr)"),
         OptionSpec("priority_boost", "int", default: "4", "raise the stage threads' scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
         OptionSpec("node", "string", default: "the host name", "the machine's name in every record's node key (a fleet's records say where they came from)"),
+        OptionSpec("pushdown", "bool", default: "true", "tell each source what its paths to the sinks keep, so that it skips, before making them, the records every path drops (the kernel source tests them in the kernel); the filters still run as written. `pipelined validate --explain` shows what is pushed"),
         OptionSpec("metrics", "{listen: HOST:PORT|false}", default: "{listen: 127.0.0.1:9464}", "metrics.listen: HOST:PORT of the Prometheus endpoint (GET /metrics, /-/healthy, /-/ready); port 0 picks a free one; false for none"),
     ]
 

@@ -251,3 +251,114 @@ public protocol PushdownSource: EventSource {
     /// source keeps at least every record that satisfies `condition`.
     func push(_ condition: KeepCondition) -> PushdownReport
 }
+
+extension PipelinePlan {
+    /// What the sinks reachable from `sourceID` keep of its records: the
+    /// union over every path from the source to a sink of the intersection of
+    /// what the filters on the path keep. A filter that is not a
+    /// ``ConditionFilter`` counts as keeping everything, so the result is
+    /// always a superset of what the paths keep. Computed once per stage
+    /// (a graph with many diamonds has many paths, not many stages).
+    public func keptCondition(of sourceID: String) -> KeepCondition {
+        var memo: [String: KeepCondition] = [:]
+        var readers: [String: [PlannedStage]] = [:]
+        for stage in stages {
+            for input in stage.inputs { readers[input, default: []].append(stage) }
+        }
+        // The graph is acyclic (the loader refuses cycles); `visiting`
+        // guards against a plan built by hand that is not.
+        var visiting: Set<String> = []
+        func downstream(of id: String) -> KeepCondition {
+            (readers[id] ?? []).reduce(KeepCondition.nothing) { $0.union(kept(by: $1)) }
+        }
+        func kept(by stage: PlannedStage) -> KeepCondition {
+            if let known = memo[stage.id] { return known }
+            guard visiting.insert(stage.id).inserted else { return .everything }
+            defer { visiting.remove(stage.id) }
+            let result: KeepCondition
+            switch stage.instance {
+            case .sink:
+                result = .everything
+            case .filter(let filter):
+                let own = (filter as? any ConditionFilter)?.keeps ?? .everything
+                result = own.intersection(downstream(of: stage.id))
+            case .source:
+                result = .nothing
+            }
+            memo[stage.id] = result
+            return result
+        }
+        return downstream(of: sourceID)
+    }
+
+    /// One source's pushdown, for the startup log and `validate --explain`.
+    public struct PushdownOutcome: Sendable {
+        /// The source's id and type.
+        public var source: String
+        public var type: String
+        /// What its paths keep; nil when nothing was pushed (pushdown off, or
+        /// a source that is no ``PushdownSource``).
+        public var condition: KeepCondition?
+        /// What the source made of it; nil when nothing was pushed.
+        public var report: PushdownReport?
+        /// The filters between the source and its sinks: they run as written.
+        public var filters: [String]
+    }
+
+    /// Tells every ``PushdownSource`` what its paths keep (unless
+    /// `settings.pushdown` is false) and records it in the stage's
+    /// ``PlannedStage/pushed``. Touches no system resource: sources only
+    /// record the condition until they are prepared.
+    @discardableResult
+    public mutating func pushDown() -> [PushdownOutcome] {
+        var outcomes: [PushdownOutcome] = []
+        for index in stages.indices {
+            guard case .source(let source) = stages[index].instance else { continue }
+            let id = stages[index].id
+            var outcome = PushdownOutcome(source: id, type: stages[index].type, filters: filters(downstreamOf: id))
+            if settings.pushdown, let pushable = source as? any PushdownSource {
+                let condition = keptCondition(of: id)
+                stages[index].pushed = condition
+                outcome.condition = condition
+                outcome.report = pushable.push(condition)
+            } else {
+                stages[index].pushed = nil
+            }
+            outcomes.append(outcome)
+        }
+        return outcomes
+    }
+
+    /// The ids of the filters reachable from `id`, in plan order.
+    func filters(downstreamOf id: String) -> [String] {
+        var reached: Set<String> = []
+        var frontier = [id]
+        while let next = frontier.popLast() {
+            for stage in stages where stage.inputs.contains(next) && reached.insert(stage.id).inserted {
+                frontier.append(stage.id)
+            }
+        }
+        return stages.filter { $0.kind == .filter && reached.contains($0.id) }.map(\.id)
+    }
+}
+
+extension PipelinePlan.PushdownOutcome {
+    /// The lines `validate --explain` and the startup log print for it.
+    public var explanation: [String] {
+        var lines = ["source '\(source)' (\(type)):"]
+        guard let condition, let report else {
+            lines.append("  nothing pushed: every record is made; the filters decide")
+            if !filters.isEmpty { lines.append("  in user space: \(filters.map { "'\($0)'" }.joined(separator: ", ")) (as written)") }
+            return lines
+        }
+        lines.append("  the sinks keep: \(condition)")
+        if report.pushed.isEmpty {
+            lines.append("  in the source: nothing (it makes every record)")
+        } else {
+            lines.append(contentsOf: report.pushed.map { "  in the source: \($0)" })
+        }
+        lines.append(contentsOf: report.remaining.map { "  left to the filters: \($0)" })
+        if !filters.isEmpty { lines.append("  in user space: \(filters.map { "'\($0)'" }.joined(separator: ", ")) (as written)") }
+        return lines
+    }
+}

@@ -19,6 +19,9 @@ struct ValidateCommand: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print nothing for valid files.")
     var quiet = false
 
+    @Flag(help: "For each source, print what its paths to the sinks keep, what the source tests itself (in the kernel, for syscall_monitor) and what is left to the filters.")
+    var explain = false
+
     func validate() throws {
         if files.isEmpty { throw ValidationError("name at least one pipeline file") }
     }
@@ -28,10 +31,17 @@ struct ValidateCommand: ParsableCommand {
         var invalid = 0
         for file in files {
             do {
-                let plan = try loader.load(path: file)
+                var plan = try loader.load(path: file)
                 if !quiet {
                     let count = { (kind: StageKind) in plan.stages.filter { $0.kind == kind }.count }
                     print("\(file): ok (\(count(.source)) sources, \(count(.filter)) filters, \(count(.sink)) sinks)")
+                }
+                if explain {
+                    // The same pushdown `run` does, without touching the system.
+                    if !plan.settings.pushdown { print("  pushdown off (settings.pushdown: false)") }
+                    for outcome in plan.pushDown() {
+                        for line in outcome.explanation { print("  " + line) }
+                    }
                 }
             } catch {
                 invalid += 1

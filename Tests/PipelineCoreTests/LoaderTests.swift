@@ -67,6 +67,7 @@ struct LoaderTests {
           drain_timeout: 5s
           priority_boost: 0
           node: web-1
+          pushdown: false
         sources:
           a:
             type: gen
@@ -97,6 +98,7 @@ struct LoaderTests {
         #expect(plan.settings.priorityBoost == 0)
         #expect(PipelineSettings().priorityBoost == 4)
         #expect(plan.settings.nodeID.name == "web-1")
+        #expect(plan.settings.pushdown == false)
         #expect(PipelineSettings().nodeID == .host)
         #expect(plan.stages.map(\.id) == ["a", "f", "s1", "s2"])
         #expect(plan.stage("s2")?.inputs == ["a", "f"])
@@ -249,7 +251,7 @@ struct LoaderTests {
         #expect(Units.parseDurationNs("1h") == 3_600_000_000_000)
         #expect(Units.parseDurationNs("soon") == nil)
         let errors = TestStages.errors("""
-            settings: {drain_timeout: forever, batch_events: 0, log_lvl: info, priority_boost: -1, node: ""}
+            settings: {drain_timeout: forever, batch_events: 0, log_lvl: info, priority_boost: -1, node: "", pushdown: maybe}
             sources:
               a: {type: gen, count: 1}
             sinks:
@@ -261,6 +263,7 @@ struct LoaderTests {
             "p.yaml:1:53: error: settings: unknown key 'log_lvl' (did you mean 'log_level'?)",
             "p.yaml:1:84: error: settings: 'priority_boost' must be an integer between 0 and 20, not '-1'",
             "p.yaml:1:94: error: settings: 'node' must be a non-empty name without control characters, not ''",
+            "p.yaml:1:108: error: settings: 'pushdown' must be true or false, not 'maybe'",
         ])
     }
 

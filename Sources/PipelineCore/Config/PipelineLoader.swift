@@ -210,6 +210,12 @@ struct LoadSession {
                 }
             case "metrics":
                 readMetricsSettings(entry.value, into: &settings)
+            case "pushdown":
+                if let text, ["true", "yes", "on", "false", "no", "off"].contains(text.lowercased()) {
+                    settings.pushdown = ["true", "yes", "on"].contains(text.lowercased())
+                } else {
+                    error(at, "settings: 'pushdown' must be true or false, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
+                }
             default:
                 var message = "settings: unknown key '\(entry.key)'"
                 if let suggestion = closestMatch(to: entry.key, in: known) { message += " (did you mean '\(suggestion)'?)" }

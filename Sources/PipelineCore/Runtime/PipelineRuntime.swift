@@ -38,7 +38,14 @@ public final class PipelineRuntime: Sendable {
     /// The stage threads' priority, decided at start; reloads reuse it.
     nonisolated(unsafe) var priority: StagePriority?
 
+    /// What each source was told its paths keep, for the start's log.
+    let pushdown: [PipelinePlan.PushdownOutcome]
+
+    /// Builds the running stages of `plan`, first telling every source that
+    /// can skip records what its paths to the sinks keep (``PipelinePlan/pushDown()``).
     public init(plan: PipelinePlan, logger: Logger) {
+        var plan = plan
+        pushdown = plan.pushDown()
         self.currentPlan = plan
         self.logger = logger
         self.node = plan.settings.nodeID
@@ -137,6 +144,9 @@ public final class PipelineRuntime: Sendable {
             self.priority = priority
             for running in sinks { startThread(of: running, priority: priority) }
             for running in sources { startThread(of: running, priority: priority) }
+        }
+        for outcome in pushdown where outcome.report != nil {
+            logger.info("pushdown: \(outcome.explanation.joined(separator: " "))", metadata: ["stage": "\(outcome.source)"])
         }
         logger.info("pipeline started", metadata: [
             "pipeline": "\(plan.name)", "sources": "\(sources.count)", "sinks": "\(sinks.count)",

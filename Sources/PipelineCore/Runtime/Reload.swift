@@ -82,6 +82,11 @@ extension PipelineRuntime {
     }
 
     private func applyLocked(_ newPlan: PipelinePlan) throws -> ReloadReport {
+        // What the new graph's paths keep, told to the new plan's sources: a
+        // running source whose condition changes is reconfigured like one
+        // whose options did.
+        var newPlan = newPlan
+        let pushdown = newPlan.pushDown()
         let (oldPlan, oldSources, oldSinks, oldFilters, oldMetrics, startPriority) = try state.withLock {
             guard started, !ended, !stopRequested.load(ordering: .acquiring) else {
                 throw ReloadError("the pipeline is not running (starting or stopping)")
@@ -120,7 +125,8 @@ extension PipelineRuntime {
                 }
             case .source(let source):
                 let running = oldSources.first { $0.stage.id == stage.id }
-                if same, let running {
+                let samePushdown = old?.pushed == stage.pushed
+                if same, samePushdown, let running {
                     keptSources.append(running)
                     report.unchanged.append(stage.id)
                     continue
@@ -143,7 +149,6 @@ extension PipelineRuntime {
         retiredSources = oldSources.filter { !keptSourceIDs.contains($0.stage.id) }
         report.removed = oldPlan.stages.map(\.id).filter { newPlan.stage($0) == nil }
         // The plan that runs: a stage that stays is its running instance.
-        var newPlan = newPlan
         for index in newPlan.stages.indices {
             let id = newPlan.stages[index].id
             if let running = keptSources.first(where: { $0.stage.id == id }) {
@@ -203,6 +208,11 @@ extension PipelineRuntime {
             _ = state.withLock { running.thread }?.join()
         }
         state.withLock { endIfEverySourceReturned() }
+        for outcome in pushdown where report.reconfigured.contains(outcome.source) || report.added.contains(outcome.source) || report.replaced.contains(outcome.source) {
+            if outcome.report != nil {
+                logger.info("pushdown: \(outcome.explanation.joined(separator: " "))", metadata: ["stage": "\(outcome.source)"])
+            }
+        }
         logger.info("reloaded: \(report.summary)", metadata: ["pipeline": "\(newPlan.name)"])
         return report
     }
