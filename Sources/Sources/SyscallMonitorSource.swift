@@ -209,9 +209,8 @@ public final class SyscallMonitorSource: PushdownSource {
         let captureText = capture == .exit
             ? "exit-only capture (args from the task's registers\(events.contains(where: KernelProgram.needsExecHandover) ? "; execve/execveat at entry" : ""))"
             : "entry+exit capture"
-        let pushdown = keep.events.count == options.events.count && keep.clauses.isEmpty
-            ? "" : ", pushdown: \(keep.report.pushed.joined(separator: "; "))"
-        context.logger.info("tracing \(events.count) event(s), \(modes.isEmpty ? "none attached" : modes), \(captureText), through a \(buffer)\(pushdown)")
+        // What was pushed down is logged by the runtime (`pushdown: ...`).
+        context.logger.info("tracing \(events.count) event(s), \(modes.isEmpty ? "none attached" : modes), \(captureText), through a \(buffer)")
     }
 
     /// The kernel side's series: the ring buffer's fill, each attached

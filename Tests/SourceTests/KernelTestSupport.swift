@@ -24,7 +24,11 @@ final class TraceSession {
         if let condition { _ = source.push(condition) }
         sink = MemorySink(stalled: stalled)
         let queue = stalled ? QueuePolicy(capacityEvents: 16, whenFull: .block) : QueuePolicy()
-        let plan = StageHarness.plan(sources: [("kernel", source)], sinks: [("memory", sink, queue)])
+        // A condition of the test's own: the runtime must not push the
+        // harness graph's (everything) over it.
+        var settings = PipelineSettings()
+        settings.pushdown = condition == nil
+        let plan = StageHarness.plan(sources: [("kernel", source)], sinks: [("memory", sink, queue)], settings: settings)
         runtime = PipelineRuntime(plan: plan, logger: KernelTests.logger)
         try runtime.start()
         #expect(source.captureInUse == KernelTests.resolved(options.capture), "kernel \(KernelTests.kernelVersion)")
