@@ -84,13 +84,15 @@ public final class SyscallMonitorSource: PushdownSource {
     }
 
     /// Records what the sinks downstream keep, for `prepare` (or for the
-    /// running source this one replaces on a reload), and says what the
-    /// kernel will test. Pure: touches nothing in the system.
+    /// running source this one replaces on a reload, which takes it in
+    /// ``reconfigure(like:context:)``), and says what the kernel will test.
+    /// Pure: touches nothing in the system. Once prepared, the kernel keeps
+    /// testing what it was given until a reconfigure.
     public func push(_ condition: KeepCondition) -> PushdownReport {
         let keep = KernelCondition(condition, configured: options.events)
         lock.withLock {
             pushed = condition
-            activeKeep = keep
+            if objects.isEmpty { activeKeep = keep }
         }
         return keep.report
     }
