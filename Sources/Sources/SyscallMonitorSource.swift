@@ -27,7 +27,7 @@ import PipelineCore
 public final class SyscallMonitorSource: PushdownSource {
     /// The registry entry for `type: syscall_monitor`.
     public static let descriptor = StageDescriptor.source(
-        type: "syscall_monitor", summary: "syscall events from the kernel (eBPF: syscall tracepoints or kprobe pairs)",
+        type: "syscall_monitor", summary: "syscall events from the kernel (eBPF on syscall tracepoints or kprobes; args read at exit where the kernel can, else saved at entry; the filters downstream pushed into the kernel)",
         options: SyscallMonitorOptions.self, make: SyscallMonitorSource.init)
 
     /// How one event's programs were attached.

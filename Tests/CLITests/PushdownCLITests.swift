@@ -162,6 +162,71 @@ final class PushdownCLITests: Sendable {
     }
 }
 
+/// A reload that changes only what the filters keep: the running kernel
+/// source is reconfigured in place (its programs stay), attaches the event
+/// the new filter wants, and submits what it keeps now.
+@Suite("pushdown on reload", .serialized)
+struct PushdownReloadCLITests {
+    @Test(.enabled(if: KernelGate.enabled))
+    func aReloadChangingTheFilterChangesWhatTheKernelSubmits() throws {
+        let directory = try CLI.temporaryDirectory("pushdown-reload")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("p.yaml").path
+        let output = directory.appendingPathComponent("out.jsonl").path
+        func write(_ filter: String) throws {
+            let partial = file + ".partial"
+            try """
+                sources:
+                  kernel: {type: syscall_monitor, events: [socket, connect]}
+                filters:
+                  only: {type: retval, inputs: [kernel], \(filter)}
+                sinks:
+                  out: {type: file, inputs: [only], path: "\(output)"}
+                """.write(toFile: partial, atomically: false, encoding: .utf8)
+            #expect(rename(partial, file) == 0)
+        }
+        try write("success: false")
+        let pipeline = try RunningPipeline(file)
+        let before = try Loadgen.start(count: 1000, rate: 0, mode: "mixed")
+        before.process.waitUntilExit()
+        // Written before the reload: a batch still on its way after it
+        // would go through the new filter.
+        #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "out"]) ?? 0) >= 500 })
+        #expect(try pipeline.scrape().value("pipelined_stage_attached_events", ["event": "connect", "capture": "exit"]) == 1)
+        #expect(try pipeline.scrape().value("pipelined_stage_attached_events", ["event": "socket"]) == 1)
+
+        try write("success: true")
+        pipeline.run.signal(SIGHUP)
+        #expect(pipeline.run.waitFor { _, stderr in stderr.contains("reloaded:") })
+        let after = try Loadgen.start(count: 1000, rate: 0, mode: "mixed")
+        after.process.waitUntilExit()
+        let result = pipeline.finish()
+        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        #expect(result.stderr.contains("reloaded: unchanged 1, reconfigured [kernel], replaced [only]"), "\(result.stderr.suffix(3000))")
+        #expect(result.stderr.contains("tracing 2 event(s)"))
+        #expect(!result.stderr.contains("tracing 2 event(s)", after: "reloaded:"), "the kernel program was loaded again")
+
+        let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
+        let of = { (pid: Int32) in lines.filter { $0.contains("\"host_pid\":\(pid),") } }
+        // Before: the refused connects only; after: the successful ones and socket().
+        #expect(of(before.worker).count == 500 && of(before.worker).allSatisfy { $0.contains("\"retval\":-111,") })
+        let later = of(after.worker)
+        #expect(later.filter { $0.contains("\"event\":\"connect\"") }.count == 500)
+        #expect(later.contains { $0.contains("\"event\":\"socket\"") })
+        #expect(!later.contains { $0.contains("\"retval\":-") })
+        // What the kernel submitted is what the filter kept, across the reload.
+        #expect(stageTotals(result.stderr, stage: "kernel")["out"] == stageTotals(result.stderr, stage: "out")["in"])
+    }
+}
+
+extension String {
+    /// Whether `needle` occurs after the first `marker`.
+    func contains(_ needle: String, after marker: String) -> Bool {
+        guard let start = range(of: marker) else { return false }
+        return self[start.upperBound...].contains(needle)
+    }
+}
+
 /// pipelined's own syscalls are never traced (issue 13, part 3): its file
 /// sink's writes and rotations and its socket sink's clients make no event,
 /// while other processes' do.
