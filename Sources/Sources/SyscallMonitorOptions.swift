@@ -40,6 +40,7 @@ public struct SyscallMonitorOptions: StageOptions, Equatable {
 
     public var events: [EventKind]
     public var attach: Attach
+    /// Where the args are read (`auto`: at exit where the kernel can).
     public var capture: Capture
     public var transport: Transport
     /// Pages per CPU for the perf buffer (a power of two).
