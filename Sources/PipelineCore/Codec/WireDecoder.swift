@@ -18,7 +18,10 @@ public struct WireDecoder: Sendable {
     /// Per event id: the wire tag of each declared argument, one byte each
     /// from the low end, and the argument count in the top byte; 0 for an id
     /// that is not an event.
-    private let layouts: [UInt64]
+    /// (A pointer into one table made once per process and never freed, not
+    /// an array: decoding then retains nothing, where an array field costs
+    /// a retain and a release per record. Never written after it is made.)
+    private nonisolated(unsafe) let layouts: UnsafePointer<UInt64>
 
     /// A decoder that maps kernel time to wall time by adding `wallOffsetNs`
     /// (see ``Clock/monotonicToWallOffsetNs()``), and stamps events with `node`.
@@ -33,8 +36,9 @@ public struct WireDecoder: Sendable {
     /// The most elements the kernel copies of a string array before its `"..."` marker.
     public static let maxStringArrayElements = 20
 
-    private static let sharedLayouts: [UInt64] = {
-        var table = [UInt64](repeating: 0, count: 512)
+    private nonisolated(unsafe) static let sharedLayouts: UnsafePointer<UInt64> = {
+        let table = UnsafeMutablePointer<UInt64>.allocate(capacity: 512)
+        table.initialize(repeating: 0, count: 512)
         for kind in EventCatalog.all {
             var layout = UInt64(kind.argTypes.count) << 56
             for (index, type) in kind.argTypes.enumerated() {
@@ -43,7 +47,7 @@ public struct WireDecoder: Sendable {
             }
             table[Int(kind.id)] = layout
         }
-        return table
+        return UnsafePointer(table)
     }()
 
     /// Decodes one record. Never reads outside `record`; a record that is short,

@@ -140,6 +140,8 @@ private final class ReaderState {
     var output: SourceOutput?
     var batchEvents = 512
     var batch: [PipelineRecord] = []
+    /// Bytes read since the last flush.
+    var pendingBytes: UInt64 = 0
 
     init(decoder: WireDecoder, metrics: StageMetrics) {
         self.decoder = decoder
@@ -179,7 +181,9 @@ private final class ReaderState {
     }
 
     func sample(cpu: Int32?, _ bytes: UnsafeRawBufferPointer) {
-        metrics.add(metrics.bytes, UInt64(bytes.count))
+        // Counted at the flush: an atomic add per record cost a retain and
+        // a release of the counter besides (9 % of the storm's consumer).
+        pendingBytes &+= UInt64(bytes.count)
         do {
             batch.append(.event(try decoder.decode(bytes)))
             if batch.count >= batchEvents { flush() }
@@ -193,6 +197,8 @@ private final class ReaderState {
     }
 
     func flush() {
+        metrics.add(metrics.bytes, pendingBytes)
+        pendingBytes = 0
         guard !batch.isEmpty, let output else { return }
         output.emit(EventBatch(batch))
         batch.removeAll(keepingCapacity: true)
