@@ -189,7 +189,8 @@ public final class LZ4SegmentSink: EventSink {
     /// backlog). `weight` is what it counts as lost if it is never written
     /// (the sink's own `lost` record: nothing, its count is counted already).
     private func append(_ batch: EventBatch, nowNs now: Int64, taken: inout Bool, weight: UInt64? = nil) throws {
-        if let segment = state.current, now - segment.startedAtNs >= options.segmentAgeNs {
+        // A seal the disk interrupted is finished before anything new goes in.
+        if let segment = state.current, segment.step != .writing || now - segment.startedAtNs >= options.segmentAgeNs {
             try seal()
         }
         let segment = try state.current ?? startSegment(firstTimeNs: batch.records[0].timeNs, nowNs: now)
