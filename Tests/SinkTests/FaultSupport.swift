@@ -156,10 +156,16 @@ final class FaultFS: @unchecked Sendable {
     /// The file as the backing directory holds it (what reached the "disk").
     func backingPath(_ name: String) -> String { backing + "/" + name }
 
-    deinit {
+    /// Unmounts and stops the file system; safe to call more than once
+    /// (deinit calls it too, but a test whose closures hold this may
+    /// outlive its scope, so a test calls it itself).
+    func unmount() {
+        guard process.isRunning || FileManager.default.fileExists(atPath: root) else { return }
         umount2(mountPoint, Int32(MNT_DETACH))
         if process.isRunning { process.terminate() }
         process.waitUntilExit()
         try? FileManager.default.removeItem(atPath: root)
     }
+
+    deinit { unmount() }
 }

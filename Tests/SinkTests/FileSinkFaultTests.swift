@@ -57,6 +57,7 @@ struct FileSinkFaultTests {
 
     @Test(.enabled(if: Faults.canUseFUSE)) func eioIsOneError_countedLoss_theOtherSinkUnaffected_andTheFileResumes() throws {
         let disk = try FaultFS()
+        defer { disk.unmount() }
         let before = records(3000, from: 0), during = records(2000, from: 3000), after = records(1000, from: 5000)
         let log = CapturedLog()
         let other = MemorySink()
@@ -84,6 +85,8 @@ struct FileSinkFaultTests {
         runtime.value = PipelineRuntime(plan: plan, logger: log.logger)
         try runtime.value!.start()
         let summary = runtime.value!.wait()
+        // The source's closure holds the box, which holds the runtime: let go.
+        defer { runtime.value = nil }
 
         #expect(summary.failures.isEmpty, "the pipeline went on: \(summary.failures)")
         #expect(other.records.count == 6000, "the other sink got every event")
