@@ -124,13 +124,22 @@ public struct ArchiveManifest: Sendable {
         return contents
     }
 
-    /// Appends one entry and fsyncs the manifest.
+    /// Appends one entry and fsyncs the manifest. On a failure (a full disk)
+    /// the file is cut back to its size before, so that a retry never leaves
+    /// half a line, nor the same line twice.
     public func append(_ entry: ManifestEntry) throws {
         let fd = try FileIO.open(path, O_WRONLY | O_APPEND | O_CREAT)
         defer { Glibc.close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SystemError("cannot stat", errno, path: path) }
         let line = Array(entry.line.utf8)
-        try FileIO.writeAll(fd, line, path: path)
-        try FileIO.fsync(fd, path: path)
+        do throws(SystemError) {
+            try FileIO.writeAll(fd, line, path: path)
+            try FileIO.fsync(fd, path: path)
+        } catch {
+            _ = ftruncate(fd, info.st_size)
+            throw error
+        }
     }
 
     /// Replaces the manifest with exactly `entries` (temporary file, fsync,

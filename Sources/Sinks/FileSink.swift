@@ -12,6 +12,14 @@ import PipelineCore
 /// `events.jsonl.20261124T163413Z`, with `-000001`, `-000002`, ... added if
 /// that name is taken, so that names sort in rotation order) and starts a new, empty `PATH`. A record never spans two files.
 /// `close()` fsyncs the file so that a clean shutdown leaves it whole on disk.
+///
+/// A file that stops taking writes (an I/O error, a full disk, a file system
+/// gone) does not stop the pipeline: the sink logs one error for the
+/// episode, cuts the file back to its last whole line, and counts every
+/// record it cannot write as lost `where: sink`. At most every
+/// ``retryIntervalNs`` (on writes and on idle) it reopens `path` (appending)
+/// and tries again; once a write succeeds it logs the recovery and writes a
+/// `lost` record (`where: sink`, `stage`: its id) with what it dropped.
 public final class FileSink: EventSink {
     public static let descriptor = StageDescriptor.sink(
         type: "file", summary: "write NDJSON event lines to a file or stdout, rotating by size and age",
@@ -21,12 +29,29 @@ public final class FileSink: EventSink {
     // Touched only from the sink's own thread (the EventSink contract).
     private nonisolated(unsafe) var state = State()
 
+    /// How long a refusing file is left alone before the next try.
+    static let retryIntervalNs: Int64 = 100_000_000
+
     private struct State {
         var fd: Int32 = -1
+        /// Bytes in the file, as far as whole writes went.
         var size = 0
         var openedAtNs: Int64 = 0
         var buffer: [UInt8] = []
         var metrics: StageMetrics?
+        var context: StageContext?
+        /// The write failure being waited out, if the file refuses writes now.
+        var outage: Outage?
+        /// Events counted as lost (`where: sink`) and not yet in a `lost` record.
+        var unreportedLost: UInt64 = 0
+    }
+
+    /// A file that refuses writes: since when, why, and what was dropped.
+    private struct Outage {
+        var error: SystemError
+        var sinceNs: Int64
+        var lastTryNs: Int64
+        var dropped: UInt64 = 0
     }
 
     /// Where unrotated batches are encoded and written from: allocated once,
@@ -47,6 +72,7 @@ public final class FileSink: EventSink {
 
     public func open(_ context: StageContext) throws {
         state.metrics = context.metrics
+        state.context = context
         state.buffer.reserveCapacity(1 << 20)
         if options.path == "-" {
             state.fd = STDOUT_FILENO
@@ -64,16 +90,31 @@ public final class FileSink: EventSink {
         state.openedAtNs = Clock.wallNs()
     }
 
+    /// Writes the batch's lines. While the file refuses writes, what it
+    /// cannot write is dropped and counted (see the type's comment).
     public func write(_ batch: EventBatch) throws {
         state.buffer.removeAll(keepingCapacity: true)
+        let now = Clock.wallNs()
+        guard state.outage == nil || tryAgain(nowNs: now) else { return drop(batch, from: 0) }
+        var done = 0
+        do {
+            try writeLines(batch, done: &done, nowNs: now)
+        } catch let error as SystemError {
+            refused(error, nowNs: now)
+            drop(batch, from: done)
+        }
+        countWritten(done)
+    }
+
+    /// Writes the batch; `done` counts its records that are in the file.
+    private func writeLines(_ batch: EventBatch, done: inout Int, nowNs: Int64) throws {
         guard let limit = options.rotateBytes else {
-            try rotateIfOld(nowNs: Clock.wallNs())
-            try writeDirect(batch.records)
-            countWritten(batch)
+            try rotateIfOld(nowNs: nowNs)
+            try writeDirect(batch.records, done: &done)
             return
         }
-        try rotateIfOld(nowNs: Clock.wallNs())
-        for record in batch.records {
+        try rotateIfOld(nowNs: nowNs)
+        for (index, record) in batch.records.enumerated() {
             let lineStart = state.buffer.count
             encoder.encode(record, into: &state.buffer)
             let used = state.size + state.buffer.count
@@ -83,18 +124,18 @@ public final class FileSink: EventSink {
                 let line = Array(state.buffer[lineStart...])
                 state.buffer.removeSubrange(lineStart...)
                 try flush()
+                done = index
                 try rotate()
                 state.buffer.append(contentsOf: line)
             }
         }
         try flush()
-        countWritten(batch)
+        done = batch.count
     }
 
     /// Encodes into ``output`` and writes each time it is full; a record too
     /// large for it (its upper bound, not its line) goes through `buffer`.
-    private func writeDirect(_ records: [PipelineRecord]) throws {
-        var index = 0
+    private func writeDirect(_ records: [PipelineRecord], done index: inout Int) throws {
         while index < records.count {
             let (count, bytes) = encoder.encode(records, from: index, into: output)
             if count == 0 {
@@ -103,20 +144,98 @@ public final class FileSink: EventSink {
                 index += 1
                 continue
             }
-            try FileIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
+            do throws(SystemError) {
+                try FileIO.writeAll(state.fd, UnsafeRawBufferPointer(rebasing: output[0..<bytes]), path: options.path)
+            } catch {
+                cutBack()
+                throw error
+            }
             state.size += bytes
             if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(bytes)) }
             index += count
         }
     }
 
-    /// Records a batch as written (the stage's `out`), once it is.
-    private func countWritten(_ batch: EventBatch) {
-        if let metrics = state.metrics { metrics.add(metrics.recordsOut, UInt64(batch.count)) }
+    /// Records written lines (the stage's `out`), once they are.
+    private func countWritten(_ records: Int) {
+        if let metrics = state.metrics, records > 0 { metrics.add(metrics.recordsOut, UInt64(records)) }
+    }
+
+    /// Counts the batch's records from `index` on as lost `where: sink`; a
+    /// `lost` record says so once the file takes writes again.
+    private func drop(_ batch: EventBatch, from index: Int) {
+        guard index < batch.count else { return }
+        let weight = batch.records[index...].reduce(0) { $0 + $1.lossWeight }
+        state.metrics?.addLost(weight, at: .sink)
+        state.unreportedLost += weight
+        state.outage?.dropped += weight
+        if let completion = batch.completion {
+            completion.hold()
+            completion.release(written: false)
+        }
+    }
+
+    /// A write failed part way: the file is cut back to its last whole line
+    /// (best effort: a dead disk may refuse that too; the reopen appends).
+    private func cutBack() {
+        guard options.path != "-", state.fd >= 0 else { return }
+        _ = ftruncate(state.fd, off_t(state.size))
+        _ = lseek(state.fd, off_t(state.size), SEEK_SET)
+    }
+
+    /// The file refused a write: the episode starts (logged once) or goes on.
+    private func refused(_ error: SystemError, nowNs: Int64) {
+        state.buffer.removeAll(keepingCapacity: true)
+        if state.outage != nil {
+            state.outage?.error = error
+            state.outage?.lastTryNs = nowNs
+            return
+        }
+        state.outage = Outage(error: error, sinceNs: nowNs, lastTryNs: nowNs)
+        state.context?.logger.error(
+            "file \(options.path): \(error.message); dropping events, counted as lost where: sink, reopening it and trying again every \(Units.formatDuration(Self.retryIntervalNs))")
+    }
+
+    /// During an outage: reopens the file (at most every ``retryIntervalNs``,
+    /// or now with `force`) and writes the `lost` record for what was
+    /// dropped; true (the outage over) once that is in the file.
+    private func tryAgain(nowNs: Int64, force: Bool = false) -> Bool {
+        guard let outage = state.outage else { return true }
+        guard force || nowNs - outage.lastTryNs >= Self.retryIntervalNs else { return false }
+        state.outage?.lastTryNs = nowNs
+        do {
+            if options.path != "-" {
+                if state.fd >= 0 { Glibc.close(state.fd) }
+                state.fd = -1
+                try openFile(truncate: false)
+            }
+            if state.unreportedLost > 0, let context = state.context {
+                state.buffer.removeAll(keepingCapacity: true)
+                encoder.encode(.lost(LostRecord(timeNs: nowNs, count: state.unreportedLost, site: .sink, node: context.node, stage: context.id)), into: &state.buffer)
+                try flush()
+                state.unreportedLost = 0
+                countWritten(1)
+            }
+        } catch let error as SystemError {
+            state.buffer.removeAll(keepingCapacity: true)
+            state.outage?.error = error
+            return false
+        } catch {
+            return false
+        }
+        state.outage = nil
+        state.context?.logger.notice(
+            "file \(options.path): writing again after \(Units.formatDuration(nowNs - outage.sinceNs)); \(outage.dropped) event(s) dropped meanwhile, counted in a lost record")
+        return true
     }
 
     public func idle(nowNs: Int64) throws {
-        try rotateIfOld(nowNs: nowNs)
+        guard state.outage == nil || tryAgain(nowNs: nowNs) else { return }
+        do {
+            try rotateIfOld(nowNs: nowNs)
+        } catch let error as SystemError {
+            refused(error, nowNs: nowNs)
+        }
     }
 
     private func rotateIfOld(nowNs: Int64) throws {
@@ -127,7 +246,13 @@ public final class FileSink: EventSink {
     private func flush() throws {
         guard !state.buffer.isEmpty else { return }
         let written = state.buffer.count
-        try FileIO.writeAll(state.fd, state.buffer, path: options.path)
+        do throws(SystemError) {
+            try FileIO.writeAll(state.fd, state.buffer, path: options.path)
+        } catch {
+            state.buffer.removeAll(keepingCapacity: true)
+            cutBack()
+            throw error
+        }
         state.size += written
         if let metrics = state.metrics { metrics.add(metrics.bytes, UInt64(written)) }
         state.buffer.removeAll(keepingCapacity: true)
@@ -165,6 +290,10 @@ public final class FileSink: EventSink {
     }
 
     public func close() throws {
+        if state.outage != nil, !tryAgain(nowNs: Clock.wallNs(), force: true), let outage = state.outage {
+            state.context?.logger.error(
+                "file \(options.path) still refuses writes at close (\(outage.error.message)): the \(state.unreportedLost) event(s) dropped could not be recorded in a lost record (counted in this stage's lost)")
+        }
         try flush()
         guard state.fd >= 0, options.path != "-" else { return }
         fsync(state.fd)

@@ -34,6 +34,18 @@ import PipelineCore
 /// the file, which salvage keeps after a crash, not while they wait in the
 /// block being filled (at most `flush_interval`).
 ///
+/// A disk that refuses writes (full, or failing) does not stop the pipeline:
+/// the sink logs one error for the episode (the directory, the errno, the
+/// free space), keeps the `.open` segment a whole-block prefix (a block the
+/// disk refused waits in memory), and drops every later batch, counting it
+/// as lost `where: sink`. With `retention_bytes` set, a full disk first makes
+/// the sink remove its oldest sealed segments, one at a time, until the write
+/// fits. It tries again at most every ``retryIntervalNs`` (on writes and on
+/// idle); once a write succeeds it logs the recovery and writes a `lost`
+/// record (`where: sink`, `stage`: its id) with what it dropped. What is
+/// still unwritten at close is counted as lost and logged; the `.open`
+/// segment stays, and the next start salvages it.
+///
 /// `segment_bytes` is compared with the compressed bytes written, checked
 /// after every batch: a segment can pass it by one batch and one block.
 /// One writer per directory: ``open(_:)`` takes an exclusive `flock` on it.
@@ -50,8 +62,15 @@ public final class LZ4SegmentSink: EventSink {
     // Touched only from the sink's own thread (the EventSink contract), one call at a time.
     private nonisolated(unsafe) var state = State()
 
+    /// How long a refusing disk is left alone before the next try.
+    static let retryIntervalNs: Int64 = 100_000_000
+
     private struct State {
         var context: StageContext?
+        /// The write failure being waited out, if the disk refuses writes now.
+        var outage: Outage?
+        /// Events counted as lost (`where: sink`) and not yet in a `lost` record.
+        var unreportedLost: UInt64 = 0
         /// `raw_bytes`, `segments_open`, `segments_sealed`: declared in open.
         var counts: ArchiveCounts?
         var entries: [ManifestEntry] = []
@@ -60,6 +79,27 @@ public final class LZ4SegmentSink: EventSink {
         var buffer: [UInt8] = []
         /// The archive directory, open and flock-ed while the sink runs.
         var lockFD: Int32 = -1
+    }
+
+    /// A disk that refuses writes: since when, why, and what was dropped.
+    private struct Outage {
+        var error: SystemError
+        var sinceNs: Int64
+        var lastTryNs: Int64
+        var dropped: UInt64 = 0
+    }
+
+    /// How far sealing a segment has got, so that a refused step resumes
+    /// where it stopped.
+    private enum SealStep {
+        /// Being written; not being sealed.
+        case writing
+        /// The frame is being ended and fsynced.
+        case ending
+        /// Ended, fsynced and closed; to be renamed.
+        case closed
+        /// Renamed to the sealed name; to be added to the manifest.
+        case renamed
     }
 
     /// The segment being written.
@@ -73,10 +113,13 @@ public final class LZ4SegmentSink: EventSink {
         var records = 0
         var lastBlockAtNs: Int64
         var reportedBytes = 0
-        /// Completions of batches whose records are (partly) still in the
-        /// block being filled, with the content offset their records end at:
-        /// they are released once a block or the frame's end has written them.
-        var held: [(completion: BatchCompletion, end: Int)] = []
+        var step = SealStep.writing
+        /// Batches whose records are (partly) not yet in the file (in the
+        /// block being filled, or refused by the disk), with the content
+        /// offset their records end at and the events they stand for; their
+        /// completions are released once a block or the frame's end has
+        /// written them.
+        var held: [(completion: BatchCompletion?, end: Int, records: Int, weight: UInt64)] = []
 
         init(name: SegmentName, fd: Int32, writer: LZ4FrameWriter, startedAtNs: Int64, firstTimeNs: Int64) {
             self.name = name
@@ -118,30 +161,62 @@ public final class LZ4SegmentSink: EventSink {
 
     /// Appends the batch to the current segment (starting one named after the
     /// batch's first record if needed); seals it when it is old or big enough.
+    /// While the disk refuses writes the batch is dropped and counted (see
+    /// the type's comment); only an error that is not the disk's is thrown.
     public func write(_ batch: EventBatch) throws {
-        guard let first = batch.records.first else { return }
+        guard !batch.records.isEmpty else { return }
         let now = Clock.wallNs()
-        if let segment = state.current, now - segment.startedAtNs >= options.segmentAgeNs {
+        guard state.outage == nil || tryAgain(nowNs: now) else { return drop(batch) }
+        var taken = false
+        do {
+            try append(batch, nowNs: now, taken: &taken)
+        } catch let error as SystemError {
+            refused(error, nowNs: now)
+            guard !taken else { return }
+            guard state.outage == nil else { return drop(batch) }
+            // Retention made room: the batch goes in after all.
+            do {
+                try append(batch, nowNs: now, taken: &taken)
+            } catch let error as SystemError {
+                refused(error, nowNs: now)
+                if !taken { drop(batch) }
+            }
+        }
+    }
+
+    /// Writes the batch into the current segment; `taken` turns true once
+    /// the segment holds it (in the file, a block being filled, or the
+    /// backlog). `weight` is what it counts as lost if it is never written
+    /// (the sink's own `lost` record: nothing, its count is counted already).
+    private func append(_ batch: EventBatch, nowNs now: Int64, taken: inout Bool, weight: UInt64? = nil) throws {
+        // A seal the disk interrupted is finished before anything new goes in.
+        if let segment = state.current, segment.step != .writing || now - segment.startedAtNs >= options.segmentAgeNs {
             try seal()
         }
-        let segment = try state.current ?? startSegment(firstTimeNs: first.timeNs, nowNs: now)
+        let segment = try state.current ?? startSegment(firstTimeNs: batch.records[0].timeNs, nowNs: now)
         state.buffer.removeAll(keepingCapacity: true)
         encoder.encode(batch, into: &state.buffer)
         state.counts?.rawBytes.add(UInt64(state.buffer.count))
         let blocksBefore = segment.writer.bytesWritten
-        try segment.writer.append(state.buffer)
-        if let completion = batch.completion {
-            completion.hold()
-            segment.held.append((completion, segment.writer.contentBytes))
-        }
+        batch.completion?.hold()
         segment.records += batch.count
-        if let metrics = state.context?.metrics { metrics.add(metrics.recordsOut, UInt64(batch.count)) }
         segment.lastTimeNs = batch.records[batch.count - 1].timeNs
+        if let metrics = state.context?.metrics { metrics.add(metrics.recordsOut, UInt64(batch.count)) }
+        taken = true
+        let weight = weight ?? batch.lossWeight
+        do {
+            try segment.writer.append(state.buffer)
+        } catch {
+            segment.held.append((batch.completion, segment.writer.contentBytes, batch.count, weight))
+            report(segment)
+            throw error
+        }
+        segment.held.append((batch.completion, segment.writer.contentBytes, batch.count, weight))
         if segment.writer.bytesWritten != blocksBefore {
             segment.lastBlockAtNs = now
         } else if now - segment.lastBlockAtNs >= options.flushIntervalNs {
-            try segment.writer.flush()
             segment.lastBlockAtNs = now
+            try segment.writer.flush()
         }
         report(segment)
         releaseStored(segment)
@@ -150,13 +225,120 @@ public final class LZ4SegmentSink: EventSink {
         }
     }
 
+    /// Counts a batch the sink cannot take as lost `where: sink`; a `lost`
+    /// record says so once the disk takes writes again.
+    private func drop(_ batch: EventBatch) {
+        let weight = batch.lossWeight
+        state.context?.metrics.addLost(weight, at: .sink)
+        state.unreportedLost += weight
+        state.outage?.dropped += weight
+        if let completion = batch.completion {
+            completion.hold()
+            completion.release(written: false)
+        }
+    }
+
+    /// The disk refused a write: the episode starts (logged once) or goes
+    /// on. A full disk with `retention_bytes` set first makes room, if it
+    /// can: then there is no episode (``State/outage`` is nil again).
+    private func refused(_ error: SystemError, nowNs: Int64) {
+        if state.outage != nil {
+            state.outage?.error = error
+            state.outage?.lastTryNs = nowNs
+            return
+        }
+        state.outage = Outage(error: error, sinceNs: nowNs, lastTryNs: nowNs)
+        if Self.isFull(error), options.retentionBytes != nil, makeRoom(), tryAgain(nowNs: nowNs, force: true, announce: false) { return }
+        state.context?.logger.error(
+            "archive \(options.directory): \(error) (\(Self.freeSpace(options.directory))); dropping events, counted as lost where: sink, until a write succeeds (tried again every \(Units.formatDuration(Self.retryIntervalNs)))")
+    }
+
+    /// `N bytes free of SIZE` for the directory's file system.
+    static func freeSpace(_ directory: String) -> String {
+        var info = statvfs()
+        guard statvfs(directory, &info) == 0 else { return "free space unknown" }
+        let free = Int(info.f_bavail) * Int(info.f_frsize)
+        let size = Int(info.f_blocks) * Int(info.f_frsize)
+        return "\(free) bytes free of \(Units.formatSize(size))"
+    }
+
+    /// During an outage: tries again (at most every ``retryIntervalNs``, or
+    /// now with `force`) what the disk refused, then the `lost` record for
+    /// what was dropped, making room with retention when that is allowed;
+    /// true (the outage over) once both are in.
+    private func tryAgain(nowNs: Int64, force: Bool = false, announce: Bool = true) -> Bool {
+        guard let outage = state.outage else { return true }
+        guard force || nowNs - outage.lastTryNs >= Self.retryIntervalNs else { return false }
+        state.outage?.lastTryNs = nowNs
+        while true {
+            do {
+                try resume(nowNs: nowNs)
+                if state.unreportedLost > 0, let context = state.context {
+                    let lost = LostRecord(timeNs: nowNs, count: state.unreportedLost, site: .sink, node: context.node, stage: context.id)
+                    var taken = false
+                    defer { if taken { state.unreportedLost = 0 } }
+                    try append(EventBatch([.lost(lost)]), nowNs: nowNs, taken: &taken, weight: 0)
+                }
+                break
+            } catch let error as SystemError {
+                state.outage?.error = error
+                if Self.isFull(error), makeRoom() { continue }
+                return false
+            } catch {
+                return false
+            }
+        }
+        state.outage = nil
+        if announce {
+            state.context?.logger.notice(
+                "archive \(options.directory): writing again after \(Units.formatDuration(nowNs - outage.sinceNs)); \(outage.dropped) event(s) dropped meanwhile, counted in a lost record")
+        }
+        return true
+    }
+
+    /// Finishes what the disk refused: the segment's backlog, a seal that stopped part way.
+    private func resume(nowNs: Int64) throws {
+        guard let segment = state.current else { return }
+        try segment.writer.writeBacklog()
+        report(segment)
+        releaseStored(segment)
+        if segment.step != .writing { try seal(nowNs: nowNs) }
+    }
+
+    static func isFull(_ error: SystemError) -> Bool { error.errno == ENOSPC || error.errno == EDQUOT }
+
+    /// On a full disk with `retention_bytes` set: removes the oldest sealed
+    /// segment to make room. The manifest is rewritten first as usual; when
+    /// even that does not fit, the file goes first (a crash in between leaves
+    /// a manifest line for a missing file, which `archive verify` reports).
+    private func makeRoom() -> Bool {
+        guard options.retentionBytes != nil, let oldest = state.entries.first else { return false }
+        let kept = Array(state.entries.dropFirst())
+        let path = directory.path + "/" + oldest.segment
+        do {
+            do {
+                try manifest.write(kept)
+                try FileIO.unlink(path)
+            } catch let error as SystemError where Self.isFull(error) {
+                try FileIO.unlink(path)
+                try manifest.write(kept)
+            }
+        } catch {
+            state.context?.logger.error("archive \(options.directory): cannot remove \(oldest.segment) to make room: \(error)")
+            return false
+        }
+        state.entries = kept
+        state.context?.logger.warning("archive \(options.directory) is full: retention removed the oldest segment \(oldest.segment) (\(oldest.bytes) bytes, \(oldest.events) events) to make room")
+        return true
+    }
+
     /// Releases the completions whose records are all in written blocks (a
     /// crash now keeps them: salvage reads every complete block).
     private func releaseStored(_ segment: Segment) {
-        let stored = segment.writer.contentBytes - segment.writer.pendingBytes
+        let stored = segment.writer.storedContentBytes
         var count = 0
         while count < segment.held.count, segment.held[count].end <= stored {
-            segment.held[count].completion.release(written: true)
+            segment.held[count].completion?.release(written: true)
             count += 1
         }
         segment.held.removeFirst(count)
@@ -164,34 +346,88 @@ public final class LZ4SegmentSink: EventSink {
 
     /// Releases every completion still held, once the frame is finished (or could not be).
     private func releaseAll(_ segment: Segment, written: Bool) {
-        for entry in segment.held { entry.completion.release(written: written) }
+        for entry in segment.held { entry.completion?.release(written: written) }
         segment.held.removeAll()
     }
 
     /// Seals a segment older than `segment_age`, else writes what is gathered
     /// as a block so that readers of the `.open` file see it; applies retention by age.
     public func idle(nowNs: Int64) throws {
-        if let segment = state.current {
-            if nowNs - segment.startedAtNs >= options.segmentAgeNs {
-                try seal(nowNs: nowNs)
-            } else if segment.writer.pendingBytes > 0 {
-                // Nothing is arriving: make what is gathered readable in the .open file.
-                try segment.writer.flush()
-                segment.lastBlockAtNs = nowNs
-                report(segment)
-                releaseStored(segment)
+        guard state.outage == nil || tryAgain(nowNs: nowNs) else { return }
+        do {
+            if let segment = state.current {
+                if nowNs - segment.startedAtNs >= options.segmentAgeNs {
+                    try seal(nowNs: nowNs)
+                } else if segment.writer.pendingBytes > 0 {
+                    // Nothing is arriving: make what is gathered readable in the .open file.
+                    defer {
+                        report(segment)
+                        releaseStored(segment)
+                    }
+                    try segment.writer.flush()
+                    segment.lastBlockAtNs = nowNs
+                }
             }
+            if options.retentionAgeNs != nil { try applyRetention(nowNs: nowNs) }
+        } catch let error as SystemError {
+            refused(error, nowNs: nowNs)
         }
-        if options.retentionAgeNs != nil { try applyRetention(nowNs: nowNs) }
     }
 
-    /// Seals the current segment and releases the directory lock.
+    /// Seals the current segment and releases the directory lock. When the
+    /// disk still refuses writes, what is not in the file is counted as lost
+    /// and logged, and the `.open` segment is left for the next start's salvage.
     public func close() throws {
         defer {
             if state.lockFD >= 0 { Glibc.close(state.lockFD) }
             state.lockFD = -1
         }
-        if state.current != nil { try seal() }
+        let now = Clock.wallNs()
+        // Twice: a refusal may end at once, when retention makes room.
+        for _ in 0..<2 where state.outage == nil || tryAgain(nowNs: now, force: true) {
+            do {
+                try seal(nowNs: now)
+                return
+            } catch let error as SystemError {
+                refused(error, nowNs: now)
+            }
+        }
+        giveUp()
+    }
+
+    /// At close, the disk still refusing: counts what is not in the file as lost.
+    private func giveUp() {
+        guard let outage = state.outage else { return }
+        var unwritten: UInt64 = 0
+        if let segment = state.current {
+            if segment.step == .writing || segment.step == .ending {
+                unwritten = unwrittenWeight(segment)
+                releaseAll(segment, written: false)
+                Glibc.close(segment.fd)
+            }
+            state.current = nil
+            state.counts?.open.set(0)
+        }
+        state.context?.metrics.addLost(unwritten, at: .sink)
+        state.context?.logger.error(
+            "archive \(options.directory) still refuses writes at close (\(outage.error)): \(unwritten) event(s) not written, counted as lost; \(state.unreportedLost) event(s) dropped earlier could not be recorded in a lost record (counted in this stage's lost); the .open segment (if any) is salvaged on the next start")
+    }
+
+    /// What the held batches stand for, less the whole records of theirs
+    /// that are in the file after all (the first one may be partly in a
+    /// written block: salvage keeps those). A batch cut there that carries a
+    /// `lost` record is counted as if its records were one event each.
+    private func unwrittenWeight(_ segment: Segment) -> UInt64 {
+        let heldRecords = segment.held.reduce(0) { $0 + $1.records }
+        let inFile = (try? SegmentReader.summarize(path: directory.path(of: segment.name)).records) ?? 0
+        var heldInFile = max(0, inFile - (segment.records - heldRecords))
+        var unwritten: UInt64 = 0
+        for entry in segment.held {
+            let kept = min(heldInFile, entry.records)
+            heldInFile -= kept
+            unwritten += entry.weight - min(entry.weight, UInt64(kept))
+        }
+        return unwritten
     }
 
     /// Takes an exclusive lock on the directory, so that a second writer (another
@@ -241,7 +477,9 @@ public final class LZ4SegmentSink: EventSink {
                 report(segment)
                 return segment
             } catch {
+                // Not even the header fitted: leave no empty file behind.
                 Glibc.close(fd)
+                unlink(path)
                 throw error
             }
         }
@@ -250,31 +488,38 @@ public final class LZ4SegmentSink: EventSink {
     /// Ends the frame, fsyncs, renames to the sealed name, fsyncs the
     /// directory, then appends the manifest line: a crash at any point leaves
     /// either an `.open` segment (salvaged on the next start) or a sealed one
-    /// that recovery adds to the manifest.
+    /// that recovery adds to the manifest. A step the disk refuses throws and
+    /// is resumed by the next call (``Segment/step``); the ``Failpoint``s
+    /// between the steps are the crash tests' hooks.
     private func seal(nowNs: Int64 = Clock.wallNs()) throws {
         guard let segment = state.current else { return }
-        state.current = nil
-        state.counts?.open.set(0)
         let openPath = directory.path(of: segment.name)
         let sealedName = segment.name.sealed
-        do {
+        if segment.step == .writing || segment.step == .ending {
+            segment.step = .ending
+            try segment.writer.writeBacklog()
             try segment.writer.finish()
             report(segment)
+            Failpoint.sealBeforeFsync.pass()
             try FileIO.fsync(segment.fd, path: openPath)
-        } catch {
+            releaseAll(segment, written: true)
             Glibc.close(segment.fd)
-            releaseAll(segment, written: false)
-            throw error
+            segment.step = .closed
         }
-        releaseAll(segment, written: true)
-        Glibc.close(segment.fd)
-        try FileIO.rename(openPath, directory.path(of: sealedName))
+        if segment.step == .closed {
+            Failpoint.sealBeforeRename.pass()
+            try FileIO.rename(openPath, directory.path(of: sealedName))
+            segment.step = .renamed
+            Failpoint.sealAfterRename.pass()
+        }
         try FileIO.syncDirectory(directory.path)
         let entry = ManifestEntry(
             segment: sealedName.sealedFileName, firstTimeNs: segment.firstTimeNs, lastTimeNs: segment.lastTimeNs,
             events: segment.records, bytes: segment.writer.bytesWritten
         )
         try manifest.append(entry)
+        state.current = nil
+        state.counts?.open.set(0)
         state.counts?.sealed.add()
         state.entries.append(entry)
         state.context?.logger.debug("sealed \(entry.segment): \(entry.events) records, \(entry.bytes) bytes")

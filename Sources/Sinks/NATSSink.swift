@@ -433,6 +433,17 @@ final class PublishLink: @unchecked Sendable {
     private let idPrefix: [CChar]
     private var droppingReported = false
     private var lastRefusal = ""
+    /// Messages the ack handler is done with, freed by the publisher thread
+    /// between its publishes. The C client (3.4.1) registers a message for
+    /// its ack before it has finished sending it: when the server stops
+    /// answering, the ack timeout can hand the message to the handler while
+    /// `js_PublishMsgAsync` is still encoding its headers, and freeing it in
+    /// the handler crashed the process (found by the SIGSTOP fault test).
+    /// Guarded by the outbox's lock.
+    private var finishedMessages: [OpaquePointer] = []
+    /// The publisher thread has returned: the handler frees messages itself.
+    /// Guarded by the outbox's lock.
+    private var publisherDone = false
     /// Publishes sent again (no ack in time, a refusal, a reconnect): the
     /// stage's `resent` series.
     private let resent: StageMetrics.Counter
@@ -472,8 +483,11 @@ final class PublishLink: @unchecked Sendable {
         let closure = Unmanaged.passRetained(target).toOpaque()
         let jsContext = try connection.jetStream { options in
             options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
-                Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue().link?.acknowledged(message, ok: ack != nil, refusal: refusal)
-                natsMsg_Destroy(message)
+                if let link = Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue().link {
+                    link.acknowledged(message, ok: ack != nil, refusal: refusal)
+                } else {
+                    natsMsg_Destroy(message)
+                }
             }
             options.PublishAsync.AckHandlerClosure = closure
             // No stall inside the client: the outbox keeps max_pending.
@@ -591,7 +605,17 @@ final class PublishLink: @unchecked Sendable {
         for (index, byte) in idPrefix.enumerated() { id[index] = byte }
         var backoffNs: Int64 = 0
         var streamWaitNs: Int64 = 0
+        defer {
+            let left = outbox.lock.withLock { () -> [OpaquePointer] in
+                publisherDone = true
+                defer { finishedMessages.removeAll() }
+                return finishedMessages
+            }
+            for message in left { natsMsg_Destroy(message) }
+        }
         while true {
+            // No publish is under way here: what the ack handler gave back can go.
+            freeFinishedMessages()
             let ready = outbox.lock.withLock { streamReady }
             if !ready {
                 if outbox.lock.withLock({ closing && Clock.monotonicNs() >= closeDeadlineNs || failure != nil }) { return }
@@ -686,7 +710,9 @@ final class PublishLink: @unchecked Sendable {
 
     /// The C client's ack handler: a stored message (or a duplicate of one)
     /// releases its entry; a timeout or a refusal sends it again.
+    /// Takes ownership of `message` (see ``finishedMessages``).
     func acknowledged(_ message: OpaquePointer?, ok: Bool, refusal: UnsafeMutablePointer<jsPubAckErr>?) {
+        defer { release(message) }
         guard let sequence = Self.sequence(of: message) else { return }
         if ok {
             let released = outbox.lock.withLock {
@@ -718,6 +744,27 @@ final class PublishLink: @unchecked Sendable {
         }
         resent.add(1)
         if report { context.logger.notice("publish not acknowledged (\(reason)); sending again with the same message id") }
+    }
+
+    /// Frees a message the handler is done with once no publish can still be
+    /// reading it: at the publisher thread's next pass, or now if it has returned.
+    private func release(_ message: OpaquePointer?) {
+        guard let message else { return }
+        let now = outbox.lock.withLock { () -> Bool in
+            if publisherDone { return true }
+            finishedMessages.append(message)
+            return false
+        }
+        if now { natsMsg_Destroy(message) }
+    }
+
+    /// On the publisher thread, between publishes: frees what the handler gave back.
+    private func freeFinishedMessages() {
+        let messages = outbox.lock.withLock { () -> [OpaquePointer] in
+            defer { finishedMessages.removeAll(keepingCapacity: true) }
+            return finishedMessages
+        }
+        for message in messages { natsMsg_Destroy(message) }
     }
 
     /// The sequence number at the end of the message's `Nats-Msg-Id`.

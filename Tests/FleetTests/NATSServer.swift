@@ -168,6 +168,13 @@ final class NATSServer: @unchecked Sendable {
         process.waitUntilExit()
     }
 
+    /// Sends `signal` (SIGSTOP: the server stops answering but keeps its
+    /// connections; SIGCONT: it goes on).
+    func signal(_ signal: Int32) {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, signal)
+    }
+
     /// SIGTERM, then SIGKILL after 10 s; returns once the process is gone.
     func stop() {
         guard let process else { return }

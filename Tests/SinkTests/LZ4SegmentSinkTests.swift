@@ -20,12 +20,12 @@ final class LZ4SegmentSinkTests {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private func context(_ log: CapturedLog = CapturedLog(), id: String = "arc") -> StageContext {
+    func context(_ log: CapturedLog = CapturedLog(), id: String = "arc") -> StageContext {
         StageContext(id: id, logger: log.logger, metrics: StageMetrics())
     }
 
     /// Events with distinct times (1 ms apart from `startNs`) and varied fields.
-    private func records(_ count: Int, from first: Int = 0, startNs: Int64 = 1_795_000_000_000_000_000) -> [PipelineRecord] {
+    func records(_ count: Int, from first: Int = 0, startNs: Int64 = 1_795_000_000_000_000_000) -> [PipelineRecord] {
         let names = ["openat", "connect", "execve", "unlink", "socket"]
         return (first..<(first + count)).map { n in
             .event(StageHarness.event(
@@ -35,25 +35,25 @@ final class LZ4SegmentSinkTests {
         }
     }
 
-    private func encoded(_ records: [PipelineRecord]) -> [UInt8] {
+    func encoded(_ records: [PipelineRecord]) -> [UInt8] {
         var bytes: [UInt8] = []
         NDJSONEncoder().encode(EventBatch(records), into: &bytes)
         return bytes
     }
 
-    private func files() throws -> [String] {
+    func files() throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
     }
 
-    private func sealedSegments(_ path: String? = nil) throws -> [String] {
+    func sealedSegments(_ path: String? = nil) throws -> [String] {
         try ArchiveDirectory(path ?? directory).segments().filter { !$0.isOpen }.map(\.sealedFileName)
     }
 
-    private func lz4Decompress(_ name: String) throws -> [UInt8] {
+    func lz4Decompress(_ name: String) throws -> [UInt8] {
         try lz4Decompress(directory, name)
     }
 
-    private func lz4Decompress(_ directory: String, _ name: String) throws -> [UInt8] {
+    func lz4Decompress(_ directory: String, _ name: String) throws -> [UInt8] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["lz4", "-dc", directory + "/" + name]
@@ -66,13 +66,13 @@ final class LZ4SegmentSinkTests {
         return Array(data)
     }
 
-    private func manifestEntries(_ path: String? = nil) throws -> [ManifestEntry] {
+    func manifestEntries(_ path: String? = nil) throws -> [ManifestEntry] {
         let contents = try ArchiveManifest(directory: ArchiveDirectory(path ?? directory)).read()
         #expect(contents.problems.isEmpty)
         return contents.entries
     }
 
-    private func write(_ sink: LZ4SegmentSink, _ records: [PipelineRecord], batch: Int) throws {
+    func write(_ sink: LZ4SegmentSink, _ records: [PipelineRecord], batch: Int) throws {
         for start in stride(from: 0, to: records.count, by: batch) {
             try sink.write(EventBatch(Array(records[start..<min(records.count, start + batch)])))
         }

@@ -676,6 +676,51 @@ final class UnixSocketSinkTests: Sendable {
         #expect(difference(half.bytes, encoded(input)) == nil)
     }
 
+    /// Fault injection (docs/fault-injection.md): a client that sends
+    /// garbage and never reads, then a thousand that connect and go at once.
+    /// Nothing crashes, every descriptor the sink opened for them is closed
+    /// again, and a well-behaved client then gets every event.
+    @Test func garbageAndAThousandReconnectsLeakNoDescriptor_andAGoodClientGetsEveryEvent() throws {
+        let path = directory + "/fault.sock"
+        let sink = UnixSocketSink(UnixSocketSinkOptions(path: path, closeTimeoutNs: 60_000_000_000))
+        let metrics = StageMetrics()
+        try sink.open(context(metrics: metrics))
+        let connected = { sink.clients.connected.load(ordering: .relaxed) }
+        let baseline = Faults.openFDs()
+
+        // Garbage: 4 MiB of random bytes (and NULs, and no newline), as fast as the socket takes them.
+        let noisy = try UnixSocketPath.connect(path).get()
+        _ = fcntl(noisy, F_SETFL, fcntl(noisy, F_GETFL) | O_NONBLOCK)
+        var generator = SystemRandomNumberGenerator()
+        let junk = (0..<(1 << 16)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var sent = 0
+        for _ in 0..<64 {
+            let count = junk.withUnsafeBytes { Glibc.write(noisy, $0.baseAddress, $0.count) }
+            if count > 0 { sent += count } else { Clock.sleep(ns: 1_000_000) }
+        }
+        #expect(sent > 0)
+        #expect(eventually { connected() == 1 })
+        close(noisy)
+        // A thousand that connect and disconnect at once, some after a line of garbage.
+        for index in 0..<1000 {
+            let fd = try UnixSocketPath.connect(path).get()
+            if index % 10 == 0 { _ = "GET / HTTP/1.0\r\n\u{0}\u{7f}".withCString { Glibc.write(fd, $0, 18) } }
+            close(fd)
+        }
+        #expect(eventually { connected() == 0 }, "every client is noticed gone")
+        #expect(eventually { Faults.openFDs() == baseline }, "descriptors back to the \(baseline) before: \(Faults.openFDs())")
+
+        let good = try SocketClient(path: path, keepBytes: true)
+        good.startReading()
+        try #require(eventually { connected() == 1 })
+        let input = events(20_000)
+        try write(input, to: sink)
+        try sink.close()
+        #expect(good.waitForEnd())
+        #expect(difference(good.bytes, encoded(input)) == nil)
+        #expect(metrics.lostTotal == 0)
+    }
+
     @Test func socatAndNetcatAreClients() throws {
         let path = directory + "/tools.sock"
         let sink = UnixSocketSink(UnixSocketSinkOptions(path: path))
