@@ -91,6 +91,13 @@ public struct PipelineSettings: Sendable, Equatable {
     /// `metrics.listen`: where the command serves its Prometheus endpoint,
     /// or nil for none (`listen: false`). The core only carries the address.
     public var metricsListen: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9464)
+    // Privileges after start (docs/pipeline-file.md, "Privileges"): the
+    // command line acts on these; the core only carries them.
+    /// `drop_privileges`: once the pipeline runs, drop every capability, the
+    /// bounding and ambient sets, and set no_new_privs.
+    public var dropPrivileges: Bool = true
+    /// `user` / `group`: the account to switch to when dropping; nil keeps the ids.
+    public var runAs: RunAsIdentity?
 
     public init() {}
 
@@ -105,6 +112,9 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("priority_boost", "int", default: "4", "raise the stage threads' scheduling priority by this much (nice -N, 0-20; needs CAP_SYS_NICE), as auditd's priority_boost"),
         OptionSpec("node", "string", default: "the host name", "the machine's name in every record's node key (a fleet's records say where they came from)"),
         OptionSpec("metrics", "{listen: HOST:PORT|false}", default: "{listen: 127.0.0.1:9464}", "metrics.listen: HOST:PORT of the Prometheus endpoint (GET /metrics, /-/healthy, /-/ready); port 0 picks a free one; false for none"),
+        OptionSpec("drop_privileges", "bool", default: "true", "once the pipeline runs (programs attached, sinks open, metrics bound), drop every capability (effective, permitted, inheritable, bounding, ambient) and set no_new_privs; a reload then cannot load new eBPF programs"),
+        OptionSpec("user", "name|uid", default: "none (stay uid 0)", "when dropping privileges, also switch to this user (sink directories must be writable by it)"),
+        OptionSpec("group", "name|gid", default: "the user's primary group", "the group to switch to with user (the only group: supplementary groups are cleared)"),
     ]
 
     /// Options every sink accepts: its input queue.
