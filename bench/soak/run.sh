@@ -39,7 +39,7 @@ esac
 [[ "$duration" =~ ^[0-9]+$ ]] || usage
 [ "$duration" -gt "$warmup" ] || { echo "run.sh: DURATION must be more than the first minute (${warmup}s)" >&2; exit 2; }
 
-for tool in socat curl cc awk; do
+for tool in socat cc awk; do
     command -v "$tool" > /dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
 done
 if [ -n "${PIPELINED:-}" ]; then
@@ -113,7 +113,8 @@ pids+=("$load_pid")
 
 # Events: what the source put into the pipeline.
 events() {
-    curl -sf "http://127.0.0.1:$port/metrics" \
+    # bash's /dev/tcp: no HTTP client needed.
+    { exec 3<> "/dev/tcp/127.0.0.1/$port" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3; exec 3<&-; } 2> /dev/null \
         | awk '/^pipelined_stage_events_out_total\{/ && /stage="syscalls"/ { sum += $NF } END { printf "%d\n", sum }'
 }
 ticks() { awk '{ print $14 + $15 }' "/proc/$pipeline/stat"; }
