@@ -3,7 +3,11 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -259,4 +263,81 @@ int pl_allow_nice(int floor)
     if (limit.rlim_max < needed)
         limit.rlim_max = needed;
     return setrlimit(RLIMIT_NICE, &limit);
+}
+
+/*
+ * What the running pipeline calls once privileges are dropped: the syscalls
+ * seen (bpftrace on raw_syscalls:sys_enter) in runs with the kernel source,
+ * file rotation, archive sealing and retention, socket clients, the metrics
+ * endpoint, reloads (applied, refused and failed) and shutdown, plus the NATS
+ * client's networking and what the Swift runtime, libdispatch and glibc use
+ * on paths those runs may not reach (memory, time, threads, signals).
+ * Absent on purpose: execve and execveat, fork and vfork, ptrace, mount,
+ * setuid and the other id changes, module loading, kexec, reboot,
+ * perf_event_open (nothing attaches after the drop), unshare, setns,
+ * process_vm_*, keyctl, io_uring, userfaultfd.
+ */
+static const int pl_allowed_syscalls[] = {
+    /* files and directories */
+    SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_lseek, SYS_close,
+    SYS_openat, SYS_open, SYS_newfstatat, SYS_fstat, SYS_stat, SYS_lstat, SYS_statx, SYS_access,
+    SYS_faccessat, SYS_faccessat2, SYS_readlink, SYS_readlinkat, SYS_getdents64, SYS_fcntl, SYS_flock,
+    SYS_fsync, SYS_fdatasync, SYS_ftruncate, SYS_rename, SYS_renameat, SYS_renameat2, SYS_mkdir,
+    SYS_mkdirat, SYS_rmdir, SYS_unlink, SYS_unlinkat, SYS_chmod, SYS_fchmod, SYS_fchmodat, SYS_dup,
+    SYS_dup2, SYS_dup3, SYS_pipe2, SYS_ioctl, SYS_getcwd, SYS_statfs, SYS_fstatfs, SYS_fadvise64,
+    /* memory */
+    SYS_brk, SYS_mmap, SYS_munmap, SYS_mprotect, SYS_mremap, SYS_madvise, SYS_membarrier,
+    /* threads, time, scheduling */
+    SYS_clone, SYS_clone3, SYS_futex, SYS_set_robust_list, SYS_get_robust_list, SYS_rseq,
+    SYS_set_tid_address, SYS_gettid, SYS_getpid, SYS_getppid, SYS_exit, SYS_exit_group, SYS_sched_yield,
+    SYS_sched_getaffinity, SYS_sched_setaffinity, SYS_setpriority, SYS_getpriority, SYS_nanosleep,
+    SYS_clock_nanosleep, SYS_clock_gettime, SYS_clock_getres, SYS_gettimeofday, SYS_getrusage,
+    SYS_getrlimit, SYS_prlimit64, SYS_times, SYS_uname, SYS_getrandom, SYS_prctl, SYS_arch_prctl,
+    SYS_sysinfo,
+    /* ids (reads only) and capabilities (reads, or dropping what is left) */
+    SYS_getuid, SYS_geteuid, SYS_getgid, SYS_getegid, SYS_getresuid, SYS_getresgid, SYS_getgroups,
+    SYS_capget,
+    /* signals */
+    SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_rt_sigsuspend, SYS_rt_sigtimedwait,
+    SYS_sigaltstack, SYS_tgkill, SYS_tkill, SYS_kill, SYS_signalfd4,
+    /* waiting */
+    SYS_epoll_create, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_pwait2,
+    SYS_poll, SYS_ppoll, SYS_select, SYS_pselect6, SYS_eventfd2, SYS_timerfd_create,
+    SYS_timerfd_settime, SYS_timerfd_gettime,
+    /* sockets: the socket sink, the metrics endpoint, NATS */
+    SYS_socket, SYS_socketpair, SYS_bind, SYS_listen, SYS_accept, SYS_accept4, SYS_connect,
+    SYS_shutdown, SYS_getsockname, SYS_getpeername, SYS_setsockopt, SYS_getsockopt, SYS_sendto,
+    SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_sendmmsg, SYS_recvmmsg,
+    /* eBPF maps through open descriptors (a reload's event set, skip_retvals) */
+    SYS_bpf,
+};
+
+int pl_install_seccomp(int kill)
+{
+    enum { count = sizeof(pl_allowed_syscalls) / sizeof(pl_allowed_syscalls[0]) };
+    /* arch check (3) + load nr (1) + one jump per syscall + deny + allow; x32
+     * calls (nr | 0x40000000) match no entry. */
+    struct sock_filter filter[4 + count + 2];
+    int at = 0;
+    unsigned deny = kill ? SECCOMP_RET_KILL_PROCESS : SECCOMP_RET_LOG;
+    filter[at++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    /* Another ABI: its numbers mean other calls. */
+    filter[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+    filter[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, deny);
+    filter[at++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    for (int i = 0; i < count; i++) {
+        /* Equal: jump to the allow at the end; else on to the next. */
+        int to_allow = count - i;
+        filter[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)pl_allowed_syscalls[i], (unsigned char)to_allow, 0);
+    }
+    filter[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, deny);
+    filter[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog program = { .len = (unsigned short)at, .filter = filter };
+    long result = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC | (kill ? 0 : SECCOMP_FILTER_FLAG_LOG), &program);
+    if (result > 0) {
+        /* TSYNC names the thread it could not synchronize. */
+        errno = ESRCH;
+        return -1;
+    }
+    return result == 0 ? 0 : -1;
 }

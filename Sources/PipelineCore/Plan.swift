@@ -98,6 +98,8 @@ public struct PipelineSettings: Sendable, Equatable {
     public var dropPrivileges: Bool = true
     /// `user` / `group`: the account to switch to when dropping; nil keeps the ids.
     public var runAs: RunAsIdentity?
+    /// `seccomp`: the syscall allow-list installed after the drop, and what it does otherwise.
+    public var seccomp: SeccompMode = .off
 
     public init() {}
 
@@ -115,6 +117,7 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("drop_privileges", "bool", default: "true", "once the pipeline runs (programs attached, sinks open, metrics bound), drop every capability (effective, permitted, inheritable, bounding, ambient) and set no_new_privs; a reload then cannot load new eBPF programs"),
         OptionSpec("user", "name|uid", default: "none (stay uid 0)", "when dropping privileges, also switch to this user (sink directories must be writable by it)"),
         OptionSpec("group", "name|gid", default: "the user's primary group", "the group to switch to with user (the only group: supplementary groups are cleared)"),
+        OptionSpec("seccomp", "off|log|kill", default: "off", "after the drop, allow only the syscalls the running pipeline uses; log (the call goes ahead, the kernel logs it) or kill the process on any other"),
     ]
 
     /// Options every sink accepts: its input queue.

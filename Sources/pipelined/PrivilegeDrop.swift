@@ -112,7 +112,13 @@ enum PrivilegeDrop {
         }
         try checkThreads(uid: settings.runAs?.uid ?? getuid(), gid: settings.runAs?.gid ?? getgid(), emptiesBounding: emptiesBounding)
         try checkAccess(plan: plan, file: file, account: settings.runAs)
-        let identity = settings.runAs.map { "uid \($0.uid) (\($0.user)), gid \($0.gid) (\($0.group))" } ?? "uid \(getuid()), gid \(getgid())"
+        if settings.seccomp != .off {
+            if pl_install_seccomp(settings.seccomp == .kill ? 1 : 0) != 0 {
+                throw Failure(description: "cannot install the seccomp filter (settings.seccomp: \(settings.seccomp.rawValue)): \(String(cString: strerror(errno)))")
+            }
+        }
+        var identity = settings.runAs.map { "uid \($0.uid) (\($0.user)), gid \($0.gid) (\($0.group))" } ?? "uid \(getuid()), gid \(getgid())"
+        if settings.seccomp != .off { identity += ", seccomp allow-list (\(settings.seccomp.rawValue) others)" }
         return Report(threads: Int(result.threads), identity: identity)
     }
 

@@ -63,8 +63,8 @@ final class ReloadService: Service, Sendable {
             return
         }
         let running = runtime.plan.settings
-        if running.dropPrivileges != plan.settings.dropPrivileges || running.runAs != plan.settings.runAs {
-            logger.warning("settings drop_privileges, user and group apply at start only: restart pipelined to apply them")
+        if running.dropPrivileges != plan.settings.dropPrivileges || running.runAs != plan.settings.runAs || running.seccomp != plan.settings.seccomp {
+            logger.warning("settings drop_privileges, user, group and seccomp apply at start only: restart pipelined to apply them")
         }
         // apply() joins stage threads: never on the cooperative pool.
         let runtime = self.runtime

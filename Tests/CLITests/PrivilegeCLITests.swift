@@ -34,7 +34,7 @@ final class PrivilegeCLITests: Sendable {
             let parts = line.split(separator: ":", maxSplits: 1)
             guard parts.count == 2 else { continue }
             let key = String(parts[0])
-            if ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Uid", "Gid", "Groups"].contains(key) {
+            if ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Uid", "Gid", "Groups"].contains(key) {
                 lines[key] = parts[1].split(whereSeparator: { $0 == "\t" || $0 == " " }).joined(separator: " ")
             }
         }
@@ -49,11 +49,11 @@ final class PrivilegeCLITests: Sendable {
         return result
     }
 
-    private func dropped(uid: UInt32, gid: UInt32) -> [String: String] {
+    private func dropped(uid: UInt32, gid: UInt32, seccomp: Bool) -> [String: String] {
         let none = "0000000000000000"
         return [
             "CapInh": none, "CapPrm": none, "CapEff": none, "CapBnd": none, "CapAmb": none,
-            "NoNewPrivs": "1", "Uid": "\(uid) \(uid) \(uid) \(uid)", "Gid": "\(gid) \(gid) \(gid) \(gid)",
+            "NoNewPrivs": "1", "Seccomp": seccomp ? "2" : "0", "Uid": "\(uid) \(uid) \(uid) \(uid)", "Gid": "\(gid) \(gid) \(gid) \(gid)",
             "Groups": uid == 0 ? "" : "\(gid)",
         ]
     }
@@ -109,20 +109,27 @@ final class PrivilegeCLITests: Sendable {
         return (entry.pointee.pw_uid, entry.pointee.pw_gid)
     }
 
-    @Test(arguments: [false, true])
-    func afterTheDropNoThreadHasACapability_andRotationSealingAndTheSocketWork(asNobody: Bool) throws {
+    /// Who the pipeline runs as after the drop, and with what.
+    enum Identity: String, CaseIterable, Sendable {
+        case root, nobody, rootWithSeccomp
+    }
+
+    @Test(arguments: Identity.allCases)
+    func afterTheDropNoThreadHasACapability_andRotationSealingAndTheSocketWork(as identity: Identity) throws {
+        let asNobody = identity == .nobody
         let output = path("out")
         try FileManager.default.createDirectory(atPath: output + "/archive", withIntermediateDirectories: true)
         let (uid, gid) = asNobody ? nobody : (0, 0)
         if asNobody {
             #expect(chown(directory.path, uid, gid) == 0 && chown(output, uid, gid) == 0 && chown(output + "/archive", uid, gid) == 0)
         }
-        try writePipeline(pipelineText(settings: asNobody ? "{user: nobody}" : "{}"))
+        let settings = ["root": "{}", "nobody": "{user: nobody}", "rootWithSeccomp": "{seccomp: kill}"][identity.rawValue]!
+        try writePipeline(pipelineText(settings: settings))
         let pipeline = try start()
         let pid = pipeline.run.pid
 
         // The exact sets, in the process and in every one of its threads.
-        let expected = dropped(uid: uid, gid: gid)
+        let expected = dropped(uid: uid, gid: gid, seccomp: identity == .rootWithSeccomp)
         #expect(try credentials("/proc/\(pid)/status") == expected)
         let threads = try threadCredentials(pid)
         #expect(threads.count > 3)
@@ -130,12 +137,15 @@ final class PrivilegeCLITests: Sendable {
 
         // Events after the drop: rotations, seals and a socket client.
         let tail = try CLI.start(["tail", output + "/live.sock"])
+        // Connected before the load starts: it is to get every connect.
+        #expect(try eventually { try pipeline.scrape().value("pipelined_stage_clients_connected", ["stage": "live"]) == 1 })
         let total = 20_000
         let load = try Loadgen.start(count: total, rate: 10_000)
         let worker = load.worker
         load.process.waitUntilExit()
         #expect(load.process.terminationStatus == 0)
-        #expect(tail.waitFor { stdout, _ in self.ports(of: worker, in: stdout).count == total }, "the socket client did not get every connect")
+        #expect(tail.waitFor { stdout, _ in self.ports(of: worker, in: stdout).count == total },
+                "the socket client got \(ports(of: worker, in: tail.stdout.text).count) of \(total) connects; lost records: \(tail.stdout.text.split(separator: "\n").filter { $0.contains("\"event\":\"lost\"") }.prefix(3))")
         let result = pipeline.finish()
         #expect(result.status == 0, "\(result.stderr.suffix(3000))")
         #expect(!result.stderr.contains("error"), "\(result.stderr.suffix(3000))")
@@ -183,10 +193,12 @@ final class PrivilegeCLITests: Sendable {
         #expect(!result.stderr.contains("privileges dropped"))
     }
 
-    @Test func afterTheDrop_aMapsFiltersAndSinksReloadWorks_aNewProgramReloadFailsSayingWhy() throws {
+    @Test(arguments: ["{}", "{seccomp: log}", "{seccomp: kill}"])
+    func afterTheDrop_aMapsFiltersAndSinksReloadWorks_aNewProgramReloadFailsSayingWhy(settings: String) throws {
         try FileManager.default.createDirectory(atPath: path("out/archive"), withIntermediateDirectories: true)
-        try writePipeline(pipelineText(settings: "{}"))
+        try writePipeline(pipelineText(settings: settings))
         let pipeline = try start()
+        #expect(try credentials("/proc/\(pipeline.run.pid)/status")["Seccomp"] == (settings.contains("seccomp") ? "2" : "0"))
         let load = try Loadgen.start(count: 400_000, rate: 20_000)
         defer {
             kill(load.worker, SIGKILL)
@@ -195,7 +207,7 @@ final class PrivilegeCLITests: Sendable {
         #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "log"]) ?? 0) > 2_000 })
 
         // Fewer events and other skip_retvals (map writes through open descriptors) and a new sink.
-        try writePipeline(pipelineText(settings: "{}", events: "[connect]", skip: "[-2, -115, -111, -13]", extraSinks: """
+        try writePipeline(pipelineText(settings: settings, events: "[connect]", skip: "[-2, -115, -111, -13]", extraSinks: """
               more: {type: file, inputs: [kernel], path: "\(path("out/more.jsonl"))"}
             """))
         pipeline.run.signal(SIGHUP)
@@ -206,7 +218,7 @@ final class PrivilegeCLITests: Sendable {
         #expect(socketOff == 0, "socket is still switched on")
 
         // An event the running programs do not have: new programs, which the drop forbids.
-        try writePipeline(pipelineText(settings: "{}", events: "[connect, unlink]", extraSinks: """
+        try writePipeline(pipelineText(settings: settings, events: "[connect, unlink]", extraSinks: """
               more: {type: file, inputs: [kernel], path: "\(path("out/more.jsonl"))"}
             """))
         pipeline.run.signal(SIGHUP)
@@ -224,6 +236,7 @@ final class PrivilegeCLITests: Sendable {
         #expect(after.value("pipelined_stage_attached_events", ["event": "connect"]) == 1)
         let result = pipeline.finish()
         #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        #expect(!pipeline.run.process.isRunning && pipeline.run.process.terminationReason == .exit, "killed (by the seccomp filter?)")
     }
 
     @Test func aSinkDirectoryTheUserCannotWriteFailsTheRunNamingIt() throws {
@@ -269,7 +282,21 @@ final class PrivilegeCLITests: Sendable {
             sinks:
               s: {type: file, inputs: [r], path: "-"}
             """.write(toFile: path("c.yaml"), atomically: true, encoding: .utf8)
-        let result = try CLI.run(["validate", path("a.yaml"), path("b.yaml"), path("c.yaml")])
+        try """
+            settings: {drop_privileges: false, seccomp: kill}
+            sources:
+              r: {type: replay, path: /dev/null}
+            sinks:
+              s: {type: file, inputs: [r], path: "-", pth: x}
+            """.write(toFile: path("d.yaml"), atomically: true, encoding: .utf8)
+        try """
+            settings: {seccomp: strict}
+            sources:
+              r: {type: replay, path: /dev/null}
+            sinks:
+              s: {type: file, inputs: [r], path: "-"}
+            """.write(toFile: path("e.yaml"), atomically: true, encoding: .utf8)
+        let result = try CLI.run(["validate", path("a.yaml"), path("b.yaml"), path("c.yaml"), path("d.yaml"), path("e.yaml")])
         #expect(result.status == 78)
         #expect(result.stderr == """
             \(path("a.yaml")):2:9: error: settings: 'user': no such user 'no-such-user-here' on this machine
@@ -277,6 +304,9 @@ final class PrivilegeCLITests: Sendable {
             \(path("b.yaml")):4:10: error: settings: 'group': no such group 'no-such-group-here' on this machine
             \(path("c.yaml")):1:12: error: settings: 'group' needs 'user' (the group is switched to with the user)
             \(path("c.yaml")):1:45: error: settings: 'drop_privileges' must be true or false, not 'maybe'
+            \(path("d.yaml")):1:36: error: settings: 'seccomp' needs drop_privileges: true (the filter is installed after the drop)
+            \(path("d.yaml")):5:43: error: sink 's': unknown key 'pth' (did you mean 'path'?)
+            \(path("e.yaml")):1:21: error: settings: 'seccomp' must be off, log or kill, not 'strict'
 
             """, "\(result.stderr)")
         // The user is looked up: `run` refuses before it touches the kernel.

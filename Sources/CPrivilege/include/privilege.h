@@ -48,4 +48,11 @@ int pl_drop_privileges(const struct pl_drop_plan *plan, struct pl_drop_result *r
 /// limit needs CAP_SYS_RESOURCE. Returns 0, or -1 with errno.
 int pl_allow_nice(int floor);
 
+/// Installs the seccomp allow-list of the running pipeline (privilege.c
+/// lists it) in every thread (SECCOMP_FILTER_FLAG_TSYNC): any other syscall
+/// is logged (`kill` 0: SECCOMP_RET_LOG, the call goes ahead) or kills the
+/// process (`kill` 1). Needs no_new_privs (pl_drop_privileges sets it).
+/// Returns 0, or -1 with errno (a thread that TSYNC could not reach: ESRCH).
+int pl_install_seccomp(int kill);
+
 #endif

@@ -51,11 +51,29 @@ public struct RunAsIdentity: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// `settings.seccomp`: what the allow-list installed after the privilege
+/// drop does with a syscall it does not list.
+public enum SeccompMode: String, Sendable, Equatable, CaseIterable {
+    /// No filter.
+    case off
+    /// The call goes ahead and the kernel logs it (SECCOMP_RET_LOG).
+    case log
+    /// The process is killed (SECCOMP_RET_KILL_PROCESS).
+    case kill
+}
+
 extension LoadSession {
     /// `settings.drop_privileges`, `settings.user`, `settings.group`: read
     /// together once the other settings are, so that each can be checked
     /// against the others.
-    mutating func readPrivilegeSettings(drop: ConfigEntry?, user: ConfigEntry?, group: ConfigEntry?, into settings: inout PipelineSettings) {
+    mutating func readPrivilegeSettings(drop: ConfigEntry?, user: ConfigEntry?, group: ConfigEntry?, seccomp: ConfigEntry?, into settings: inout PipelineSettings) {
+        if let seccomp {
+            if let text = seccomp.value.scalarText, let mode = SeccompMode(rawValue: text.lowercased()) {
+                settings.seccomp = mode
+            } else {
+                error(seccomp.value.location, "settings: 'seccomp' must be off, log or kill, not \(seccomp.value.scalarText.map { "'\($0)'" } ?? seccomp.value.kindDescription)")
+            }
+        }
         if let drop {
             switch drop.value.scalarText?.lowercased() {
             case "true", "yes", "on": settings.dropPrivileges = true
@@ -63,6 +81,9 @@ extension LoadSession {
             default:
                 error(drop.value.location, "settings: 'drop_privileges' must be true or false, not \(drop.value.scalarText.map { "'\($0)'" } ?? drop.value.kindDescription)")
             }
+        }
+        if settings.seccomp != .off, !settings.dropPrivileges, let seccomp {
+            error(seccomp.keyLocation, "settings: 'seccomp' needs drop_privileges: true (the filter is installed after the drop)")
         }
         guard let user else {
             if let group { error(group.keyLocation, "settings: 'group' needs 'user' (the group is switched to with the user)") }
