@@ -256,46 +256,23 @@ final class PrivilegeCLITests: Sendable {
         #expect(result.stderr.contains("the pipeline could not go on as user nobody (uid \(nobody.uid)): sink 'log': directory '\(path("out"))' is not writable after the drop (Permission denied)"), "\(result.stderr.suffix(2000))")
     }
 
+    /// A replay-to-stdout file whose `settings` are the given lines; `sink` adds to the sink.
+    private func settingsFile(_ name: String, _ settings: String, sink: String = "") throws {
+        try """
+            \(settings)
+            sources:
+              r: {type: replay, path: /dev/null}
+            sinks:
+              s: {type: file, inputs: [r], path: "-"\(sink)}
+            """.write(toFile: path(name), atomically: true, encoding: .utf8)
+    }
+
     @Test func unknownUsersAndGroupsAreLocatedErrors() throws {
-        try """
-            settings:
-              user: no-such-user-here
-            sources:
-              r: {type: replay, path: /dev/null}
-            sinks:
-              s: {type: file, inputs: [r], path: "-"}
-            """.write(toFile: path("a.yaml"), atomically: true, encoding: .utf8)
-        try """
-            settings:
-              drop_privileges: false
-              user: nobody
-              group: no-such-group-here
-            sources:
-              r: {type: replay, path: /dev/null}
-            sinks:
-              s: {type: file, inputs: [r], path: "-"}
-            """.write(toFile: path("b.yaml"), atomically: true, encoding: .utf8)
-        try """
-            settings: {group: nogroup, drop_privileges: maybe}
-            sources:
-              r: {type: replay, path: /dev/null}
-            sinks:
-              s: {type: file, inputs: [r], path: "-"}
-            """.write(toFile: path("c.yaml"), atomically: true, encoding: .utf8)
-        try """
-            settings: {drop_privileges: false, seccomp: kill}
-            sources:
-              r: {type: replay, path: /dev/null}
-            sinks:
-              s: {type: file, inputs: [r], path: "-", pth: x}
-            """.write(toFile: path("d.yaml"), atomically: true, encoding: .utf8)
-        try """
-            settings: {seccomp: strict}
-            sources:
-              r: {type: replay, path: /dev/null}
-            sinks:
-              s: {type: file, inputs: [r], path: "-"}
-            """.write(toFile: path("e.yaml"), atomically: true, encoding: .utf8)
+        try settingsFile("a.yaml", "settings:\n  user: no-such-user-here")
+        try settingsFile("b.yaml", "settings:\n  drop_privileges: false\n  user: nobody\n  group: no-such-group-here")
+        try settingsFile("c.yaml", "settings: {group: nogroup, drop_privileges: maybe}")
+        try settingsFile("d.yaml", "settings: {drop_privileges: false, seccomp: kill}", sink: ", pth: x")
+        try settingsFile("e.yaml", "settings: {seccomp: strict}")
         let result = try CLI.run(["validate", path("a.yaml"), path("b.yaml"), path("c.yaml"), path("d.yaml"), path("e.yaml")])
         #expect(result.status == 78)
         #expect(result.stderr == """
