@@ -69,7 +69,7 @@ final class PrivilegeDropService: Service, Sendable {
         }
         let report = try outcome.get()
         state.markDropped()
-        logger.info("privileges dropped: no capabilities (effective, permitted, inheritable, bounding, ambient), no_new_privs set, \(report.identity) in all \(report.threads) threads")
+        logger.info("privileges dropped: no capabilities (\(report.sets)), no_new_privs set, \(report.identity) in all \(report.threads) threads")
     }
 }
 
@@ -77,6 +77,8 @@ final class PrivilegeDropService: Service, Sendable {
 enum PrivilegeDrop {
     struct Report {
         var threads: Int
+        /// The sets emptied: the bounding set only with CAP_SETPCAP.
+        var sets: String
         /// `uid 0, gid 0` or `uid 65534 (nobody), gid 65534 (nogroup)`.
         var identity: String
     }
@@ -119,7 +121,8 @@ enum PrivilegeDrop {
         }
         var identity = settings.runAs.map { "uid \($0.uid) (\($0.user)), gid \($0.gid) (\($0.group))" } ?? "uid \(getuid()), gid \(getgid())"
         if settings.seccomp != .off { identity += ", seccomp allow-list (\(settings.seccomp.rawValue) others)" }
-        return Report(threads: Int(result.threads), identity: identity)
+        let sets = emptiesBounding ? "effective, permitted, inheritable, bounding, ambient" : "effective, permitted, inheritable, ambient; the bounding set stays, as the process started without CAP_SETPCAP"
+        return Report(threads: Int(result.threads), sets: sets, identity: identity)
     }
 
     /// Lets the process lower its nice value to what `priority_boost` asks
