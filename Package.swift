@@ -45,6 +45,9 @@ let package = Package(
             pkgConfig: "libnats",
             providers: [.apt(["libnats-dev"])]
         ),
+        // Dropping privileges in every thread at once (capset and prctl act
+        // on the calling thread only): what `run` does once the pipeline runs.
+        .target(name: "CPrivilege", path: "Sources/CPrivilege"),
         .target(
             name: "PipelineCore",
             dependencies: [
@@ -129,6 +132,7 @@ let package = Package(
         .executableTarget(
             name: "pipelined",
             dependencies: [
+                "CPrivilege",
                 "PipelineCore",
                 "EventArchive",
                 "EventFilters",

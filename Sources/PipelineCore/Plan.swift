@@ -97,6 +97,15 @@ public struct PipelineSettings: Sendable, Equatable {
     /// `pushdown`: whether sources that can are told what the sinks keep
     /// (Pushdown.swift), so that they make only records some path keeps.
     public var pushdown: Bool = true
+    // Privileges after start (docs/pipeline-file.md, "Privileges"): the
+    // command line acts on these; the core only carries them.
+    /// `drop_privileges`: once the pipeline runs, drop every capability, the
+    /// bounding and ambient sets, and set no_new_privs.
+    public var dropPrivileges: Bool = true
+    /// `user` / `group`: the account to switch to when dropping; nil keeps the ids.
+    public var runAs: RunAsIdentity?
+    /// `seccomp`: the syscall allow-list installed after the drop, and what it does otherwise.
+    public var seccomp: SeccompMode = .off
 
     public init() {}
 
@@ -112,6 +121,10 @@ public struct PipelineSettings: Sendable, Equatable {
         OptionSpec("node", "string", default: "the host name", "the machine's name in every record's node key (a fleet's records say where they came from)"),
         OptionSpec("pushdown", "bool", default: "true", "tell each source what its paths to the sinks keep, so that it skips, before making them, the records every path drops (the kernel source tests them in the kernel); the filters still run as written. `pipelined validate --explain` shows what is pushed"),
         OptionSpec("metrics", "{listen: HOST:PORT|false}", default: "{listen: 127.0.0.1:9464}", "metrics.listen: HOST:PORT of the Prometheus endpoint (GET /metrics, /-/healthy, /-/ready); port 0 picks a free one; false for none"),
+        OptionSpec("drop_privileges", "bool", default: "true", "once the pipeline runs (programs attached, sinks open, metrics bound), drop every capability (effective, permitted, inheritable, bounding, ambient) and set no_new_privs; a reload then cannot load new eBPF programs"),
+        OptionSpec("user", "name|uid", default: "none (stay uid 0)", "when dropping privileges, also switch to this user (sink directories must be writable by it)"),
+        OptionSpec("group", "name|gid", default: "the user's primary group", "the group to switch to with user (the only group: supplementary groups are cleared)"),
+        OptionSpec("seccomp", "off|log|kill", default: "off", "after the drop, allow only the syscalls the running pipeline uses; log (the call goes ahead, the kernel logs it) or kill the process on any other"),
     ]
 
     /// Options every sink accepts: its input queue.

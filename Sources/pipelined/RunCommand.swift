@@ -18,7 +18,9 @@ import UnixSignals
 /// the pipeline also ends by itself when every source reaches the end of its
 /// input (a `replay` of a file). SIGHUP reloads the file (``ReloadService``).
 /// The metrics endpoint (``MetricsServer``) is bound before anything else:
-/// a busy port exits 1, naming the setting.
+/// a busy port exits 1, naming the setting. Once the pipeline runs, the
+/// process drops its privileges (``PrivilegeDropService``) unless
+/// `settings.drop_privileges` is false.
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
@@ -88,12 +90,16 @@ struct RunCommand: AsyncParsableCommand {
         // Trapped now, before the pipeline starts: SIGHUP's default would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let service = PipelineService(runtime: runtime)
-        let reloader = ReloadService(runtime: runtime, loader: loader, file: file, signals: hangups, counts: exporter.reloads, logger: logger)
+        let privileges = PrivilegeState()
+        let dropper = PrivilegeDropService(runtime: runtime, file: file, state: privileges, logger: logger)
+        let reloader = ReloadService(runtime: runtime, loader: loader, file: file, signals: hangups, counts: exporter.reloads, privileges: privileges, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
                     .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: reloader, successTerminationBehavior: .ignore),
+                    // Once the pipeline runs; a failed drop ends the run (exit 1).
+                    .init(service: dropper, successTerminationBehavior: .ignore),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger

@@ -218,6 +218,8 @@ final class ReloadCLITests: Sendable {
         let path = directory.path + "/all.jsonl"
         let pipeline = { (flush: String) in
             """
+            # Replacing the source loads new programs: that needs the privileges kept.
+            settings: {drop_privileges: false}
             sources:
               kernel: {type: syscall_monitor, events: [connect], flush_interval: \(flush), ringbuf_bytes: 128MiB, skip_retvals: [-2, -115, -111]}
             sinks:

@@ -173,6 +173,7 @@ struct LoadSession {
             return settings
         }
         let known = PipelineSettings.options.map(\.name)
+        var privilege: (drop: ConfigEntry?, user: ConfigEntry?, group: ConfigEntry?, seccomp: ConfigEntry?)
         for entry in entries {
             let text = entry.value.scalarText
             let at = entry.value.location
@@ -216,12 +217,17 @@ struct LoadSession {
                 } else {
                     error(at, "settings: 'pushdown' must be true or false, not \(text.map { "'\($0)'" } ?? entry.value.kindDescription)")
                 }
+            case "drop_privileges": privilege.drop = entry
+            case "user": privilege.user = entry
+            case "group": privilege.group = entry
+            case "seccomp": privilege.seccomp = entry
             default:
                 var message = "settings: unknown key '\(entry.key)'"
                 if let suggestion = closestMatch(to: entry.key, in: known) { message += " (did you mean '\(suggestion)'?)" }
                 error(entry.keyLocation, message)
             }
         }
+        readPrivilegeSettings(drop: privilege.drop, user: privilege.user, group: privilege.group, seccomp: privilege.seccomp, into: &settings)
         return settings
     }
 
