@@ -126,9 +126,17 @@ let package = Package(
             dependencies: ["BPFEmbed"],
             path: "Plugins/BPFObjectPlugin"
         ),
+        // The stage types pipelined ships, in one registry: the command's, and
+        // the one the pipeline-loader fuzz harness loads files against.
+        .target(
+            name: "BuiltinStages",
+            dependencies: ["PipelineCore", "EventFilters", "EventSinks", "EventSources"],
+            path: "Sources/BuiltinStages"
+        ),
         .executableTarget(
             name: "pipelined",
             dependencies: [
+                "BuiltinStages",
                 "PipelineCore",
                 "EventArchive",
                 "EventFilters",
