@@ -271,6 +271,23 @@ struct LoaderTests {
         #expect(errors.first?.contains("error: invalid YAML") == true)
     }
 
+    /// A control character libyaml's reader rejects is placed on its line
+    /// with CRLF line ends too (once line 1, column 106: found by fuzz/pipeline_loader).
+    @Test func yamlReaderErrorPositionWithCRLF() {
+        let errors = TestStages.errors("sources:\r\n  a:\r\n    type: gen\r\n    count: \u{1B}1\r\n")
+        #expect(errors.count == 1)
+        #expect(errors.first?.hasPrefix("p.yaml:4:12: error: invalid YAML: control characters are not allowed") == true, "\(errors)")
+    }
+
+    /// An error at the end of a file without a final newline is placed at
+    /// the end of its last line, not on a line past it (libyaml's end mark;
+    /// found by fuzz/pipeline_loader).
+    @Test func yamlErrorAtTheEndOfAFileWithoutNewline() {
+        let errors = TestStages.errors("sources: {a: b")
+        #expect(errors.count == 1)
+        #expect(errors.first?.hasPrefix("p.yaml:1:15: error: invalid YAML") == true, "\(errors)")
+    }
+
     @Test func duplicateIdsAcrossSections() {
         let errors = TestStages.errors("""
             sources:

@@ -10,7 +10,7 @@ extension LoadSession {
             // the implicit tags (found by regular expressions) are not needed.
             root = try Yams.compose(yaml: text, .basic)
         } catch let error as YamlError {
-            report(error)
+            report(error, in: text)
             return nil
         } catch {
             self.error(start, "cannot parse YAML: \(error)")
@@ -28,9 +28,15 @@ extension LoadSession {
         return build(entries, at: at)
     }
 
-    mutating func report(_ error: YamlError) {
+    mutating func report(_ error: YamlError, in text: String) {
+        // libyaml puts the end of the stream on a line of its own, one past
+        // the last line of a text without a final line break: such a mark is
+        // given as the end of the text, a position the file has.
+        let end = Self.lineAndColumn(after: Substring(text))
         func location(_ mark: Mark) -> SourceLocation {
-            SourceLocation(file: file, line: max(mark.line, 1), column: max(mark.column, 1))
+            let at = (line: max(mark.line, 1), column: max(mark.column, 1))
+            let inside = at.line < end.line || (at.line == end.line && at.column <= end.column)
+            return SourceLocation(file: file, line: inside ? at.line : end.line, column: inside ? at.column : end.column)
         }
         func describe(_ context: YamlError.Context?, _ problem: String) -> String {
             guard let context else { return problem }
@@ -47,14 +53,37 @@ extension LoadSession {
         case .reader(let problem, let offset, _, let yaml):
             var at = start
             if let offset {
-                let prefix = yaml.prefix(offset)
-                let line = prefix.split(separator: "\n", omittingEmptySubsequences: false)
-                at = SourceLocation(file: file, line: line.count, column: (line.last?.count ?? 0) + 1)
+                let (line, column) = Self.lineAndColumn(after: yaml.prefix(offset))
+                at = SourceLocation(file: file, line: line, column: column)
             }
             self.error(at, "invalid YAML: \(problem)")
         default:
             self.error(start, "invalid YAML: \(error)")
         }
+    }
+
+    /// The line and column (1-based) just after `prefix`, counted as libyaml
+    /// counts its marks: columns in Unicode scalars, lines ended by LF, CR,
+    /// CRLF, NEL, LS or PS. (Yams gives a reader error's offset in Characters,
+    /// where CRLF is one, so splitting the text on "\n" would miss CRLF breaks.)
+    static func lineAndColumn(after prefix: Substring) -> (line: Int, column: Int) {
+        var line = 1
+        var column = 1
+        var afterCR = false
+        for scalar in prefix.unicodeScalars {
+            switch scalar {
+            case "\n" where afterCR:
+                afterCR = false
+            case "\n", "\r", "\u{85}", "\u{2028}", "\u{2029}":
+                line += 1
+                column = 1
+                afterCR = scalar == "\r"
+            default:
+                afterCR = false
+                column += 1
+            }
+        }
+        return (line, column)
     }
 
     func location(of node: Node) -> SourceLocation {
