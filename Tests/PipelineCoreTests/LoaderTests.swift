@@ -288,6 +288,16 @@ struct LoaderTests {
         #expect(errors.first?.hasPrefix("p.yaml:1:15: error: invalid YAML") == true, "\(errors)")
     }
 
+    /// Duplicate keys give one message at one position, load after load,
+    /// even with a key that is not a string among them (Yams's own order of
+    /// them is none then; found by fuzz/pipeline_loader).
+    @Test func duplicateKeysAreReportedTheSameEveryTime() {
+        let text = "sources: {[k]: 1, [k]: 2, p: 1, q: 1, p: 2, q: 2}\n"
+        let results = Set((0..<50).map { _ in TestStages.errors(text) })
+        #expect(results == [["p.yaml:1:1: error: duplicate key 'p', 'q' and a key that is not a string in one map"]])
+        #expect(TestStages.errors("sources: {q: 1, p: 1, q: 2, p: 2}\n") == ["p.yaml:1:17: error: duplicate key 'p', 'q' in one map"])
+    }
+
     @Test func duplicateIdsAcrossSections() {
         let errors = TestStages.errors("""
             sources:

@@ -48,8 +48,16 @@ extension LoadSession {
              .composer(let context, let problem, let mark, _):
             self.error(location(mark), "invalid YAML: \(describe(context, problem))")
         case .duplicatedKeysInMapping(let duplicates, let context):
-            let keys = duplicates.map { "'\($0)'" }.joined(separator: ", ")
-            self.error(location(context.mark), "duplicate key \(keys) in one map")
+            // Yams names the keys and marks the first in its own sort order,
+            // which is no order when a key is not a string or two keys are
+            // the same text with different tags: the same file then gave a
+            // different message and position from one load to the next.
+            let unconvertible = "<uncovertable>"  // Yams's name for a key that is not a scalar
+            let names = duplicates.filter { $0 != unconvertible }.sorted()
+            var keys = names.map { "'\($0)'" }.joined(separator: ", ")
+            if names.count < duplicates.count { keys += names.isEmpty ? "that is not a string" : " and a key that is not a string" }
+            let ordered = names.count == duplicates.count && Set(names).count == names.count
+            self.error(ordered ? location(context.mark) : start, "duplicate key \(keys) in one map")
         case .reader(let problem, let offset, _, let yaml):
             var at = start
             if let offset {
