@@ -286,6 +286,8 @@ struct LoaderTests {
         let errors = TestStages.errors("sources: {a: b")
         #expect(errors.count == 1)
         #expect(errors.first?.hasPrefix("p.yaml:1:15: error: invalid YAML") == true, "\(errors)")
+        // An empty document's node sits there too.
+        #expect(TestStages.errors("---") == ["p.yaml:1:4: error: a pipeline file must be a map with 'sources' and 'sinks', not a scalar"])
     }
 
     /// Duplicate keys give one message at one position, load after load,

@@ -4,13 +4,14 @@ import Yams
 /// positions, YAML errors as located diagnostics, `${VAR}` substitution.
 extension LoadSession {
     mutating func load(_ text: String) -> PipelinePlan? {
+        textEnd = Self.lineAndColumn(after: Substring(text))
         let root: Node?
         do {
             // The basic resolver: this loader reads every scalar itself, so
             // the implicit tags (found by regular expressions) are not needed.
             root = try Yams.compose(yaml: text, .basic)
         } catch let error as YamlError {
-            report(error, in: text)
+            report(error)
             return nil
         } catch {
             self.error(start, "cannot parse YAML: \(error)")
@@ -28,16 +29,17 @@ extension LoadSession {
         return build(entries, at: at)
     }
 
-    mutating func report(_ error: YamlError, in text: String) {
-        // libyaml puts the end of the stream on a line of its own, one past
-        // the last line of a text without a final line break: such a mark is
-        // given as the end of the text, a position the file has.
-        let end = Self.lineAndColumn(after: Substring(text))
-        func location(_ mark: Mark) -> SourceLocation {
-            let at = (line: max(mark.line, 1), column: max(mark.column, 1))
-            let inside = at.line < end.line || (at.line == end.line && at.column <= end.column)
-            return SourceLocation(file: file, line: inside ? at.line : end.line, column: inside ? at.column : end.column)
-        }
+    /// Where a libyaml mark is in the file. libyaml puts the end of the
+    /// stream (and an empty node there) on a line of its own, one past the
+    /// last line of a text without a final line break: such a mark is given
+    /// as the end of the text, a position the file has.
+    func location(_ mark: Mark) -> SourceLocation {
+        let at = (line: max(mark.line, 1), column: max(mark.column, 1))
+        let inside = at.line < textEnd.line || (at.line == textEnd.line && at.column <= textEnd.column)
+        return SourceLocation(file: file, line: inside ? at.line : textEnd.line, column: inside ? at.column : textEnd.column)
+    }
+
+    mutating func report(_ error: YamlError) {
         func describe(_ context: YamlError.Context?, _ problem: String) -> String {
             guard let context else { return problem }
             return "\(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
@@ -103,7 +105,7 @@ extension LoadSession {
         case .alias(let alias): mark = alias.mark
         }
         guard let mark else { return start }
-        return SourceLocation(file: file, line: mark.line, column: mark.column)
+        return location(mark)
     }
 
     mutating func convert(_ node: Node) -> ConfigValue {
