@@ -11,6 +11,9 @@ let package = Package(
         // In-memory stages and helpers for testing a stage (what pipelined's
         // own tests use), for plugin authors too.
         .library(name: "PipelineTesting", targets: ["PipelineTesting"]),
+        // The fuzz harnesses' property checks, for the nested package fuzz/
+        // (built there with libFuzzer and ASan; here only for the regression tests).
+        .library(name: "FuzzChecks", targets: ["FuzzChecks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -129,10 +132,25 @@ let package = Package(
             dependencies: ["BPFEmbed"],
             path: "Plugins/BPFObjectPlugin"
         ),
+        // The stage types pipelined ships, in one registry: the command's, and
+        // the one the pipeline-loader fuzz harness loads files against.
+        .target(
+            name: "BuiltinStages",
+            dependencies: ["PipelineCore", "EventFilters", "EventSinks", "EventSources"],
+            path: "Sources/BuiltinStages"
+        ),
+        // What each fuzz harness checks of one input (TESTING.md); shared
+        // by the libFuzzer executables in fuzz/ and FuzzRegressionTests.
+        .target(
+            name: "FuzzChecks",
+            dependencies: ["PipelineCore", "EventArchive", "BuiltinStages"],
+            path: "fuzz/Checks"
+        ),
         .executableTarget(
             name: "pipelined",
             dependencies: [
                 "CPrivilege",
+                "BuiltinStages",
                 "PipelineCore",
                 "EventArchive",
                 "EventFilters",
@@ -204,6 +222,13 @@ let package = Package(
             name: "FleetTests",
             dependencies: ["PipelineCore", "NATSClient", "CNATS", "TestSupport"],
             path: "Tests/FleetTests"
+        ),
+        // Every committed fuzz corpus and regression input through the
+        // harnesses' own checks (fuzz/corpus, fuzz/regressions).
+        .testTarget(
+            name: "FuzzRegressionTests",
+            dependencies: ["FuzzChecks"],
+            path: "Tests/FuzzRegressionTests"
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -184,7 +184,12 @@ public enum ArchiveTime {
             return nil
         }
         let days = UTCDateTime.epochDays(year: year, month: month, day: day)
-        return (days * 86_400 + Int64(hour * 3600 + minute * 60 + second)) * 1_000_000_000 + Int64(nanos)
+        // Years past 2262 (or before 1677) do not fit in Int64 nanoseconds.
+        let seconds = days * 86_400 + Int64(hour * 3600 + minute * 60 + second)
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (total, carry) = scaled.addingReportingOverflow(Int64(nanos))
+        guard !overflow, !carry else { return nil }
+        return total
     }
 
     /// The time of an NDJSON record line: its `"time"` value, as an RFC 3339

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuiltinStages
 import PipelineCore
 
 /// `pipelined plugins`: lists the stage types and their options.

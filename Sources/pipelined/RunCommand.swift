@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuiltinStages
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuiltinStages
 import PipelineCore
 
 /// `pipelined validate FILE...`: checks pipeline files without starting anything.

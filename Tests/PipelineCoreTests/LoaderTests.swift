@@ -274,6 +274,35 @@ struct LoaderTests {
         #expect(errors.first?.contains("error: invalid YAML") == true)
     }
 
+    /// A control character libyaml's reader rejects is placed on its line
+    /// with CRLF line ends too (once line 1, column 106: found by fuzz/pipeline_loader).
+    @Test func yamlReaderErrorPositionWithCRLF() {
+        let errors = TestStages.errors("sources:\r\n  a:\r\n    type: gen\r\n    count: \u{1B}1\r\n")
+        #expect(errors.count == 1)
+        #expect(errors.first?.hasPrefix("p.yaml:4:12: error: invalid YAML: control characters are not allowed") == true, "\(errors)")
+    }
+
+    /// An error at the end of a file without a final newline is placed at
+    /// the end of its last line, not on a line past it (libyaml's end mark;
+    /// found by fuzz/pipeline_loader).
+    @Test func yamlErrorAtTheEndOfAFileWithoutNewline() {
+        let errors = TestStages.errors("sources: {a: b")
+        #expect(errors.count == 1)
+        #expect(errors.first?.hasPrefix("p.yaml:1:15: error: invalid YAML") == true, "\(errors)")
+        // An empty document's node sits there too.
+        #expect(TestStages.errors("---") == ["p.yaml:1:4: error: a pipeline file must be a map with 'sources' and 'sinks', not a scalar"])
+    }
+
+    /// Duplicate keys give one message at one position, load after load,
+    /// even with a key that is not a string among them (Yams's own order of
+    /// them is none then; found by fuzz/pipeline_loader).
+    @Test func duplicateKeysAreReportedTheSameEveryTime() {
+        let text = "sources: {[k]: 1, [k]: 2, p: 1, q: 1, p: 2, q: 2}\n"
+        let results = Set((0..<50).map { _ in TestStages.errors(text) })
+        #expect(results == [["p.yaml:1:1: error: duplicate key 'p', 'q' and a key that is not a string in one map"]])
+        #expect(TestStages.errors("sources: {q: 1, p: 1, q: 2, p: 2}\n") == ["p.yaml:1:17: error: duplicate key 'p', 'q' in one map"])
+    }
+
     @Test func duplicateIdsAcrossSections() {
         let errors = TestStages.errors("""
             sources:

@@ -78,6 +78,8 @@ struct LoadSession {
     let registry: StageRegistry
     let environment: [String: String]
     var diagnostics: [Diagnostic] = []
+    /// The position just after the text being loaded (see ``location(_:)``).
+    var textEnd = (line: Int.max, column: Int.max)
 
     init(file: String, registry: StageRegistry, environment: [String: String]) {
         self.file = file

@@ -4,6 +4,7 @@ import Yams
 /// positions, YAML errors as located diagnostics, `${VAR}` substitution.
 extension LoadSession {
     mutating func load(_ text: String) -> PipelinePlan? {
+        textEnd = Self.lineAndColumn(after: Substring(text))
         let root: Node?
         do {
             // The basic resolver: this loader reads every scalar itself, so
@@ -28,10 +29,17 @@ extension LoadSession {
         return build(entries, at: at)
     }
 
+    /// Where a libyaml mark is in the file. libyaml puts the end of the
+    /// stream (and an empty node there) on a line of its own, one past the
+    /// last line of a text without a final line break: such a mark is given
+    /// as the end of the text, a position the file has.
+    func location(_ mark: Mark) -> SourceLocation {
+        let at = (line: max(mark.line, 1), column: max(mark.column, 1))
+        let inside = at.line < textEnd.line || (at.line == textEnd.line && at.column <= textEnd.column)
+        return SourceLocation(file: file, line: inside ? at.line : textEnd.line, column: inside ? at.column : textEnd.column)
+    }
+
     mutating func report(_ error: YamlError) {
-        func location(_ mark: Mark) -> SourceLocation {
-            SourceLocation(file: file, line: max(mark.line, 1), column: max(mark.column, 1))
-        }
         func describe(_ context: YamlError.Context?, _ problem: String) -> String {
             guard let context else { return problem }
             return "\(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
@@ -42,19 +50,50 @@ extension LoadSession {
              .composer(let context, let problem, let mark, _):
             self.error(location(mark), "invalid YAML: \(describe(context, problem))")
         case .duplicatedKeysInMapping(let duplicates, let context):
-            let keys = duplicates.map { "'\($0)'" }.joined(separator: ", ")
-            self.error(location(context.mark), "duplicate key \(keys) in one map")
+            // Yams names the keys and marks the first in its own sort order,
+            // which is no order when a key is not a string or two keys are
+            // the same text with different tags: the same file then gave a
+            // different message and position from one load to the next.
+            let unconvertible = "<uncovertable>"  // Yams's name for a key that is not a scalar
+            let names = duplicates.filter { $0 != unconvertible }.sorted()
+            var keys = names.map { "'\($0)'" }.joined(separator: ", ")
+            if names.count < duplicates.count { keys += names.isEmpty ? "that is not a string" : " and a key that is not a string" }
+            let ordered = names.count == duplicates.count && Set(names).count == names.count
+            self.error(ordered ? location(context.mark) : start, "duplicate key \(keys) in one map")
         case .reader(let problem, let offset, _, let yaml):
             var at = start
             if let offset {
-                let prefix = yaml.prefix(offset)
-                let line = prefix.split(separator: "\n", omittingEmptySubsequences: false)
-                at = SourceLocation(file: file, line: line.count, column: (line.last?.count ?? 0) + 1)
+                let (line, column) = Self.lineAndColumn(after: yaml.prefix(offset))
+                at = SourceLocation(file: file, line: line, column: column)
             }
             self.error(at, "invalid YAML: \(problem)")
         default:
             self.error(start, "invalid YAML: \(error)")
         }
+    }
+
+    /// The line and column (1-based) just after `prefix`, counted as libyaml
+    /// counts its marks: columns in Unicode scalars, lines ended by LF, CR,
+    /// CRLF, NEL, LS or PS. (Yams gives a reader error's offset in Characters,
+    /// where CRLF is one, so splitting the text on "\n" would miss CRLF breaks.)
+    static func lineAndColumn(after prefix: Substring) -> (line: Int, column: Int) {
+        var line = 1
+        var column = 1
+        var afterCR = false
+        for scalar in prefix.unicodeScalars {
+            switch scalar {
+            case "\n" where afterCR:
+                afterCR = false
+            case "\n", "\r", "\u{85}", "\u{2028}", "\u{2029}":
+                line += 1
+                column = 1
+                afterCR = scalar == "\r"
+            default:
+                afterCR = false
+                column += 1
+            }
+        }
+        return (line, column)
     }
 
     func location(of node: Node) -> SourceLocation {
@@ -66,7 +105,7 @@ extension LoadSession {
         case .alias(let alias): mark = alias.mark
         }
         guard let mark else { return start }
-        return SourceLocation(file: file, line: mark.line, column: mark.column)
+        return location(mark)
     }
 
     mutating func convert(_ node: Node) -> ConfigValue {
