@@ -9,7 +9,7 @@ import PipelineCore
 ///
 /// One row per stage: type, records in, out and lost per second, the total
 /// lost, queue fill (sinks), and for the kernel source the BPF run time per
-/// event (when `kernel.bpf_stats_enabled` is on). `q` (or Ctrl-C) quits. On
+/// traced syscall (when `kernel.bpf_stats_enabled` is on). `q` (or Ctrl-C) quits. On
 /// a standard output that is not a terminal, or with `--once`, it prints a
 /// single plain snapshot (rates over one interval between two scrapes) and
 /// exits. An endpoint that cannot be read is a one-line error, exit 1.
@@ -156,6 +156,17 @@ struct Scrape {
         return matching.isEmpty ? nil : matching.reduce(0) { $0 + $1.value }
     }
 
+    /// The runs of `stage`'s exit programs (`tp_exit_*`, `tp_ret_*`,
+    /// `kp_exit_*`, `kp_ret_*`): one per syscall traced.
+    func exitRuns(stage: String) -> Double? {
+        let matching = samples.filter { sample in
+            guard sample.name == "pipelined_stage_bpf_runs_total", sample.labels["stage"] == stage,
+                  let program = sample.labels["program"] else { return false }
+            return program.contains("_exit_") || program.contains("_ret_")
+        }
+        return matching.isEmpty ? nil : matching.reduce(0) { $0 + $1.value }
+    }
+
     /// Every stage, in the order the endpoint first names it, with its type.
     var stages: [(id: String, type: String)] {
         var seen = Set<String>()
@@ -175,7 +186,7 @@ struct TopTable {
 
     func render(title: String?) -> String {
         let seconds = max(Double(current.monotonicNs - previous.monotonicNs) / 1e9, 1e-9)
-        var rows: [[String]] = [["STAGE", "TYPE", "IN/S", "OUT/S", "LOST/S", "LOST", "QUEUE", "BPF NS/EVENT"]]
+        var rows: [[String]] = [["STAGE", "TYPE", "IN/S", "OUT/S", "LOST/S", "LOST", "QUEUE", "BPF NS/SYSCALL"]]
         for (id, type) in current.stages {
             func rate(_ name: String) -> String {
                 guard let now = current.value(name, stage: id) else { return "-" }
@@ -188,12 +199,15 @@ struct TopTable {
                let capacity = current.value("pipelined_stage_queue_capacity_events", stage: id), capacity > 0 {
                 queue = "\(Int(depth))/\(Int(capacity)) \(Int((depth / capacity * 100).rounded()))%"
             }
+            // Kernel time per traced syscall: every program's run time over
+            // the runs of the exit programs (one per syscall, whichever
+            // capture). Not per record: with pushdown most syscalls submit none.
             var bpf = "-"
-            if let runNow = current.value("pipelined_stage_bpf_run_seconds_total", stage: id),
-               let inNow = current.value("pipelined_stage_events_in_total", stage: id) {
-                let runs = runNow - (previous.value("pipelined_stage_bpf_run_seconds_total", stage: id) ?? 0)
-                let events = inNow - (previous.value("pipelined_stage_events_in_total", stage: id) ?? 0)
-                if events > 0 { bpf = Self.number(runs * 1e9 / events) }
+            if let timeNow = current.value("pipelined_stage_bpf_run_seconds_total", stage: id),
+               let exitsNow = current.exitRuns(stage: id) {
+                let time = timeNow - (previous.value("pipelined_stage_bpf_run_seconds_total", stage: id) ?? 0)
+                let syscalls = exitsNow - (previous.exitRuns(stage: id) ?? 0)
+                if syscalls > 0 { bpf = Self.number(time * 1e9 / syscalls) }
             }
             rows.append([id, type, rate("pipelined_stage_events_in_total"), rate("pipelined_stage_events_out_total"),
                          rate("pipelined_stage_events_lost_total"), lost.map { Self.number($0) } ?? "-", queue, bpf])
