@@ -196,8 +196,15 @@ final class PrivilegeCLITests: Sendable {
     @Test(arguments: ["{}", "{seccomp: log}", "{seccomp: kill}"])
     func afterTheDrop_aMapsFiltersAndSinksReloadWorks_aNewProgramReloadFailsSayingWhy(settings: String) throws {
         try FileManager.default.createDirectory(atPath: path("out/archive"), withIntermediateDirectories: true)
-        try writePipeline(pipelineText(settings: settings))
+        // A sink of every event: with pushdown, a graph whose only paths keep
+        // connects would not attach `socket` at all, and the reload below
+        // must switch off an attached event.
+        let everything = """
+              sockets: {type: file, inputs: [kernel], path: "\(path("out/everything.jsonl"))"}
+            """
+        try writePipeline(pipelineText(settings: settings, extraSinks: everything))
         let pipeline = try start()
+        #expect(try pipeline.scrape().value("pipelined_stage_attached_events", ["event": "socket"]) == 1)
         #expect(try credentials("/proc/\(pipeline.run.pid)/status")["Seccomp"] == (settings.contains("seccomp") ? "2" : "0"))
         let load = try Loadgen.start(count: 400_000, rate: 20_000)
         defer {
@@ -207,18 +214,18 @@ final class PrivilegeCLITests: Sendable {
         #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "log"]) ?? 0) > 2_000 })
 
         // Fewer events and other skip_retvals (map writes through open descriptors) and a new sink.
-        try writePipeline(pipelineText(settings: settings, events: "[connect]", skip: "[-2, -115, -111, -13]", extraSinks: """
+        try writePipeline(pipelineText(settings: settings, events: "[connect]", skip: "[-2, -115, -111, -13]", extraSinks: everything + "\n" + """
               more: {type: file, inputs: [kernel], path: "\(path("out/more.jsonl"))"}
             """))
         pipeline.run.signal(SIGHUP)
         #expect(pipeline.run.waitFor { _, stderr in stderr.contains("reloaded:") || stderr.contains("reload failed") })
-        #expect(pipeline.run.stderr.text.contains("reloaded: unchanged 4, reconfigured [kernel], added [more]"), "\(pipeline.run.stderr.text.suffix(2000))")
+        #expect(pipeline.run.stderr.text.contains("reloaded: unchanged 5, reconfigured [kernel], added [more]"), "\(pipeline.run.stderr.text.suffix(2000))")
         #expect(try eventually { (try pipeline.scrape().value("pipelined_stage_events_in_total", ["stage": "more"]) ?? 0) > 2_000 })
         let socketOff = try pipeline.scrape().value("pipelined_stage_attached_events", ["event": "socket"])
         #expect(socketOff == 0, "socket is still switched on")
 
         // An event the running programs do not have: new programs, which the drop forbids.
-        try writePipeline(pipelineText(settings: settings, events: "[connect, unlink]", extraSinks: """
+        try writePipeline(pipelineText(settings: settings, events: "[connect, unlink]", extraSinks: everything + "\n" + """
               more: {type: file, inputs: [kernel], path: "\(path("out/more.jsonl"))"}
             """))
         pipeline.run.signal(SIGHUP)

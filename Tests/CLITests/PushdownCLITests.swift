@@ -214,8 +214,13 @@ struct PushdownReloadCLITests {
         #expect(later.filter { $0.contains("\"event\":\"connect\"") }.count == 500)
         #expect(later.contains { $0.contains("\"event\":\"socket\"") })
         #expect(!later.contains { $0.contains("\"retval\":-") })
-        // What the kernel submitted is what the filter kept, across the reload.
-        #expect(stageTotals(result.stderr, stage: "kernel")["out"] == stageTotals(result.stderr, stage: "out")["in"])
+        // The kernel never submits less than the filter keeps. (Not equal:
+        // another process's syscall that the kernel submitted under the old
+        // condition just before the reload meets the new filter, which drops
+        // it; the filters decide, as pushdown promises.)
+        let submitted = stageTotals(result.stderr, stage: "kernel")["out"] ?? 0
+        let kept = stageTotals(result.stderr, stage: "out")["in"] ?? 0
+        #expect(submitted >= kept && kept >= 1_000)
     }
 }
 
