@@ -23,12 +23,22 @@ public struct NATSError: Error, CustomStringConvertible, Sendable {
     /// What the client says about `status` right now, on this thread:
     /// `nats_GetLastError` carries the detail (`No server available for connection`).
     public init(_ status: natsStatus, code: jsErrCode = jsErrCode(rawValue: 0), _ what: String) {
+        self.init(status: status, code: Int(code.rawValue), message: "\(what): \(NATSError.lastDetail(status))")
+    }
+
+    /// The client's explanation of `status` on this thread, without the
+    /// source location it starts with (`(conn.c:733): `), which tells an
+    /// operator nothing.
+    static func lastDetail(_ status: natsStatus) -> String {
         var detail = String(cString: natsStatus_GetText(status))
         if let last = nats_GetLastError(nil) {
-            let text = String(cString: last)
-            if !text.isEmpty, text != detail { detail = text }
+            var text = Substring(String(cString: last))
+            if text.hasPrefix("("), let end = text.range(of: "): "), text[..<end.lowerBound].contains(".c:") {
+                text = text[end.upperBound...]
+            }
+            if !text.isEmpty, text != detail { detail = String(text) }
         }
-        self.init(status: status, code: Int(code.rawValue), message: "\(what): \(detail)")
+        return detail
     }
 
     public var description: String { message }
@@ -49,8 +59,9 @@ public func natsCheck(_ status: natsStatus, code: jsErrCode = jsErrCode(rawValue
 /// reconnects). ``Event``s say when it connects and disconnects; they are
 /// delivered on the C client's own callback thread.
 public final class NATSConnection: @unchecked Sendable {
-    // `handle` and `jetStream` are set once in `connect` and only read after;
-    // the C client is thread-safe. That is why this is @unchecked Sendable.
+    // `handle` and `firstFailure` are set once in `connect` and only read
+    // after; the C client is thread-safe. That is why this is
+    // @unchecked Sendable.
     /// The C client's `natsConnection*`.
     public let handle: OpaquePointer
     public let endpoint: NATSEndpoint
@@ -90,8 +101,9 @@ public final class NATSConnection: @unchecked Sendable {
     /// Connects to the endpoint's servers. Returns at once whether or not a
     /// server answered (`connected` says which); when none did, the client
     /// keeps trying in the background and sends ``Event/connected`` when one
-    /// does. Throws only for what retrying cannot mend: options the client
-    /// rejects (a TLS file it cannot load, credentials it cannot use).
+    /// does. Throws for what retrying cannot mend: options the client
+    /// rejects (a TLS file it cannot load), and a server that answers but
+    /// refuses us (a failed TLS handshake, credentials it does not accept).
     public static func connect(
         _ endpoint: NATSEndpoint, name: String, onEvent: @escaping @Sendable (Event) -> Void
     ) throws -> (connection: NATSConnection, connected: Bool) {
@@ -126,9 +138,6 @@ public final class NATSConnection: @unchecked Sendable {
 
         let box = Unmanaged.passRetained(CallbackBox(onEvent))
         let closure = box.toOpaque()
-        try natsCheck(natsOptions_SetRetryOnFailedConnect(options, true, { handle, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.connected(url: NATSConnection.connectedURL(of: handle)))
-        }, closure), "cannot set connect retries")
         try natsCheck(natsOptions_SetDisconnectedCB(options, { _, closure in
             Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.disconnected)
         }, closure), "cannot set the disconnect handler")
@@ -143,12 +152,68 @@ public final class NATSConnection: @unchecked Sendable {
             Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.error(text))
         }, closure), "cannot set the error handler")
 
+        // A first attempt without retries: when it fails, the client says
+        // why, which a connect that goes on retrying in the background does
+        // not (it keeps "no server available"). A server that answered but
+        // refused us (a TLS handshake, an authorization violation) fails the
+        // start: given such a first failure, the C client's retrying connect
+        // closes the connection for good at once (libnats 3.4.1). Later
+        // refusals, on reconnects, it does retry.
         var handle: OpaquePointer?
-        let status = natsConnection_Connect(&handle, options)
+        var status = natsConnection_Connect(&handle, options)
+        if status == NATS_OK, let handle {
+            return (NATSConnection(handle: handle, endpoint: endpoint), true)
+        }
+        let failure = NATSConnection.explain(NATSError.lastDetail(status), status: status, endpoint: endpoint)
+        guard retryable.contains(status.rawValue) else {
+            // No connection was made, so no callback can come: the box can go.
+            box.release()
+            throw NATSError(status: status, message: "\(endpoint.urlList): \(failure)")
+        }
+
+        try natsCheck(natsOptions_SetRetryOnFailedConnect(options, true, { handle, closure in
+            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.connected(url: NATSConnection.connectedURL(of: handle)))
+        }, closure), "cannot set connect retries")
+        handle = nil
+        status = natsConnection_Connect(&handle, options)
         guard status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let handle else {
             throw NATSError(status, "cannot connect to \(endpoint.urlList)")
         }
-        return (NATSConnection(handle: handle, endpoint: endpoint), status == NATS_OK)
+        let connection = NATSConnection(handle: handle, endpoint: endpoint)
+        connection.firstFailure = failure
+        return (connection, status == NATS_OK)
+    }
+
+    /// What a first attempt may fail with and still be retried: no server
+    /// answered (refused, unreachable, timed out).
+    static let retryable: Set<UInt32> = [NATS_NO_SERVER.rawValue, NATS_IO_ERROR.rawValue, NATS_TIMEOUT.rawValue]
+
+    /// Why the first attempt failed, in words an operator can act on: the
+    /// client's own text, and for the failures that TLS or credentials
+    /// cause, which option to look at.
+    static func explain(_ detail: String, status: natsStatus, endpoint: NATSEndpoint) -> String {
+        if detail.contains("SSL handshake error") {
+            guard endpoint.tls?.ca != nil else {
+                return "TLS handshake failed (\(detail)): the server uses TLS; set tls.ca to the CA that signed its certificate"
+            }
+            return "TLS handshake failed (\(detail)): tls.ca must hold the CA that signed the server's certificate, "
+                + "and the certificate must name the url's host"
+        }
+        if status == NATS_CONNECTION_AUTH_FAILED || detail.lowercased().contains("authorization violation") {
+            return endpoint.credentials == nil
+                ? "the server requires credentials (\(detail)): set 'credentials' to a .creds file of a user it knows"
+                : "the server refused the credentials in '\(endpoint.credentials!)' (\(detail)): is the user's account known to it, and the user JWT still valid?"
+        }
+        if detail.contains("Expected 'PONG', got ''") || detail.contains("Connection closed") {
+            guard let tls = endpoint.tls else {
+                return "the server closed the connection during the handshake (\(detail)); the server's log says why"
+            }
+            let hint = tls.cert == nil
+                ? "it may require a client certificate (tls.cert and tls.key)"
+                : "it may not accept the client certificate '\(tls.cert!)'"
+            return "the server closed the connection during the handshake (\(detail)): \(hint); the server's log says why"
+        }
+        return detail
     }
 
     /// True while a server is connected.
@@ -165,10 +230,17 @@ public final class NATSConnection: @unchecked Sendable {
         return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
-    /// The reason the last attempt failed, for logs (`No server available for connection`).
+    /// Why the first attempt to connect failed (set in `connect`, before
+    /// the connection is shared).
+    private var firstFailure: String?
+
+    /// The reason the last attempt failed, for logs (`No server available
+    /// for connection`; at start, what the first attempt found, such as a
+    /// TLS handshake that failed).
     public var lastError: String {
         var text: UnsafePointer<CChar>?
         let status = natsConnection_GetLastError(handle, &text)
+        if let firstFailure, status == NATS_OK || status == NATS_NO_SERVER { return firstFailure }
         if let text, text.pointee != 0 { return String(cString: text) }
         return String(cString: natsStatus_GetText(status))
     }
