@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CNATS
 import PipelineCore
 
 /// Where a nats stage connects and how it proves who it is: the options the
@@ -74,7 +75,9 @@ public struct NATSEndpoint: Sendable, Equatable {
         if let path = config.string("credentials") {
             credentials = path
             credentialsLocation = config.value("credentials")?.location
-            if let problem = NATSEndpoint.unreadable(path) { config.error("credentials", problem) }
+            if let problem = NATSEndpoint.unreadable(path) ?? NATSEndpoint.credentialsProblem(path) {
+                config.error("credentials", problem)
+            }
         }
         if let entries = config.scalarMap("tls") {
             var files = TLSFiles()
@@ -95,6 +98,9 @@ public struct NATSEndpoint: Sendable, Equatable {
             }
             if (files.cert == nil) != (files.key == nil) {
                 config.error("tls", "needs both 'cert' and 'key' (a client certificate and its key), or neither")
+            } else if config.diagnostics.count == errors, let problem = NATSEndpoint.tlsProblem(files) {
+                let at = entries.first { $0.key == problem.key }?.location
+                if let at { config.error(at: at, problem.message) } else { config.error("tls", problem.message) }
             }
             tls = files
             tlsLocation = config.value("tls")?.location
@@ -120,6 +126,75 @@ public struct NATSEndpoint: Sendable, Equatable {
         return nil
     }
 
+    /// Why the file at `path` is not a NATS credentials file, or nil when it
+    /// is one: a user JWT block, then a user NKey seed block, as
+    /// `nsc generate creds` writes them and the C client reads them (the
+    /// lines between one `---` line and the next). The C client reads the
+    /// file only when it connects; checked here, a wrong file is a located
+    /// error at validation rather than a failed start.
+    static func credentialsProblem(_ path: String) -> String? {
+        guard let text = readSmallFile(path) else { return "cannot read '\(path)': \(String(cString: strerror(errno)))" }
+        var blocks: [String] = []
+        var block: String?
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let line = line.filter { $0 != " " && $0 != "\t" && $0 != "\r" }
+            if line.hasPrefix("---") {
+                if let content = block { blocks.append(content) }
+                block = block == nil ? "" : nil
+            } else if block != nil, !line.isEmpty {
+                block! += line
+            }
+        }
+        let format = "a NATS credentials file holds a '-----BEGIN NATS USER JWT-----' block, then a '-----BEGIN USER NKEY SEED-----' block, as `nsc generate creds` writes them"
+        guard let jwt = blocks.first, jwt.split(separator: ".", omittingEmptySubsequences: false).count == 3 else {
+            return "'\(path)' holds no user JWT (\(format))"
+        }
+        guard blocks.count >= 2, blocks[1].hasPrefix("SU"), blocks[1].allSatisfy({ $0.isUppercase || ("2"..."7").contains($0) }) else {
+            return "'\(path)' holds no user NKey seed (SU…) after its JWT (\(format))"
+        }
+        return nil
+    }
+
+    /// Why the C client cannot load the TLS files, and which key names the
+    /// file, or nil when it can: loaded once into options that are thrown
+    /// away, so a file that is not PEM, or a key that is not the
+    /// certificate's, is found at validation.
+    static func tlsProblem(_ files: TLSFiles) -> (key: String, message: String)? {
+        var options: OpaquePointer?
+        guard natsOptions_Create(&options) == NATS_OK else { return nil }
+        defer { natsOptions_Destroy(options) }
+        if let ca = files.ca {
+            let status = natsOptions_LoadCATrustedCertificates(options, ca)
+            if status != NATS_OK { return ("ca", "'tls.ca' '\(ca)' is not a PEM file of CA certificates: \(NATSError.lastDetail(status))") }
+        }
+        if let cert = files.cert, let key = files.key {
+            let status = natsOptions_LoadCertificatesChain(options, cert, key)
+            if status != NATS_OK {
+                let detail = NATSError.lastDetail(status)
+                let which = detail.contains("private key") ? "key" : "cert"
+                return (which, "'tls.cert' '\(cert)' and 'tls.key' '\(key)' are not a PEM certificate and its private key: \(detail)")
+            }
+        }
+        return nil
+    }
+
+    /// A file of at most 1 MiB as text (a credentials file is a few KiB), or
+    /// nil with `errno` set.
+    private static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16_384)
+        while bytes.count < 1 << 20 {
+            let count = read(fd, &chunk, chunk.count)
+            if count < 0 { return nil }
+            if count == 0 { break }
+            bytes += chunk[0..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// Why `name` cannot name a JetStream stream or consumer (white space,
     /// `.`, `*`, `>`, `/`, `\\` are not allowed), or nil when it can.
     public static func plainNameProblem(_ name: String) -> String? {
@@ -132,10 +207,16 @@ public struct NATSEndpoint: Sendable, Equatable {
 
     /// What a failed ``NATSConnection/connect(_:name:onEvent:)`` means for
     /// the stage `label` (`sink 'fleet'`): with credentials or TLS files the
-    /// client rejected, a pipeline error located at them (exit 78); otherwise
-    /// a runtime failure.
+    /// client or the server rejected, a pipeline error located at them
+    /// (exit 78: at `tls` for a TLS failure, at `credentials` for an
+    /// authorization one); otherwise a runtime failure.
     public func startError(_ error: NATSError, stage: String, label: String) -> StageStartError {
-        guard let location = credentialsLocation ?? tlsLocation else {
+        let location = switch error.status {
+        case NATS_SSL_ERROR: tlsLocation ?? credentialsLocation
+        case NATS_CONNECTION_AUTH_FAILED, NATS_NOT_PERMITTED: credentialsLocation ?? tlsLocation
+        default: credentialsLocation ?? tlsLocation
+        }
+        guard let location else {
             return StageStartError(stage: stage, message: "\(error)")
         }
         return StageStartError(stage: stage, message: "\(label): \(error)", exitCode: 78, location: location)
