@@ -19,9 +19,11 @@ build=(libbpf-dev libelf-dev liblz4-dev zlib1g-dev libnats-dev pkg-config)
 # clients; jq reads records; procps and util-linux give ps, setpriv and
 # unshare (namespace and privilege tests); tmux is the terminal the `top`
 # test reads its screen from; nats-server is the JetStream broker the fleet
-# tests start (and the README's Fleet section uses); libfuse3-dev and fuse3
-# build and mount faultfs, the file system the fault tests make fail with EIO.
-test=(lz4 socat netcat-openbsd jq procps util-linux tmux nats-server libfuse3-dev fuse3)
+# tests start (and the README's Fleet section uses), and openssl makes the
+# certificates and signs the JWTs of the fleet's TLS and credentials tests;
+# libfuse3-dev and fuse3 build and mount faultfs, the file system the fault
+# tests make fail with EIO.
+test=(lz4 socat netcat-openbsd jq procps util-linux tmux nats-server openssl libfuse3-dev fuse3)
 # The kprobe VM test: Debian's kernel, which has kprobes, booted in qemu.
 vm=(qemu-system-x86 busybox-static cpio linux-image-amd64)
 

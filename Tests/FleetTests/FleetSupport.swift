@@ -139,6 +139,17 @@ extension FleetScratch {
         }
         throw CocoaError(.fileReadCorruptFile)
     }
+
+    /// `LINE:COLUMN` of the first `key:` itself in a pipeline file (where a
+    /// map's first entry starts, which is where errors about the map point).
+    static func keyLocation(of key: String, in path: String) throws -> String {
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+        for (index, line) in lines.enumerated() {
+            let indent = line.prefix { $0 == " " }.count
+            if line.dropFirst(indent).hasPrefix("\(key):") { return "\(index + 1):\(indent + 1)" }
+        }
+        throw CocoaError(.fileReadCorruptFile)
+    }
 }
 
 extension CLI.Running {

@@ -100,19 +100,31 @@ final class NATSServer: @unchecked Sendable {
     let name: String
     /// Cluster: this server's route port and every member's route port.
     let cluster: (port: Int, routes: [Int])?
+    /// A configuration file the server reads (`-c`), for what has no flag
+    /// (a `tls` block, operator mode); the flags still give ports and store.
+    let configPath: String?
     private var process: Process?
     private let logPath: String
 
     var url: String { "nats://127.0.0.1:\(port)" }
 
-    /// Starts a server and waits until its JetStream is ready.
-    init(directory: String, name: String = "n1", port: Int? = nil, cluster: (port: Int, routes: [Int])? = nil, waitReady: Bool = true) throws {
+    /// Starts a server and waits until its JetStream is ready; `config` is
+    /// the text of a configuration file to add to the flags.
+    init(directory: String, name: String = "n1", port: Int? = nil, cluster: (port: Int, routes: [Int])? = nil,
+         config: String? = nil, waitReady: Bool = true) throws {
         self.port = port ?? NATSTests.freePort()
         self.monitorPort = NATSTests.freePort()
         self.name = name
         self.cluster = cluster
         storeDirectory = directory + "/store-\(name)"
         logPath = directory + "/nats-\(name).log"
+        if let config {
+            let path = directory + "/nats-\(name).conf"
+            try config.write(toFile: path, atomically: true, encoding: .utf8)
+            configPath = path
+        } else {
+            configPath = nil
+        }
         try FileManager.default.createDirectory(atPath: storeDirectory, withIntermediateDirectories: true)
         try start(waitReady: waitReady)
     }
@@ -126,6 +138,7 @@ final class NATSServer: @unchecked Sendable {
             throw ServerError(description: "nats-server is not installed (apt-get install nats-server)")
         }
         var arguments = ["-js", "-a", "127.0.0.1", "-p", "\(port)", "-m", "\(monitorPort)", "-sd", storeDirectory, "-n", name]
+        if let configPath { arguments += ["-c", configPath] }
         if let cluster {
             let routes = cluster.routes.filter { $0 != cluster.port }.map { "nats://127.0.0.1:\($0)" }.joined(separator: ",")
             arguments += ["--cluster_name", "fleet", "--cluster", "nats://127.0.0.1:\(cluster.port)", "--routes", routes]

@@ -9,8 +9,14 @@ final class StreamInspector {
     let connection: NATSConnection
     let jetStream: OpaquePointer
 
-    init(urls: [String]) throws {
-        let (connection, connected) = try NATSConnection.connect(NATSEndpoint(urls: urls), name: "fleet-test") { _ in }
+    convenience init(urls: [String]) throws {
+        try self.init(endpoint: NATSEndpoint(urls: urls))
+    }
+
+    /// Connects as `endpoint` says (with its credentials and TLS files, for
+    /// a server that requires them).
+    init(endpoint: NATSEndpoint) throws {
+        let (connection, connected) = try NATSConnection.connect(endpoint, name: "fleet-test") { _ in }
         self.connection = connection
         if !connected {
             let deadline = Date().addingTimeInterval(30)
