@@ -6,6 +6,7 @@ import Musl
 import CNATS
 import Logging
 import PipelineCore
+import Synchronization
 
 /// A failure of the NATS C client: its status and its explanation.
 public struct NATSError: Error, CustomStringConvertible, Sendable {
@@ -76,7 +77,9 @@ public final class NATSConnection: @unchecked Sendable {
         case disconnected
         /// Connected again, to `url`.
         case reconnected(url: String?)
-        /// Closed for good (only by ``close()``).
+        /// Closed for good: by ``close()``, or by the client when it gives up
+        /// (a server that refused the credentials twice in a row), which an
+        /// ``error(_:)`` saying so comes first.
         case closed
         /// An asynchronous error (a permission violation, a slow consumer).
         case error(String)
@@ -88,14 +91,20 @@ public final class NATSConnection: @unchecked Sendable {
     /// under a late one would be a use after free. One small object per
     /// connection a stage opens; handlers hold their stage weakly.
     final class CallbackBox: @unchecked Sendable {
-        // Set once before the connection exists; only read by callbacks.
+        // `handler` is set once before the connection exists and only read
+        // by callbacks; `closing` is atomic.
         let handler: @Sendable (Event) -> Void
+        /// Set by ``close()``: a `closed` after it is ours, not the client giving up.
+        let closing = Atomic<Bool>(false)
         init(_ handler: @escaping @Sendable (Event) -> Void) { self.handler = handler }
     }
 
-    private init(handle: OpaquePointer, endpoint: NATSEndpoint) {
+    private let box: CallbackBox
+
+    private init(handle: OpaquePointer, endpoint: NATSEndpoint, box: CallbackBox) {
         self.handle = handle
         self.endpoint = endpoint
+        self.box = box
     }
 
     /// Connects to the endpoint's servers. Returns at once whether or not a
@@ -144,8 +153,16 @@ public final class NATSConnection: @unchecked Sendable {
         try natsCheck(natsOptions_SetReconnectedCB(options, { handle, closure in
             Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.reconnected(url: NATSConnection.connectedURL(of: handle)))
         }, closure), "cannot set the reconnect handler")
-        try natsCheck(natsOptions_SetClosedCB(options, { _, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.closed)
+        try natsCheck(natsOptions_SetClosedCB(options, { handle, closure in
+            let box = Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue()
+            if !box.closing.load(ordering: .acquiring) {
+                // libnats 3.4.1 stops reconnecting after a server refused the
+                // same credentials twice: the stage must say so, or it would
+                // wait for a connection that never comes.
+                box.handler(.error("gave up on the connection (\(NATSConnection.lastError(of: handle))): "
+                    + "nothing more is sent or received until the pipeline is restarted"))
+            }
+            box.handler(.closed)
         }, closure), "cannot set the close handler")
         try natsCheck(natsOptions_SetErrorHandler(options, { _, _, status, closure in
             let text = String(cString: natsStatus_GetText(status))
@@ -162,7 +179,7 @@ public final class NATSConnection: @unchecked Sendable {
         var handle: OpaquePointer?
         var status = natsConnection_Connect(&handle, options)
         if status == NATS_OK, let handle {
-            return (NATSConnection(handle: handle, endpoint: endpoint), true)
+            return (NATSConnection(handle: handle, endpoint: endpoint, box: box.takeUnretainedValue()), true)
         }
         let failure = NATSConnection.explain(NATSError.lastDetail(status), status: status, endpoint: endpoint)
         guard retryable.contains(status.rawValue) else {
@@ -179,7 +196,7 @@ public final class NATSConnection: @unchecked Sendable {
         guard status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let handle else {
             throw NATSError(status, "cannot connect to \(endpoint.urlList)")
         }
-        let connection = NATSConnection(handle: handle, endpoint: endpoint)
+        let connection = NATSConnection(handle: handle, endpoint: endpoint, box: box.takeUnretainedValue())
         connection.firstFailure = failure
         return (connection, status == NATS_OK)
     }
@@ -241,6 +258,14 @@ public final class NATSConnection: @unchecked Sendable {
         var text: UnsafePointer<CChar>?
         let status = natsConnection_GetLastError(handle, &text)
         if let firstFailure, status == NATS_OK || status == NATS_NO_SERVER { return firstFailure }
+        return Self.lastError(of: handle)
+    }
+
+    /// The client's last error on `handle` (the callbacks get the handle, not this object).
+    static func lastError(of handle: OpaquePointer?) -> String {
+        guard let handle else { return "closed" }
+        var text: UnsafePointer<CChar>?
+        let status = natsConnection_GetLastError(handle, &text)
         if let text, text.pointee != 0 { return String(cString: text) }
         return String(cString: natsStatus_GetText(status))
     }
@@ -259,6 +284,7 @@ public final class NATSConnection: @unchecked Sendable {
     /// Closes and frees the connection; the `closed` event follows on the
     /// client's thread. Call once, after the last use of ``handle``.
     public func close() {
+        box.closing.store(true, ordering: .releasing)
         natsConnection_Close(handle)
         natsConnection_Destroy(handle)
     }

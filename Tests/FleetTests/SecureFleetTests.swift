@@ -233,6 +233,27 @@ struct SecureFleetTests {
                                inspect: NATSEndpoint(urls: [server.url], credentials: good))
     }
 
+    @Test("credentials refused after the start (the server came later): the node says the client gave up and why, and runs on without crashing",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
+    func credentialsRefusedLater() throws {
+        let scratch = try FleetScratch("creds-later")
+        defer { scratch.remove() }
+        let auth = try NATSAuth.Operator()
+        let port = NATSTests.freePort()
+        let events = try scratch.events("events", count: 100)
+        let node = try CLI.start(["run", try scratch.nodePipeline("node-a", events: events, urls: ["nats://127.0.0.1:\(port)"])])
+        defer { node.stopIfRunning() }
+        #expect(node.waitFor(timeout: 30) { _, stderr in stderr.contains("cannot reach nats://127.0.0.1:\(port)") }, "\(node.stderr.text)")
+        let server = try NATSServer(directory: scratch.directory, port: port, config: auth.serverConfig)
+        defer { server.stop() }
+        // The C client stops after the same authorization error twice: the
+        // node must say so rather than wait in silence.
+        #expect(node.waitFor(timeout: 60) { _, stderr in stderr.contains("gave up on the connection (Authorization Violation)") },
+                "\(FleetRecords.excerpt(node.stderr.text))")
+        #expect(node.process.isRunning, "the pipeline runs on")
+        #expect(!node.stderr.text.contains("Program crashed"))
+    }
+
     @Test("a credentials file that is not one (garbage, a JWT without a seed): exit 78 with FILE:LINE:COL, from validate and run alike")
     func garbageCredentials() throws {
         let scratch = try FleetScratch("creds-garbage")
