@@ -231,6 +231,13 @@ struct SecureFleetTests {
             : "pipelined: fleet: \(server.url): "
         try Self.expectRefused(pipeline, status: refusal.foreign ? 78 : 1, prefix: prefix, detail: refusal.detail, server: server,
                                inspect: NATSEndpoint(urls: [server.url], credentials: good))
+        // An aggregator's source connects the same way, and is refused the same way.
+        let aggregator = try scratch.aggregatorPipeline(urls: [server.url], archive: scratch.directory + "/archive", source: options)
+        let aggregatorPrefix = refusal.foreign
+            ? "\(aggregator):\(try FleetScratch.valueLocation(of: "credentials", in: aggregator)): error: source 'fleet': \(server.url): "
+            : "pipelined: fleet: \(server.url): "
+        try Self.expectRefused(aggregator, status: refusal.foreign ? 78 : 1, prefix: aggregatorPrefix, detail: refusal.detail, server: server,
+                               inspect: NATSEndpoint(urls: [server.url], credentials: good))
     }
 
     @Test("credentials refused after the start (the server came later): the node says the client gave up and why, and runs on without crashing",
