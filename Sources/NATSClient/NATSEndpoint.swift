@@ -208,15 +208,13 @@ public struct NATSEndpoint: Sendable, Equatable {
     /// What a failed ``NATSConnection/connect(_:name:onEvent:)`` means for
     /// the stage `label` (`sink 'fleet'`): with credentials or TLS files the
     /// client or the server rejected, a pipeline error located at them
-    /// (exit 78: at `tls` for a TLS failure, at `credentials` for an
-    /// authorization one); otherwise a runtime failure.
+    /// (exit 78: at `tls` for a TLS failure, at `credentials` for others,
+    /// such as an authorization violation); otherwise a runtime failure.
     public func startError(_ error: NATSError, stage: String, label: String) -> StageStartError {
-        let location = switch error.status {
-        case NATS_SSL_ERROR: tlsLocation ?? credentialsLocation
-        case NATS_CONNECTION_AUTH_FAILED, NATS_NOT_PERMITTED: credentialsLocation ?? tlsLocation
-        default: credentialsLocation ?? tlsLocation
-        }
-        guard let location else {
+        // A failed handshake, or a server that hung up in it (no client
+        // certificate), is about `tls`; anything else first about `credentials`.
+        let aboutTLS = error.status == NATS_SSL_ERROR || (error.status == NATS_PROTOCOL_ERROR && tls != nil)
+        guard let location = aboutTLS ? tlsLocation ?? credentialsLocation : credentialsLocation ?? tlsLocation else {
             return StageStartError(stage: stage, message: "\(error)")
         }
         return StageStartError(stage: stage, message: "\(label): \(error)", exitCode: 78, location: location)

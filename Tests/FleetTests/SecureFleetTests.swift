@@ -261,6 +261,36 @@ struct SecureFleetTests {
         #expect(!node.stderr.text.contains("Program crashed"))
     }
 
+    @Test("tls and credentials together: both required, both given, every event once; with the wrong CA or no client certificate the error is at tls, not credentials",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
+    func tlsAndCredentials() throws {
+        let scratch = try FleetScratch("tls-creds")
+        defer { scratch.remove() }
+        let certificates = try NATSAuth.Certificates(in: scratch.directory)
+        let other = try NATSAuth.Certificates(in: scratch.directory, name: "other")
+        let auth = try NATSAuth.Operator()
+        let server = try NATSServer(directory: scratch.directory, config: certificates.serverConfig + "\n" + auth.serverConfig)
+        defer { server.stop() }
+        let creds = scratch.directory + "/node.creds"
+        try auth.creds.write(toFile: creds, atomically: true, encoding: .utf8)
+        let endpoint = NATSEndpoint(urls: [server.url], credentials: creds,
+                                    tls: .init(ca: certificates.ca, cert: certificates.clientCert, key: certificates.clientKey))
+
+        let events = try scratch.events("events", count: 10)
+        for (tls, detail) in [
+            (Self.tlsOptions(ca: other.ca, cert: certificates.clientCert, key: certificates.clientKey), "TLS handshake failed"),
+            (Self.tlsOptions(ca: certificates.ca), "it may require a client certificate"),
+        ] {
+            let refused = try scratch.nodePipeline("node-a", events: events, urls: [server.url], sink: "credentials: \(creds)\n" + tls)
+            try Self.expectRefused(refused, status: 78,
+                                   prefix: "\(refused):\(try FleetScratch.keyLocation(of: "ca", in: refused)): error: sink 'fleet': \(server.url): ",
+                                   detail: [detail], server: server, inspect: endpoint)
+        }
+
+        let options = "credentials: \(creds)\n" + Self.tlsOptions(ca: certificates.ca, cert: certificates.clientCert, key: certificates.clientKey)
+        try Self.expectEveryEventOnce(scratch, server: server, nodeURL: server.url, aggregatorURL: server.url, options: options, inspect: endpoint)
+    }
+
     @Test("a credentials file that is not one (garbage, a JWT without a seed): exit 78 with FILE:LINE:COL, from validate and run alike")
     func garbageCredentials() throws {
         let scratch = try FleetScratch("creds-garbage")
