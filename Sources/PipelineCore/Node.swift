@@ -37,12 +37,37 @@ final class NodeTable: Sendable {
 
     /// The names' JSON string bytes (quoted and escaped), by id; replaced,
     /// never changed, when a name is added.
-    final class Snapshot: Sendable {
+    ///
+    /// The bytes are also laid end to end in memory of the snapshot's own
+    /// (``bytes``, with each name's place in ``spans``), which the encoder
+    /// reads through plain pointers: an array of arrays costs a retain and
+    /// a release of the inner array on every record.
+    final class Snapshot: @unchecked Sendable {
         let names: [String]
         let json: [[UInt8]]
+        /// Every name's JSON bytes, in id order; lives as long as the snapshot.
+        let bytes: UnsafeMutablePointer<UInt8>
+        /// Each id's place in ``bytes`` (`count` of them).
+        let spans: UnsafeMutablePointer<Span>
+        var count: Int { json.count }
+
         init(names: [String], json: [[UInt8]]) {
             self.names = names
             self.json = json
+            let total = json.reduce(0) { $0 + $1.count }
+            bytes = .allocate(capacity: max(total, 1))
+            spans = .allocate(capacity: max(json.count, 1))
+            var offset = 0
+            for (id, name) in json.enumerated() {
+                name.withUnsafeBufferPointer { (bytes + offset).initialize(from: $0.baseAddress!, count: $0.count) }
+                (spans + id).initialize(to: Span(start: Int32(offset), count: Int32(name.count)))
+                offset += name.count
+            }
+        }
+
+        deinit {
+            bytes.deallocate()
+            spans.deallocate()
         }
     }
 

@@ -202,6 +202,96 @@ struct CodecNDJSONTests {
         }
     }
 
+    /// Comms of every length, plain (copied eight bytes at a time) or with
+    /// one byte to escape or repair at every position, print exactly as
+    /// the JSON escape of Swift's own repaired text.
+    @Test func commsOfEveryLengthAndEverySpecialBytePosition() {
+        func expected(_ bytes: [UInt8]) -> String {
+            var text = ""
+            for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
+                switch scalar {
+                case "\"": text += "\\\""
+                case "\\": text += "\\\\"
+                case "\n": text += "\\n"
+                case "\r": text += "\\r"
+                case "\t": text += "\\t"
+                case "\u{08}": text += "\\b"
+                case "\u{0C}": text += "\\f"
+                case _ where scalar.value < 0x20:
+                    let hex = String(scalar.value, radix: 16)
+                    text += "\\u00" + (hex.count < 2 ? "0" : "") + hex
+                default: text.unicodeScalars.append(scalar)
+                }
+            }
+            return text
+        }
+        let plain = Array("abcdefghijklmnop".utf8)
+        // 0x7F and the 0x20 and 0x7E edges need no escape; the rest do.
+        let specials: [UInt8] = [0x22, 0x5C, 0x0A, 0x01, 0x1F, 0x20, 0x7E, 0x7F, 0x80, 0xC3, 0xFF]
+        for length in 0...16 {
+            var cases = [Array(plain.prefix(length))]
+            for position in 0..<length {
+                for special in specials {
+                    var bytes = Array(plain.prefix(length))
+                    bytes[position] = special
+                    cases.append(bytes)
+                }
+            }
+            for bytes in cases {
+                var record = event(3, retval: 0, [.int(1)])
+                record.comm = bytes.withUnsafeBytes { Comm(raw: $0) }
+                let text = line(.event(record))
+                #expect(text.contains(#","comm":""# + expected(bytes) + #"","args":{"fd":1}}"#), "comm bytes \(bytes): \(text)")
+            }
+        }
+    }
+
+    /// Numbers at every power of ten and one below it (the digit count is
+    /// estimated from the bit length), at both ends of each field's range.
+    @Test func numbersAtEveryPowerOfTen() {
+        var values: [UInt64] = [0, 1, 9, UInt64(UInt32.max), UInt64.max]
+        var power: UInt64 = 1
+        for _ in 0..<19 {
+            power *= 10
+            values += [power - 1, power, power + 1]
+        }
+        for value in values {
+            var record = event(3, retval: 0, [.int(1)])
+            record.ktimeNs = value
+            record.pid = UInt32(truncatingIfNeeded: value)
+            record.retval = Int64(bitPattern: value)
+            let text = line(.event(record))
+            #expect(text.contains(#","ktime_ns":\#(value),"#), "ktime \(value): \(text)")
+            #expect(text.contains(#","retval":\#(Int64(bitPattern: value)),"#), "retval \(value): \(text)")
+            #expect(text.contains(#","pid":\#(UInt32(truncatingIfNeeded: value)),"#), "pid \(value): \(text)")
+        }
+        var lowest = event(3, retval: Int64.min, [.int(Int32.min)])
+        lowest.uid = UInt32.max
+        let text = line(.event(lowest))
+        #expect(text.contains(#""retval":-9223372036854775808,"result":"E9223372036854775808""#), "\(text)")
+        #expect(text.contains(#""uid":4294967295,"#) && text.contains(#""args":{"fd":-2147483648}}"#), "\(text)")
+    }
+
+    /// Records of several nodes in one batch (one line cache) each carry their own.
+    @Test func severalNodesInOneBatch() {
+        let names = ["a", "node-two", "rack \"9\"", String(repeating: "n", count: 70)]
+        var records: [PipelineRecord] = []
+        for (index, name) in names.enumerated() {
+            var record = event(3, retval: 0, [.int(Int32(index))])
+            record.node = NodeID(name)
+            records.append(.event(record))
+            records.append(.lost(LostRecord(timeNs: specTimeNs, count: 1, site: .queue, node: NodeID(name))))
+        }
+        var bytes: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &bytes)
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == records.count)
+        for (index, text) in lines.enumerated() {
+            let name = names[index / 2].replacingOccurrences(of: "\"", with: "\\\"")
+            #expect(text.contains(#","node":"\#(name)","#), "\(text)")
+        }
+    }
+
     @Test func ipv6TextMatchesInetNtop() {
         var samples: [[UInt8]] = [
             [UInt8](repeating: 0, count: 16),

@@ -59,11 +59,11 @@ struct ByteWriter {
         cursor += count
     }
 
+    /// Copies a buffer's bytes, short ones by word moves as above.
     @inline(__always)
     mutating func bytes(_ buffer: UnsafeRawBufferPointer) {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
-        cursor.update(from: base.assumingMemoryBound(to: UInt8.self), count: buffer.count)
-        cursor += buffer.count
+        bytes(base.assumingMemoryBound(to: UInt8.self), buffer.count)
     }
 
     /// "00" to "99": two digits of a number below 100 are one 2-byte load.
@@ -79,16 +79,42 @@ struct ByteWriter {
         cursor += 2
     }
 
-    /// The number of decimal digits of `value`.
+    /// 10^n for n in 0...19. A switch of constants, which the compiler
+    /// makes a table in read-only data: no lazy global to check per call.
+    @inline(__always)
+    static func powerOfTen(_ exponent: Int) -> UInt64 {
+        switch exponent {
+        case 0: 1
+        case 1: 10
+        case 2: 100
+        case 3: 1_000
+        case 4: 10_000
+        case 5: 100_000
+        case 6: 1_000_000
+        case 7: 10_000_000
+        case 8: 100_000_000
+        case 9: 1_000_000_000
+        case 10: 10_000_000_000
+        case 11: 100_000_000_000
+        case 12: 1_000_000_000_000
+        case 13: 10_000_000_000_000
+        case 14: 100_000_000_000_000
+        case 15: 1_000_000_000_000_000
+        case 16: 10_000_000_000_000_000
+        case 17: 100_000_000_000_000_000
+        case 18: 1_000_000_000_000_000_000
+        default: 10_000_000_000_000_000_000
+        }
+    }
+
+    /// The number of decimal digits of `value`: log10 estimated from the
+    /// bit length (1233 / 4096 is just above log10 2), then one comparison
+    /// with the power of ten it may have reached.
     @inline(__always)
     static func digitCount(_ value: UInt64) -> Int {
-        var digits = 1
-        var limit: UInt64 = 10
-        while digits < 20 && value >= limit {
-            digits += 1
-            limit = limit &* 10
-        }
-        return digits
+        let bits = 64 - (value | 1).leadingZeroBitCount
+        let estimate = (bits &* 1233) >> 12
+        return Swift.max(1, estimate &+ (value >= powerOfTen(estimate) ? 1 : 0))
     }
 
     /// An unsigned decimal number (at most 20 bytes).
@@ -242,6 +268,57 @@ struct ByteWriter {
             byte(ByteWriter.hexDigit(value >> 4))
             byte(ByteWriter.hexDigit(value & 0xF))
         }
+    }
+
+    /// A task's comm as a JSON string body (no quotes): the bytes before its
+    /// first NUL. A comm of printable ASCII without `"` or `\` (nearly every
+    /// one) is checked eight bytes at a time and copied with two stores;
+    /// any other goes through ``escaped(repairing:)``. Writes at most 96 bytes
+    /// (16 that each escape to six), and may store 16 bytes past the
+    /// comm's own for the fast copy, inside that room.
+    @inline(__always)
+    mutating func comm(_ comm: Comm) {
+        let low = UInt64(littleEndian: comm.bytes.0)
+        let high = UInt64(littleEndian: comm.bytes.1)
+        let length = ByteWriter.firstFlagged(ByteWriter.zeroBytes(low), ByteWriter.zeroBytes(high))
+        // The first byte that is NUL, a control character, non-ASCII, `"` or
+        // `\`: the comm is plain exactly when that is its NUL (or its end).
+        let stop = ByteWriter.firstFlagged(ByteWriter.specialBytes(low), ByteWriter.specialBytes(high))
+        if stop == length {
+            let target = UnsafeMutableRawPointer(cursor)
+            target.storeBytes(of: comm.bytes.0, as: UInt64.self)
+            target.storeBytes(of: comm.bytes.1, toByteOffset: 8, as: UInt64.self)
+            cursor += length
+        } else {
+            withUnsafeBytes(of: comm.bytes) { escaped(repairing: UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+        }
+    }
+
+    private static let ones: UInt64 = 0x0101_0101_0101_0101
+    private static let highBits: UInt64 = 0x8080_8080_8080_8080
+
+    /// The high bit of each zero byte of `word` set (exact up to the first
+    /// zero byte; bytes above it may be flagged too, which is all the callers need).
+    @inline(__always)
+    static func zeroBytes(_ word: UInt64) -> UInt64 {
+        (word &- ones) & ~word & highBits
+    }
+
+    /// The high bit set for bytes below 0x20 (NUL included), at or above
+    /// 0x80, `"` or `\`; exact up to the first such byte, as ``zeroBytes(_:)``.
+    @inline(__always)
+    static func specialBytes(_ word: UInt64) -> UInt64 {
+        let control = (word &- ones &* 0x20) & ~word & highBits
+        return control | (word & highBits) | zeroBytes(word ^ (ones &* 0x22)) | zeroBytes(word ^ (ones &* 0x5C))
+    }
+
+    /// The index of the first flagged byte of the 16 bytes `low`, `high`
+    /// (16 when none is).
+    @inline(__always)
+    static func firstFlagged(_ low: UInt64, _ high: UInt64) -> Int {
+        if low != 0 { return low.trailingZeroBitCount >> 3 }
+        if high != 0 { return 8 + high.trailingZeroBitCount >> 3 }
+        return 16
     }
 
     /// The body of a JSON string from raw bytes that may not be UTF-8 (a

@@ -88,8 +88,10 @@ public struct NDJSONEncoder: Sendable {
         let limit = origin + output.count
         var clock = LineCache()
         var index = start
-        while index < records.count, tables.write(records, index, to: &writer, limit: limit, clock: &clock) {
-            index += 1
+        records.withUnsafeBufferPointer { records in
+            while index < records.count, tables.write(records, index, to: &writer, limit: limit, clock: &clock) {
+                index += 1
+            }
         }
         return (index - start, writer.cursor - origin)
     }
@@ -184,9 +186,7 @@ final class EncoderTables: Sendable {
         }
         var total = fixedBound + cache.nodeLength(records[index].node.rawValue)
         for position in 0..<argumentCount {
-            let argument: Argument
-            if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
-            total += 32 + bound(of: argument)
+            total += 32 + bound(of: records[index].argument(at: position))
         }
         return total
     }
@@ -227,14 +227,11 @@ final class EncoderTables: Sendable {
         limit: UnsafeMutablePointer<UInt8>, clock: inout LineCache
     ) -> Bool {
         let lineStart = writer.cursor
-        let head: EventHead
-        switch records[index] {
-        case .lost(let lost):
+        guard let head = records[index].head else {
+            guard case .lost(let lost) = records[index] else { return false }
             guard limit - writer.cursor >= lostBound(lost, cache: &clock) else { return false }
             write(lost, to: &writer, clock: &clock)
             return true
-        case .event(let event):
-            head = EventHead(event)
         }
         guard limit - writer.cursor >= fixedBound + clock.nodeLength(head.node) else { return false }
         writeHead(head, to: &writer, clock: &clock)
@@ -244,8 +241,7 @@ final class EncoderTables: Sendable {
             let poolBase = pool.baseAddress!
             let known = eventID < 512 && eventSpans[Int(eventID)].count > 0
             for position in 0..<argumentCount {
-                let argument: Argument
-                if case .event(let event) = records[index] { argument = event.args[position] } else { argument = .null }
+                let argument = records[index].argument(at: position)
                 // The key, its separator and the closing `}}\n` are within the 32.
                 guard limit - writer.cursor >= 32 + bound(of: argument) else { return false }
                 if position > 0 { writer.byte(UInt8(ascii: ",")) }
@@ -338,7 +334,7 @@ final class EncoderTables: Sendable {
             writer.literal(",\"mnt_ns\":")
             writer.decimal(UInt64(event.mountNamespace))
             writer.literal(event.pidNamespace != 0 && event.mountNamespace != 0 ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
-            event.comm.withBytes { writer.escaped(repairing: $0) }
+            writer.comm(event.comm)
             writer.literal("\",\"args\":{")
         }
     }
@@ -462,22 +458,65 @@ final class EncoderTables: Sendable {
 /// the last second written (`yyyy-MM-ddTHH:mm:ss.`, 20 bytes), so a batch of
 /// records in one second formats its date once, and the node names' JSON
 /// bytes, taken from the node table once per call (again only if a record
-/// names a node interned since).
+/// names a node interned since). The names are read through the snapshot's
+/// pointers, which the cache's reference keeps valid: nothing is retained
+/// per record.
 struct LineCache {
     var second = Int64.min
     var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
-    private var nodes = NodeTable.shared.snapshot
+    private var nodes: NodeTable.Snapshot
+    private var nodeBytes: UnsafePointer<UInt8>
+    private var nodeSpans: UnsafePointer<Span>
+    private var nodeCount: Int
 
-    /// The length of node `id`'s JSON bytes (quoted and escaped).
-    mutating func nodeLength(_ id: UInt32) -> Int {
-        if Int(id) >= nodes.json.count { nodes = NodeTable.shared.snapshot }
-        return Int(id) < nodes.json.count ? nodes.json[Int(id)].count : 2
+    init() {
+        nodes = NodeTable.shared.snapshot
+        nodeBytes = UnsafePointer(nodes.bytes)
+        nodeSpans = UnsafePointer(nodes.spans)
+        nodeCount = nodes.count
     }
 
+    /// Takes the table's current snapshot (a node was interned since).
+    private mutating func refresh() {
+        nodes = NodeTable.shared.snapshot
+        nodeBytes = UnsafePointer(nodes.bytes)
+        nodeSpans = UnsafePointer(nodes.spans)
+        nodeCount = nodes.count
+    }
+
+    /// The length of node `id`'s JSON bytes (quoted and escaped).
+    @inline(__always)
+    mutating func nodeLength(_ id: UInt32) -> Int {
+        if Int(id) >= nodeCount { refresh() }
+        return Int(id) < nodeCount ? Int(nodeSpans[Int(id)].count) : 2
+    }
+
+    @inline(__always)
     mutating func writeNode(_ id: UInt32, to writer: inout ByteWriter) {
-        if Int(id) >= nodes.json.count { nodes = NodeTable.shared.snapshot }
-        guard Int(id) < nodes.json.count else { return writer.literal("\"\"") }
-        nodes.json[Int(id)].withUnsafeBytes { writer.bytes($0) }
+        if Int(id) >= nodeCount { refresh() }
+        guard Int(id) < nodeCount else { return writer.literal("\"\"") }
+        let span = nodeSpans[Int(id)]
+        writer.bytes(nodeBytes + Int(span.start), Int(span.count))
+    }
+}
+
+extension PipelineRecord {
+    /// An event's plain fields; nil for a lost record. Read from the record
+    /// where it lies (`self` is borrowed): matching on a record fetched
+    /// from a collection would copy all of it first (about 240 bytes, and
+    /// a retain and release of every string in its arguments).
+    @inline(__always)
+    var head: EventHead? {
+        guard case .event(let event) = self else { return nil }
+        return EventHead(event)
+    }
+
+    /// An event's argument at `position`, copied out alone (`.null` for a
+    /// lost record); the record is read in place, as for ``head``.
+    @inline(__always)
+    func argument(at position: Int) -> Argument {
+        guard case .event(let event) = self else { return .null }
+        return event.args[position]
     }
 }
 

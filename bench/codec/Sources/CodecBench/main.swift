@@ -2,6 +2,11 @@
 //
 //   codec-bench chain  [EVENTS] [OUTPUT]   decode → retval filter → encode → write
 //   codec-bench decode [EVENTS]            decode only
+//   codec-bench sink   [EVENTS] [OUTPUT]   the daemon's path without the kernel:
+//       decode into batches of 512 (as the kernel reader), hand each batch on
+//       as a new array (as SourceOutput), encode it into a reusable 1 MiB
+//       buffer and write it (as the file sink), no filter; for instruction
+//       counts (valgrind --tool=callgrind) of what the storm's consumer does
 //
 // Both modes cycle over the same pool of synthetic `connect` records that
 // baseline.c builds (same bytes, same order), so the two programs do the same
@@ -178,8 +183,63 @@ case "chain":
     let seconds = now() - start
     print("mode=chain events=\(eventCount) passed=\(passed) malformed=\(malformed) bytes=\(bytesWritten) seconds=\(seconds) events_per_s=\(Int(Double(eventCount) / seconds))")
 
+case "sink":
+    let fd = open(outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else {
+        perror(outputPath)
+        exit(1)
+    }
+    let encoder = NDJSONEncoder()
+    let output = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+    var bytesWritten = 0
+    var pending: [PipelineRecord] = []
+    pending.reserveCapacity(512)
+    func write(_ batch: EventBatch) {
+        var index = 0
+        while index < batch.records.count {
+            let (count, bytes) = encoder.encode(batch.records, from: index, into: output)
+            precondition(count > 0, "a record larger than the buffer")
+            var offset = 0
+            while offset < bytes {
+                let written = Glibc.write(fd, output.baseAddress! + offset, bytes - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    perror("write")
+                    exit(1)
+                }
+                offset += written
+            }
+            bytesWritten += bytes
+            index += count
+        }
+    }
+    pool.bytes.withUnsafeBytes { raw in
+        var slot = 0
+        for _ in 0..<eventCount {
+            let record = UnsafeRawBufferPointer(rebasing: raw[pool.offsets[slot]..<pool.offsets[slot + 1]])
+            do {
+                pending.append(.event(try decoder.decode(record)))
+            } catch {
+                malformed += 1
+            }
+            if pending.count >= 512 {
+                // The batch is still held (in the daemon by the sink's
+                // queue) when the reader starts its next: a new array.
+                let batch = EventBatch(pending)
+                pending.removeAll(keepingCapacity: true)
+                write(batch)
+            }
+            slot += 1
+            if slot == poolSize { slot = 0 }
+        }
+    }
+    write(EventBatch(pending))
+    close(fd)
+    let seconds = now() - start
+    print("mode=sink events=\(eventCount) malformed=\(malformed) bytes=\(bytesWritten) seconds=\(seconds) events_per_s=\(Int(Double(eventCount) / seconds))")
+
 default:
-    let usage = "usage: codec-bench chain|decode [EVENTS] [OUTPUT]\n"
+    let usage = "usage: codec-bench chain|decode|sink [EVENTS] [OUTPUT]\n"
     writeAll(2, Array(usage.utf8))
     exit(2)
 }
