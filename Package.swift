@@ -223,6 +223,13 @@ let package = Package(
             dependencies: ["PipelineCore", "NATSClient", "CNATS", "TestSupport"],
             path: "Tests/FleetTests"
         ),
+        // The command line's own pieces (top's table), through the
+        // executable target itself.
+        .testTarget(
+            name: "CommandTests",
+            dependencies: ["pipelined"],
+            path: "Tests/CommandTests"
+        ),
         // Every committed fuzz corpus and regression input through the
         // harnesses' own checks (fuzz/corpus, fuzz/regressions).
         .testTarget(
