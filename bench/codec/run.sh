@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The codec chain benchmark: Swift (codec-bench, release) against plain C
 # (baseline.c, -O2), both decoding the same synthetic connect records, keeping
-# failures (retval != 0), encoding NDJSON and writing it; plus decode alone.
+# failures (retval != 0), encoding NDJSON and writing it; plus decode alone,
+# and (Swift only) the daemon's consumer path without the kernel: sink mode.
 #
 #   bench/codec/run.sh            10 million events per run, 3 runs each
 #   EVENTS=2000000 RUNS=1 bench/codec/run.sh
+#   CALLGRIND=1 bench/codec/run.sh   also sink mode's instructions per event
 #
 # Needs /usr/bin/time (Debian package `time`) for CPU time and peak RSS.
 set -euo pipefail
@@ -75,9 +77,25 @@ measure swift chain "$swift_bin"
 measure c chain "$out/baseline"
 measure swift decode "$swift_bin"
 measure c decode "$out/baseline"
+# The daemon's consumer path without the kernel (no filter, every record
+# encoded into a reusable buffer as the file sink does): Swift only.
+measure swift sink "$swift_bin"
 awk -v sc="$rate_swift_chain" -v cc="$rate_c_chain" -v sd="$rate_swift_decode" -v cd="$rate_c_decode" \
     -v wsc="$wall_swift_chain" -v wcc="$wall_c_chain" -v wsd="$wall_swift_decode" -v wcd="$wall_c_decode" \
     'BEGIN {
         printf "ratio to C by CPU time:  chain %.2fx, decode %.2fx\n", sc / cc, sd / cd
         printf "ratio to C by wall time: chain %.2fx, decode %.2fx\n", wsc / wcc, wsd / wcd
     }'
+
+# Instructions per event of the sink mode, which unlike times do not depend
+# on what else the machine runs (CALLGRIND=1; needs valgrind). The
+# binary's DWARF is stripped first: valgrind 3.19 cannot read Swift's.
+if [ "${CALLGRIND:-0}" = 1 ]; then
+    strip --strip-debug -o "$out/codec-bench.stripped" "$swift_bin"
+    for count in 100000 300000; do
+        valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$count" "$out/codec-bench.stripped" sink "$count" /dev/null 2> "$out/callgrind.$count.log" > /dev/null
+        eval "ir_$count=$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out/callgrind.$count.log")"
+    done
+    # The difference of two lengths: start-up (building the pool) cancels out.
+    awk -v a="$ir_100000" -v b="$ir_300000" 'BEGIN { printf "sink mode: %.0f instructions per event (callgrind, %d and %d instructions for 100k and 300k events)\n", (b - a) / 200000, a, b }'
+fi
