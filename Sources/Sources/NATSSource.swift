@@ -62,7 +62,12 @@ public final class NATSSource: EventSource {
             throw options.endpoint.startError(error, stage: context.id, label: "source '\(context.id)'")
         }
         // A subject the stream refuses is a mistake in the file: say so now.
-        try link.checkConsumersIfConnected()
+        do {
+            try link.checkConsumersIfConnected()
+        } catch {
+            link.close(waitingUpToNs: 0, logger: context.logger)
+            throw error
+        }
         consumer = link
     }
 
@@ -193,7 +198,8 @@ final class Delivery: Sendable {
 final class ConsumerLink: @unchecked Sendable {
     // `connection` and `jetStream` are set in `connect()` (prepare) and
     // cleared in `close` (the end of run); the subscriptions and the log
-    // state are touched only by the source's run thread; the sink threads
+    // state are touched only by the thread that prepares, then the source's
+    // run thread, in sequence; the sink threads
     // reach only `finish`, under `deliveries`. Hence @unchecked Sendable.
     let options: NATSSourceOptions
     let context: StageContext
@@ -212,7 +218,11 @@ final class ConsumerLink: @unchecked Sendable {
     init(options: NATSSourceOptions, context: StageContext) {
         self.options = options
         self.context = context
+        consumers = options.consumers
     }
+
+    /// The consumers to read, worked out once (``NATSSourceOptions/consumers``).
+    private let consumers: [(name: String, subject: String?)]
 
     /// Guards `inFlight` and `closed` against the sink threads that acknowledge.
     private let deliveries = ConditionLock()
@@ -308,7 +318,7 @@ final class ConsumerLink: @unchecked Sendable {
     /// pipeline error. Anything else (no stream yet) is left to ``subscriptions(waitingSince:)``.
     func checkConsumersIfConnected() throws {
         guard connected.load(ordering: .acquiring) else { return }
-        for (index, consumer) in options.consumers.enumerated() {
+        for (index, consumer) in consumers.enumerated() {
             do {
                 try ensureConsumer(consumer.name, subject: consumer.subject, index: index)
             } catch let error as StageStartError {
@@ -323,7 +333,6 @@ final class ConsumerLink: @unchecked Sendable {
     /// first use once a server is connected and the stream exists; nil until
     /// then. Throws only a subject the stream refuses (a pipeline error).
     func subscriptions(waitingSince: inout Int64?) throws -> [Pull]? {
-        let consumers = options.consumers
         if subscribed.count == consumers.count { return subscribed }
         guard connected.load(ordering: .acquiring), let jetStream else { return nil }
         do {
