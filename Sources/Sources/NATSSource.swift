@@ -422,12 +422,19 @@ final class ConsumerLink: @unchecked Sendable {
             : js_AddConsumer(&info, jetStream, options.stream, &config, nil, &code)
         if code == JSStreamNotFoundErr { throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet") }
         if code == JSConsumerFilterNotSubsetErr, let subject {
-            throw outsideTheStream(subject, index: index, server: NATSError(status, code: code, "the server says").message)
+            throw outsideTheStream(subject, index: index, server: Self.withoutCallSite(NATSError(status, code: code, "the server says").message))
         }
         try natsCheck(status, code: code, "cannot \(update ? "update" : "create") consumer '\(name)' on stream '\(options.stream)'")
         jsConsumerInfo_Destroy(info)
         let reading = subject.map { " for \($0)" } ?? ""
         context.logger.info("\(update ? "updated" : "created") consumer '\(name)'\(reading) (deliver \(options.deliver.rawValue), ack_wait \(Units.formatDuration(options.ackWaitNs)), max_ack_pending \(options.maxAckPending))")
+    }
+
+    /// `text` without the C client's `(jsm.c:2867): ` in front of the server's words.
+    static func withoutCallSite(_ text: String) -> String {
+        guard let open = text.range(of: ": ("), let close = text.range(of: "): ", range: open.upperBound..<text.endIndex),
+              text[open.upperBound..<close.lowerBound].contains(".c:") else { return text }
+        return String(text[..<open.upperBound].dropLast()) + String(text[close.upperBound...])
     }
 
     /// The pipeline error for a subject the stream does not take, located at

@@ -229,4 +229,22 @@ struct FleetSubjectsTests {
         #expect(line.contains("not a valid subset"), "the server's own words: \(line)")
         #expect(!inspector.consumers("PIPELINED").values.contains { $0.filter == "other.>" })
     }
+
+    @Test("a stream that appears with other subjects while the aggregator waits for it: the source fails the pipeline with the same located words",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(2)))
+    func subjectOutsideAStreamMadeLater() throws {
+        let scratch = try FleetScratch("subjects-later")
+        defer { scratch.remove() }
+        let server = try NATSServer(directory: scratch.directory)
+        defer { server.stop() }
+        let pipeline = try scratch.aggregatorPipeline(urls: [server.url], archive: scratch.directory + "/archive", source: "subjects: [pipelined.node-a.>, other.>]")
+        let aggregator = try CLI.start(["run", pipeline])
+        defer { aggregator.stopIfRunning() }
+        #expect(aggregator.waitFor(timeout: 60) { _, stderr in stderr.contains("does not exist yet; waiting") }, "\(aggregator.stderr.text)")
+        try StreamInspector(urls: [server.url]).addStream("PIPELINED", subjects: ["pipelined.>"])
+        let result = aggregator.finish(timeout: 60)
+        #expect(result.status != 0, "the pipeline fails")
+        #expect(result.stderr.contains("\(pipeline):"), "located: \(result.stderr)")
+        #expect(result.stderr.contains("error: source 'fleet': 'subjects' item 'other.>' is not within the subjects of stream 'PIPELINED' [pipelined.>]"), "\(FleetRecords.excerpt(result.stderr))")
+    }
 }
