@@ -27,6 +27,11 @@ import PipelineCore
 ///   ack does not come back within `ack_timeout` (or that the server
 ///   refuses) is sent again with the same id, so the stream's duplicate
 ///   window drops the copy if the first one was stored after all.
+/// - Past that window a resend may be stored twice. The sink learns the
+///   stream's window when it checks or creates the stream and counts, for a
+///   message answered later than that after its first publish, the copies
+///   that may be extra (`resent_past_duplicate_window`, logged at the end):
+///   a bound on what the stream holds beyond the events sent.
 /// - A line is held until its ack arrives. While the server is unreachable
 ///   the sink holds up to `buffer_bytes`, then drops new records and counts
 ///   them; once there is room again it publishes a `lost` record
@@ -72,7 +77,7 @@ public final class NATSSink: EventSink {
     public func open(_ context: StageContext) throws {
         state.context = context
         state.scratch.reserveCapacity(1 << 20)
-        let outbox = Outbox(capacity: options.bufferBytes, maxPending: options.maxPending)
+        let outbox = Outbox(capacity: options.bufferBytes, maxPending: options.maxPending, duplicateWindowNs: options.duplicateWindowNs)
         let link = PublishLink(options: options, outbox: outbox, context: context)
         try link.start()
         state.lostSubject = subject(for: .lost(LostRecord(timeNs: 0, count: 0, site: .sink, node: context.node, stage: context.id)), outbox: outbox)
@@ -230,6 +235,10 @@ final class Outbox: @unchecked Sendable {
         var state: EntryState
         /// Events it stands for: 1, or the count a `lost` record carries.
         var weight: UInt64
+        /// Times it was handed out to be published (0: never).
+        var sends: UInt32 = 0
+        /// When it was first handed out (monotonic ns).
+        var firstSentNs: Int64 = 0
     }
 
     /// What the publisher sends next.
@@ -260,10 +269,15 @@ final class Outbox: @unchecked Sendable {
     /// a publish (a stream without a leader answers at once), so resending
     /// at once would only spin.
     var pausedUntilNs: Int64 = 0
+    /// How long the stream drops a message id it has stored: its
+    /// `duplicate_window` as the server reports it once the stream is
+    /// checked or created (until then, the option's).
+    var duplicateWindowNs: Int64
 
-    init(capacity: Int, maxPending: Int) {
+    init(capacity: Int, maxPending: Int, duplicateWindowNs: Int64) {
         self.capacity = capacity
         self.maxPending = maxPending
+        self.duplicateWindowNs = duplicateWindowNs
         // Reserved, not touched: pages are only backed once lines are written.
         storage = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
         entries = [Entry](repeating: Entry(offset: 0, length: 0, subject: 0, state: .acked, weight: 0), count: 1024)
@@ -330,6 +344,7 @@ final class Outbox: @unchecked Sendable {
     /// `max_pending` allows; marks them in flight. Call with ``lock`` held.
     func takeWork(limit: Int, into work: inout [Work]) {
         work.removeAll(keepingCapacity: true)
+        let now = Clock.monotonicNs()
         while work.count < limit, inflight < maxPending {
             let sequence: UInt64
             if retryHead < retries.count {
@@ -349,6 +364,8 @@ final class Outbox: @unchecked Sendable {
             }
             let index = slot(sequence)
             entries[index].state = .inflight
+            if entries[index].sends == 0 { entries[index].firstSentNs = now }
+            entries[index].sends &+= 1
             inflight += 1
             let entry = entries[index]
             work.append(Work(sequence: sequence, bytes: UnsafeRawPointer(storage.baseAddress!.advanced(by: entry.offset)),
@@ -362,14 +379,18 @@ final class Outbox: @unchecked Sendable {
     }
 
     /// An ack for `sequence`: releases every acknowledged entry at the
-    /// front. Returns what was released (records, bytes). Call with ``lock`` held.
-    func acknowledge(_ sequence: UInt64) -> (records: Int, bytes: Int) {
-        guard !closed, sequence >= firstSequence, sequence < nextSequence else { return (0, 0) }
+    /// front. Returns what was released (records, bytes) and the resends of
+    /// `sequence` that may be second copies in the stream (see
+    /// ``resendsPastWindow(_:nowNs:)``). Call with ``lock`` held.
+    func acknowledge(_ sequence: UInt64) -> (records: Int, bytes: Int, pastWindow: UInt64) {
+        guard !closed, sequence >= firstSequence, sequence < nextSequence else { return (0, 0, 0) }
         let index = slot(sequence)
-        guard entries[index].state == .inflight || entries[index].state == .retry else { return (0, 0) }
+        guard entries[index].state == .inflight || entries[index].state == .retry else { return (0, 0, 0) }
         if entries[index].state == .inflight { inflight -= 1 }
         entries[index].state = .acked
-        var released = (records: 0, bytes: 0)
+        // The clock is read only for a message sent more than once.
+        let pastWindow = entries[index].sends > 1 ? resendsPastWindow(entries[index], nowNs: Clock.monotonicNs()) : 0
+        var released = (records: 0, bytes: 0, pastWindow: pastWindow)
         while count > 0, entries[head].state == .acked {
             released.records += 1
             released.bytes += Int(entries[head].length)
@@ -379,6 +400,37 @@ final class Outbox: @unchecked Sendable {
         }
         if nextUnsent < firstSequence { nextUnsent = firstSequence }
         return released
+    }
+
+    /// How many copies of an entry may be stored beside the first, its ack
+    /// (or the end) coming at `nowNs`. Every copy reaches the server after
+    /// the first publish and, one connection's publishes being processed
+    /// in order, before the ack of the last one sent. The stream stores a
+    /// copy again only when it comes more than `duplicateWindowNs` after
+    /// the copy it stored last, so stored copies are more than a window
+    /// apart within that span: for a message answered within the window of
+    /// its first publish, none is extra; else at most one per window
+    /// elapsed, and never more than its resends. Which ones were actually
+    /// stored the client cannot tell (a server stopped with a resend in its
+    /// socket processes it late, and the ack a client waits for is only
+    /// the last copy's), hence a bound.
+    func resendsPastWindow(_ entry: Entry, nowNs: Int64) -> UInt64 {
+        let elapsed = nowNs - entry.firstSentNs
+        guard entry.sends > 1, elapsed > duplicateWindowNs else { return 0 }
+        let resends = UInt64(entry.sends - 1)
+        guard duplicateWindowNs > 0 else { return resends }
+        return min(resends, UInt64((elapsed - 1) / duplicateWindowNs))
+    }
+
+    /// The resends of what is still held that may be second copies (at close:
+    /// no ack will say more). Call with ``lock`` held.
+    func heldResendsPastWindow(nowNs: Int64) -> UInt64 {
+        var total: UInt64 = 0
+        for offset in 0..<count {
+            let entry = entries[(head + offset) & (entries.count - 1)]
+            if entry.state != .acked { total += resendsPastWindow(entry, nowNs: nowNs) }
+        }
+        return total
     }
 
     /// `sequence` is to be sent again (no ack in time, a refusal, a failed
@@ -447,12 +499,20 @@ final class PublishLink: @unchecked Sendable {
     /// Publishes sent again (no ack in time, a refusal, a reconnect): the
     /// stage's `resent` series.
     private let resent: StageMetrics.Counter
+    /// Copies that may be stored twice: resends of messages answered only
+    /// after the stream's duplicate window, bounded as
+    /// ``Outbox/resendsPastWindow(_:nowNs:)`` says (the stage's
+    /// `resent_past_duplicate_window` series).
+    private let resentPastWindow: StageMetrics.Counter
+    /// Set once the first such resend was logged. Guarded by the outbox's lock.
+    private var pastWindowReported = false
 
     init(options: NATSSinkOptions, outbox: Outbox, context: StageContext) {
         self.options = options
         self.outbox = outbox
         self.context = context
         resent = context.metrics.counter("resent", help: "publishes sent again with the same message id (no ack in time, refused, or after a reconnect)")
+        resentPastWindow = context.metrics.counter("resent_past_duplicate_window", help: "resends that may be stored as second copies: of messages answered more than the stream's duplicate window after their first publish, at most one per window elapsed")
         var random = SystemRandomNumberGenerator()
         let boot = String(random.next() as UInt64, radix: 16)
         idPrefix = Array("\(context.node.name):\(boot):".utf8CString.dropLast())
@@ -568,6 +628,10 @@ final class PublishLink: @unchecked Sendable {
             return js_AddStream(&info, jetStream, &config, nil, &code)
         }
         if status == NATS_OK {
+            if let info {
+                let window = info.pointee.Config.pointee.Duplicates
+                outbox.lock.withLock { outbox.duplicateWindowNs = window }
+            }
             jsStreamInfo_Destroy(info)
             context.logger.info("created stream '\(options.stream)' (subjects \(options.subject.streamSubjects), replicas \(options.replicas), duplicate window \(Units.formatDuration(options.duplicateWindowNs)))")
             return true
@@ -588,8 +652,9 @@ final class PublishLink: @unchecked Sendable {
         guard subjects.contains(where: { NATSSubject.covers($0, pattern) }) else {
             throw StreamProblem.fatal("stream '\(options.stream)' exists with subjects [\(subjects.joined(separator: ", "))], which do not take this sink's subjects '\(pattern)' (subject '\(options.subject.render(node: "{node}", scope: "{scope}", event: "{event}"))'); name another stream, or give this one the subjects '\(options.subject.streamSubjects)'")
         }
+        outbox.lock.withLock { outbox.duplicateWindowNs = config.Duplicates }
         if config.Duplicates < options.duplicateWindowNs {
-            context.logger.notice("stream '\(options.stream)' drops duplicate message ids for \(Units.formatDuration(config.Duplicates)), less than this sink's duplicate_window \(Units.formatDuration(options.duplicateWindowNs)): a retry after that is stored twice")
+            context.logger.notice("stream '\(options.stream)' drops duplicate message ids for \(Units.formatDuration(config.Duplicates)), less than this sink's duplicate_window \(Units.formatDuration(options.duplicateWindowNs)): a retry after that may be stored twice (counted in resent_past_duplicate_window)")
         }
     }
 
@@ -728,6 +793,7 @@ final class PublishLink: @unchecked Sendable {
                 context.metrics.add(context.metrics.recordsOut, UInt64(released.records))
                 context.metrics.add(context.metrics.bytes, UInt64(released.bytes))
             }
+            if released.pastWindow > 0 { countPastWindow(released.pastWindow) }
             return
         }
         let reason = refusal.map { refusal -> String in
@@ -744,6 +810,18 @@ final class PublishLink: @unchecked Sendable {
         }
         resent.add(1)
         if report { context.logger.notice("publish not acknowledged (\(reason)); sending again with the same message id") }
+    }
+
+    /// Counts resends that may be second copies; logs the first.
+    private func countPastWindow(_ count: UInt64) {
+        resentPastWindow.add(count)
+        let (first, window) = outbox.lock.withLock { () -> (Bool, Int64) in
+            defer { pastWindowReported = true }
+            return (!pastWindowReported, outbox.duplicateWindowNs)
+        }
+        if first {
+            context.logger.warning("a publish was answered more than the stream's duplicate window (\(Units.formatDuration(window))) after it was first sent, and was sent more than once: the stream may hold it twice (counted in resent_past_duplicate_window)")
+        }
     }
 
     /// Frees a message the handler is done with once no publish can still be
@@ -877,11 +955,18 @@ final class PublishLink: @unchecked Sendable {
         }
         thread?.join()
         let left = outbox.lock.withLock {
+            // What is left unanswered may be in the stream too, twice even.
+            let pastWindow = outbox.heldResendsPastWindow(nowNs: Clock.monotonicNs())
             outbox.closed = true
-            return (outbox.held, outbox.droppedUnreported)
+            return (outbox.held, outbox.droppedUnreported, pastWindow, outbox.duplicateWindowNs)
         }
+        if left.2 > 0 { resentPastWindow.add(left.2) }
         let resent = resent.value
-        if resent > 0 { context.logger.info("\(resent) publish(es) were sent again (the stream dropped the duplicates by message id)") }
+        let pastWindow = resentPastWindow.value
+        if resent > pastWindow { context.logger.info("\(resent - pastWindow) publish(es) were sent again within the stream's duplicate window (the stream dropped the duplicates by message id)") }
+        if pastWindow > 0 {
+            context.logger.warning("\(pastWindow) publish(es) were sent again and answered only after the stream's duplicate window (\(Units.formatDuration(left.3))): up to \(pastWindow) of them may be stored twice in stream '\(options.stream)'")
+        }
         teardown()
         return (left.0.records, left.0.weight, left.1)
     }

@@ -97,6 +97,8 @@ final class ClientHub: @unchecked Sendable {
     private let metrics: StageMetrics
     private let counters: UnixSocketSink.ClientCounters
     private let logger: Logger
+    /// The machine the clients' `lost` records name (`settings.node`).
+    private let node: NodeID
     private let encoder = NDJSONEncoder()
     private let lowWater: Int
     private var clients: [Int: Client] = [:]
@@ -132,8 +134,9 @@ final class ClientHub: @unchecked Sendable {
         }
     }
 
-    init(loop: any EventLoop, options: UnixSocketSinkOptions, metrics: StageMetrics, counters: UnixSocketSink.ClientCounters, logger: Logger) {
+    init(loop: any EventLoop, options: UnixSocketSinkOptions, metrics: StageMetrics, counters: UnixSocketSink.ClientCounters, logger: Logger, node: NodeID) {
         self.loop = loop
+        self.node = node
         self.options = options
         self.metrics = metrics
         self.counters = counters
@@ -315,7 +318,7 @@ final class ClientHub: @unchecked Sendable {
     private func sendLost(to client: Client) {
         guard client.pendingLost > 0 else { return }
         var line: [UInt8] = []
-        encoder.encode(.lost(LostRecord(timeNs: Clock.wallNs(), count: client.pendingLost, site: .client)), into: &line)
+        encoder.encode(.lost(LostRecord(timeNs: Clock.wallNs(), count: client.pendingLost, site: .client, node: node)), into: &line)
         client.pendingLost = 0
         write(ByteBuffer(bytes: line), records: 1, events: 0, to: client)
         client.channel.flush()

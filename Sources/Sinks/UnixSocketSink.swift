@@ -118,7 +118,7 @@ public final class UnixSocketSink: EventSink {
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
-        let hub = ClientHub(loop: loop, options: options, metrics: context.metrics, counters: clients, logger: context.logger)
+        let hub = ClientHub(loop: loop, options: options, metrics: context.metrics, counters: clients, logger: context.logger, node: context.node)
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in hub.admit(channel) }

@@ -19,6 +19,12 @@ import PipelineCore
 ///   `deliver`, `ack_wait`, `max_ack_pending`, the `subjects` filter) and
 ///   updated if its `ack_wait` or `max_ack_pending` differ; a consumer with
 ///   another filter is an error.
+/// - Several `subjects` are read through one consumer each (nats-server 2.9
+///   filters a consumer on one subject), named by
+///   ``NATSSourceOptions/consumers``. They are fetched in turn, one fetch
+///   each, so a subject with a backlog never starves another; a message is
+///   acknowledged on the consumer that delivered it. A subject the stream
+///   does not take is a pipeline error located at it (exit 78 at start).
 /// - Records keep the `node` they were published with.
 /// - A message that is not a record is counted as malformed and
 ///   terminated (never delivered again); one a sink lost (a dropping queue,
@@ -55,6 +61,13 @@ public final class NATSSource: EventSource {
         } catch let error as NATSError {
             throw options.endpoint.startError(error, stage: context.id, label: "source '\(context.id)'")
         }
+        // A subject the stream refuses is a mistake in the file: say so now.
+        do {
+            try link.checkConsumersIfConnected()
+        } catch {
+            link.close(waitingUpToNs: 0, logger: context.logger)
+            throw error
+        }
         consumer = link
     }
 
@@ -78,20 +91,45 @@ public final class NATSSource: EventSource {
         let decoder = NDJSONDecoder(defaultNode: context.node)
         var reported = 0
         var waitingSince: Int64?
+        var turn = 0
+        // Fetches in a row that found nothing: once every consumer had its
+        // turn empty-handed, the next fetch waits for messages.
+        var emptyInARow = 0
         while !stopped.load(ordering: .acquiring) {
-            guard let subscription = consumer.subscription(waitingSince: &waitingSince) else {
+            guard let pulls = try consumer.subscriptions(waitingSince: &waitingSince) else {
                 usleep(200_000)
                 continue
             }
+            let pull = pulls[turn % pulls.count]
+            turn &+= 1
             var list = natsMsgList()
             var code = jsErrCode(rawValue: 0)
-            let status = natsSubscription_Fetch(&list, subscription, Int32(options.batch), 500, &code)
-            if status == NATS_TIMEOUT { continue }
+            let status: natsStatus
+            let waits = pulls.count == 1 || emptyInARow >= pulls.count
+            if waits {
+                // Returns at once with what is there, else waits for the first message.
+                let waitMs = pulls.count == 1 ? 500 : Int64(max(100, 500 / pulls.count))
+                status = natsSubscription_Fetch(&list, pull.subscription, Int32(options.batch), waitMs, &code)
+            } else {
+                // What is there now, without waiting: the next consumer's turn comes at once.
+                var request = jsFetchRequest()
+                jsFetchRequest_Init(&request)
+                request.Batch = Int32(options.batch)
+                request.NoWait = true
+                request.Expires = 5_000_000_000
+                status = natsSubscription_FetchRequest(&list, pull.subscription, &request)
+            }
+            // A fetch that does not wait is answered "404 no messages" when there are none.
+            if status == NATS_TIMEOUT || !waits && status == NATS_NOT_FOUND {
+                emptyInARow += 1
+                continue
+            }
             guard status == NATS_OK else {
-                consumer.fetchFailed(NATSError(status, code: code, "fetch from consumer '\(options.durable)' failed"))
+                consumer.fetchFailed(pull, NATSError(status, code: code, "fetch from consumer '\(pull.name)' failed"))
                 usleep(200_000)
                 continue
             }
+            emptyInARow = 0
             var records: [PipelineRecord] = []
             records.reserveCapacity(Int(list.Count))
             var messages: [OpaquePointer] = []
@@ -123,6 +161,7 @@ public final class NATSSource: EventSource {
             }
             natsMsgList_Destroy(&list)
             guard !records.isEmpty else { continue }
+            // Each message's ack goes to its own reply subject: the consumer that delivered it.
             let delivery = Delivery(messages: messages, link: consumer)
             consumer.delivering()
             output.emit(EventBatch(records, completion: BatchCompletion { written in delivery.finish(acknowledge: written) }))
@@ -159,13 +198,15 @@ final class Delivery: Sendable {
 final class ConsumerLink: @unchecked Sendable {
     // `connection` and `jetStream` are set in `connect()` (prepare) and
     // cleared in `close` (the end of run); the subscriptions and the log
-    // state are touched only by the source's run thread; the sink threads
+    // state are touched only by the thread that prepares, then the source's
+    // run thread, in sequence; the sink threads
     // reach only `finish`, under `deliveries`. Hence @unchecked Sendable.
     let options: NATSSourceOptions
     let context: StageContext
     private var connection: NATSConnection?
     private var jetStream: OpaquePointer?
-    private var subscribed: OpaquePointer?
+    /// One pull subscription per consumer, in `subjects` order, once all are made.
+    private var subscribed: [Pull] = []
     /// Subscriptions given up after a failed fetch: messages of batches in
     /// flight still point at them, so they are freed only with the link.
     private var retired: [OpaquePointer] = []
@@ -177,7 +218,11 @@ final class ConsumerLink: @unchecked Sendable {
     init(options: NATSSourceOptions, context: StageContext) {
         self.options = options
         self.context = context
+        consumers = options.consumers
     }
+
+    /// The consumers to read, worked out once (``NATSSourceOptions/consumers``).
+    private let consumers: [(name: String, subject: String?)]
 
     /// Guards `inFlight` and `closed` against the sink threads that acknowledge.
     private let deliveries = ConditionLock()
@@ -220,9 +265,9 @@ final class ConsumerLink: @unchecked Sendable {
             logger.warning("\(left) batch(es) not written by every sink within \(Units.formatDuration(wait)): left unacknowledged, they come again")
         }
         closing.store(true, ordering: .releasing)
-        if let subscribed { natsSubscription_Destroy(subscribed) }
+        subscribed.forEach { natsSubscription_Destroy($0.subscription) }
         retired.forEach { natsSubscription_Destroy($0) }
-        subscribed = nil
+        subscribed = []
         retired = []
         if let jetStream { jsCtx_Destroy(jetStream) }
         jetStream = nil
@@ -261,29 +306,61 @@ final class ConsumerLink: @unchecked Sendable {
         }
     }
 
-    /// The pull subscription, made (with its consumer) on first use once a
-    /// server is connected and the stream exists; nil until then.
-    func subscription(waitingSince: inout Int64?) -> OpaquePointer? {
-        if let subscribed { return subscribed }
+    /// One consumer's pull subscription.
+    struct Pull {
+        var name: String
+        var subject: String?
+        var subscription: OpaquePointer
+    }
+
+    /// At prepare, with a server connected: creates or checks the consumers
+    /// now, so that a subject the stream refuses fails the start as a
+    /// pipeline error. Anything else (no stream yet) is left to ``subscriptions(waitingSince:)``.
+    func checkConsumersIfConnected() throws {
+        guard connected.load(ordering: .acquiring) else { return }
+        for (index, consumer) in consumers.enumerated() {
+            do {
+                try ensureConsumer(consumer.name, subject: consumer.subject, index: index)
+            } catch let error as StageStartError {
+                throw error
+            } catch {
+                return
+            }
+        }
+    }
+
+    /// The pull subscriptions, one per consumer, made (with the consumers) on
+    /// first use once a server is connected and the stream exists; nil until
+    /// then. Throws only a subject the stream refuses (a pipeline error).
+    func subscriptions(waitingSince: inout Int64?) throws -> [Pull]? {
+        if subscribed.count == consumers.count { return subscribed }
         guard connected.load(ordering: .acquiring), let jetStream else { return nil }
         do {
-            try ensureConsumer()
-            var subscription: OpaquePointer?
-            var subOptions = jsSubOptions()
-            jsSubOptions_Init(&subOptions)
-            var code = jsErrCode(rawValue: 0)
-            let status = options.stream.withCString { stream in
-                options.durable.withCString { durable in
-                    subOptions.Stream = stream
-                    subOptions.Consumer = durable
-                    return js_PullSubscribe(&subscription, jetStream, nil, durable, nil, &subOptions, &code)
+            for (index, consumer) in consumers.enumerated() where !subscribed.contains(where: { $0.name == consumer.name }) {
+                try ensureConsumer(consumer.name, subject: consumer.subject, index: index)
+                var subscription: OpaquePointer?
+                var subOptions = jsSubOptions()
+                jsSubOptions_Init(&subOptions)
+                var code = jsErrCode(rawValue: 0)
+                let status = options.stream.withCString { stream in
+                    consumer.name.withCString { durable in
+                        subOptions.Stream = stream
+                        subOptions.Consumer = durable
+                        return js_PullSubscribe(&subscription, jetStream, nil, durable, nil, &subOptions, &code)
+                    }
                 }
+                try natsCheck(status, code: code, "cannot subscribe to consumer '\(consumer.name)' of stream '\(options.stream)'")
+                subscribed.append(Pull(name: consumer.name, subject: consumer.subject, subscription: subscription!))
             }
-            try natsCheck(status, code: code, "cannot subscribe to consumer '\(options.durable)' of stream '\(options.stream)'")
-            subscribed = subscription
+            // Fetched in the order of the file, whatever order they were (re)made in.
+            subscribed.sort { a, b in
+                consumers.firstIndex { $0.name == a.name }! < consumers.firstIndex { $0.name == b.name }!
+            }
             if waitingSince != nil { context.logger.info("stream '\(options.stream)' is there; reading") }
             waitingSince = nil
-            return subscription
+            return subscribed
+        } catch let error as StageStartError {
+            throw error
         } catch {
             if waitingSince == nil || "\(error)" != lastProblem {
                 context.logger.warning("\(error); waiting")
@@ -294,41 +371,42 @@ final class ConsumerLink: @unchecked Sendable {
         }
     }
 
-    /// Creates the durable consumer, or brings the one there in line.
-    private func ensureConsumer() throws {
+    /// Creates the durable consumer `name`, or brings the one there in line.
+    /// `index` is the subject's place in `subjects`, for a located error.
+    private func ensureConsumer(_ name: String, subject: String?, index: Int) throws {
         guard let jetStream else { return }
         var info: UnsafeMutablePointer<jsConsumerInfo>?
         var code = jsErrCode(rawValue: 0)
-        let status = js_GetConsumerInfo(&info, jetStream, options.stream, options.durable, nil, &code)
+        let status = js_GetConsumerInfo(&info, jetStream, options.stream, name, nil, &code)
         if status == NATS_OK, let info {
             defer { jsConsumerInfo_Destroy(info) }
             let config = info.pointee.Config.pointee
             let filter = config.FilterSubject.map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
-            guard filter == options.subject else {
-                throw ConsumerProblem(message: "consumer '\(options.durable)' of stream '\(options.stream)' exists with the filter '\(filter ?? "(all)")', not '\(options.subject ?? "(all)")': name another durable")
+            guard filter == subject else {
+                throw ConsumerProblem(message: "consumer '\(name)' of stream '\(options.stream)' exists with the filter '\(filter ?? "(all)")', not '\(subject ?? "(all)")': name another durable")
             }
             if config.AckWait != options.ackWaitNs || config.MaxAckPending != Int64(options.maxAckPending) {
-                try add(update: true)
+                try add(name, subject: subject, index: index, update: true)
             }
             return
         }
         guard status == NATS_NOT_FOUND || code == JSConsumerNotFoundErr || code == JSStreamNotFoundErr else {
-            throw NATSError(status, code: code, "cannot look up consumer '\(options.durable)'")
+            throw NATSError(status, code: code, "cannot look up consumer '\(name)'")
         }
         if code == JSStreamNotFoundErr {
             throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet")
         }
-        try add(update: false)
+        try add(name, subject: subject, index: index, update: false)
     }
 
-    private func add(update: Bool) throws {
+    private func add(_ name: String, subject: String?, index: Int, update: Bool) throws {
         guard let jetStream else { return }
         var config = jsConsumerConfig()
         jsConsumerConfig_Init(&config)
         var info: UnsafeMutablePointer<jsConsumerInfo>?
         var code = jsErrCode(rawValue: 0)
-        let durable = strdup(options.durable)
-        let filter = options.subject.map { strdup($0) } ?? nil
+        let durable = strdup(name)
+        let filter = subject.map { strdup($0) } ?? nil
         defer {
             free(durable)
             free(filter)
@@ -343,21 +421,53 @@ final class ConsumerLink: @unchecked Sendable {
             ? js_UpdateConsumer(&info, jetStream, options.stream, &config, nil, &code)
             : js_AddConsumer(&info, jetStream, options.stream, &config, nil, &code)
         if code == JSStreamNotFoundErr { throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet") }
-        try natsCheck(status, code: code, "cannot \(update ? "update" : "create") consumer '\(options.durable)' on stream '\(options.stream)'")
+        if code == JSConsumerFilterNotSubsetErr, let subject {
+            throw outsideTheStream(subject, index: index, server: Self.withoutCallSite(NATSError(status, code: code, "the server says").message))
+        }
+        try natsCheck(status, code: code, "cannot \(update ? "update" : "create") consumer '\(name)' on stream '\(options.stream)'")
         jsConsumerInfo_Destroy(info)
-        context.logger.info("\(update ? "updated" : "created") consumer '\(options.durable)' (deliver \(options.deliver.rawValue), ack_wait \(Units.formatDuration(options.ackWaitNs)), max_ack_pending \(options.maxAckPending))")
+        let reading = subject.map { " for \($0)" } ?? ""
+        context.logger.info("\(update ? "updated" : "created") consumer '\(name)'\(reading) (deliver \(options.deliver.rawValue), ack_wait \(Units.formatDuration(options.ackWaitNs)), max_ack_pending \(options.maxAckPending))")
+    }
+
+    /// `text` without the C client's `(jsm.c:2867): ` in front of the server's words.
+    static func withoutCallSite(_ text: String) -> String {
+        guard let open = text.range(of: ": ("), let close = text.range(of: "): ", range: open.upperBound..<text.endIndex),
+              text[open.upperBound..<close.lowerBound].contains(".c:") else { return text }
+        return String(text[..<open.upperBound].dropLast()) + String(text[close.upperBound...])
+    }
+
+    /// The pipeline error for a subject the stream does not take, located at
+    /// it, naming the stream's subjects when they can be read.
+    private func outsideTheStream(_ subject: String, index: Int, server: String) -> StageStartError {
+        var streamSubjects = ""
+        if let jetStream {
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            var code = jsErrCode(rawValue: 0)
+            if js_GetStreamInfo(&info, jetStream, options.stream, nil, &code) == NATS_OK, let info {
+                defer { jsStreamInfo_Destroy(info) }
+                let config = info.pointee.Config.pointee
+                let names = (0..<Int(config.SubjectsLen)).compactMap { config.Subjects[$0].map { String(cString: $0) } }
+                streamSubjects = " [\(names.joined(separator: ", "))]"
+            }
+        }
+        let location = index < options.subjectLocations.count ? options.subjectLocations[index] : nil
+        return StageStartError(
+            stage: context.id,
+            message: "source '\(context.id)': 'subjects' item '\(subject)' is not within the subjects of stream '\(options.stream)'\(streamSubjects), so no message of the stream can match it (\(server))",
+            exitCode: 78, location: location)
     }
 
     /// A fetch failed: log it once, and start over with a new subscription
     /// when the consumer is gone (deleted, or the stream was recreated).
-    func fetchFailed(_ error: NATSError) {
+    func fetchFailed(_ pull: Pull, _ error: NATSError) {
         if "\(error)" != lastProblem {
             context.logger.warning("\(error)")
             lastProblem = "\(error)"
         }
         if error.code == Int(JSConsumerNotFoundErr.rawValue) || error.status == NATS_NOT_FOUND || error.status == NATS_INVALID_SUBSCRIPTION {
-            if let subscribed { retired.append(subscribed) }
-            subscribed = nil
+            retired.append(pull.subscription)
+            subscribed.removeAll { $0.name == pull.name }
         }
     }
 
