@@ -59,6 +59,21 @@ struct ByteWriter {
         cursor += count
     }
 
+    /// Copies `count` bytes of a run that is usually longer than 64 (a
+    /// line's process part): 32 at a time, the rest as ``bytes(_:_:)`` does;
+    /// nothing is written past `count`.
+    @inline(__always)
+    mutating func long(_ start: UnsafeRawPointer, _ count: Int) {
+        var offset = 0
+        let target = UnsafeMutableRawPointer(cursor)
+        while count - offset >= 32 {
+            target.storeBytes(of: start.loadUnaligned(fromByteOffset: offset, as: SIMD32<UInt8>.self), toByteOffset: offset, as: SIMD32<UInt8>.self)
+            offset += 32
+        }
+        cursor += offset
+        bytes(start.assumingMemoryBound(to: UInt8.self) + offset, count - offset)
+    }
+
     /// Copies a buffer's bytes, short ones by word moves as above.
     @inline(__always)
     mutating func bytes(_ buffer: UnsafeRawBufferPointer) {

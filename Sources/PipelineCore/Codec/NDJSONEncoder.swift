@@ -319,6 +319,12 @@ final class EncoderTables: Sendable {
                 writer.byte(UInt8(ascii: "E"))
                 writer.decimal(event.retval.magnitude)
             }
+            // The process's part of the line (its ids, origin and comm) is
+            // the same for the next records of the same task: copied from
+            // the cache when it is there, written and kept otherwise.
+            let process = ProcessKey(event)
+            if clock.copyProcess(process, to: &writer) { return }
+            let segmentStart = writer.cursor
             writer.literal("\",\"pid\":")
             writer.decimal(UInt64(event.pid))
             writer.literal(",\"ppid\":")
@@ -336,6 +342,7 @@ final class EncoderTables: Sendable {
             writer.literal(event.pidNamespace != 0 && event.mountNamespace != 0 ? ",\"origin\":\"container\",\"comm\":\"" : ",\"origin\":\"host\",\"comm\":\"")
             writer.comm(event.comm)
             writer.literal("\",\"args\":{")
+            clock.keepProcess(process, from: segmentStart, to: writer.cursor)
         }
     }
 
@@ -464,6 +471,7 @@ final class EncoderTables: Sendable {
 struct LineCache {
     var second = Int64.min
     var text: (UInt64, UInt64, UInt64) = (0, 0, 0)
+    private var processes = ProcessSegments()
     private var nodes: NodeTable.Snapshot
     private var nodeBytes: UnsafePointer<UInt8>
     private var nodeSpans: UnsafePointer<Span>
@@ -482,6 +490,18 @@ struct LineCache {
         nodeBytes = UnsafePointer(nodes.bytes)
         nodeSpans = UnsafePointer(nodes.spans)
         nodeCount = nodes.count
+    }
+
+    /// Copies the process part of a line written earlier for `key`; false when there is none.
+    @inline(__always)
+    mutating func copyProcess(_ key: ProcessKey, to writer: inout ByteWriter) -> Bool {
+        processes.copy(key, to: &writer)
+    }
+
+    /// Keeps the process part just written for `key`.
+    @inline(__always)
+    mutating func keepProcess(_ key: ProcessKey, from start: UnsafeMutablePointer<UInt8>, to end: UnsafeMutablePointer<UInt8>) {
+        processes.keep(key, from: start, to: end)
     }
 
     /// The length of node `id`'s JSON bytes (quoted and escaped).
@@ -517,6 +537,84 @@ extension PipelineRecord {
     func argument(at position: Int) -> Argument {
         guard case .event(let event) = self else { return .null }
         return event.args[position]
+    }
+}
+
+/// What the process's part of an event line depends on: the ids of
+/// `"pid"` to `"mnt_ns"` (origin follows from the namespaces) and the comm.
+struct ProcessKey: Equatable {
+    var pid, ppid, hostPid, hostPpid, uid, pidNamespace, mountNamespace: UInt32
+    var comm: (UInt64, UInt64)
+
+    @inline(__always)
+    init(_ event: EventHead) {
+        pid = event.pid
+        ppid = event.ppid
+        hostPid = event.hostPid
+        hostPpid = event.hostPpid
+        uid = event.uid
+        pidNamespace = event.pidNamespace
+        mountNamespace = event.mountNamespace
+        comm = event.comm.bytes
+    }
+
+    /// No task has it: a hole in the cache.
+    static let none = ProcessKey(empty: ())
+    private init(empty: ()) {
+        pid = .max; ppid = .max; hostPid = .max; hostPpid = .max; uid = .max; pidNamespace = .max; mountNamespace = .max
+        comm = (.max, .max)
+    }
+
+    @inline(__always)
+    static func == (lhs: ProcessKey, rhs: ProcessKey) -> Bool {
+        lhs.hostPid == rhs.hostPid && lhs.pid == rhs.pid && lhs.ppid == rhs.ppid && lhs.hostPpid == rhs.hostPpid
+            && lhs.uid == rhs.uid && lhs.pidNamespace == rhs.pidNamespace && lhs.mountNamespace == rhs.mountNamespace
+            && lhs.comm.0 == rhs.comm.0 && lhs.comm.1 == rhs.comm.1
+    }
+}
+
+/// The last process parts written, four of them, by host pid: the bytes
+/// from `","pid":` to `"args":{` of a line, at most ``capacity`` of them
+/// (a longer one, a comm full of escapes, is written each time).
+struct ProcessSegments {
+    static let capacity = 320
+    static let slots = 4
+    private var keys: (ProcessKey, ProcessKey, ProcessKey, ProcessKey) = (.none, .none, .none, .none)
+    private var lengths: (Int, Int, Int, Int) = (0, 0, 0, 0)
+    /// `slots` × `capacity` bytes.
+    private var bytes: (Storage, Storage, Storage, Storage) = (Storage(), Storage(), Storage(), Storage())
+
+    struct Storage {
+        var a = SIMD64<UInt8>(), b = SIMD64<UInt8>(), c = SIMD64<UInt8>(), d = SIMD64<UInt8>(), e = SIMD64<UInt8>()
+    }
+
+    @inline(__always)
+    private static func slot(_ key: ProcessKey) -> Int { Int(key.hostPid & 3) }
+
+    /// Copies the part kept for `key`; false when there is none.
+    @inline(__always)
+    mutating func copy(_ key: ProcessKey, to writer: inout ByteWriter) -> Bool {
+        let slot = Self.slot(key)
+        let matches = withUnsafeBytes(of: &keys) { $0.load(fromByteOffset: slot * MemoryLayout<ProcessKey>.stride, as: ProcessKey.self) } == key
+        guard matches else { return false }
+        let length = withUnsafeBytes(of: &lengths) { $0.load(fromByteOffset: slot * MemoryLayout<Int>.stride, as: Int.self) }
+        withUnsafeBytes(of: &bytes) { raw in
+            writer.long(raw.baseAddress! + slot * MemoryLayout<Storage>.stride, length)
+        }
+        return true
+    }
+
+    /// Keeps the part just written (`start..<end`) for `key`.
+    @inline(__always)
+    mutating func keep(_ key: ProcessKey, from start: UnsafeMutablePointer<UInt8>, to end: UnsafeMutablePointer<UInt8>) {
+        let length = end - start
+        guard length <= Self.capacity else { return }
+        let slot = Self.slot(key)
+        withUnsafeMutableBytes(of: &keys) { $0.storeBytes(of: key, toByteOffset: slot * MemoryLayout<ProcessKey>.stride, as: ProcessKey.self) }
+        withUnsafeMutableBytes(of: &lengths) { $0.storeBytes(of: length, toByteOffset: slot * MemoryLayout<Int>.stride, as: Int.self) }
+        withUnsafeMutableBytes(of: &bytes) { raw in
+            (raw.baseAddress! + slot * MemoryLayout<Storage>.stride).copyMemory(from: start, byteCount: length)
+        }
     }
 }
 
