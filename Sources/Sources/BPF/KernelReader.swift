@@ -138,10 +138,14 @@ private final class ReaderState {
     let decoder: WireDecoder
     let metrics: StageMetrics
     var output: SourceOutput?
-    var batchEvents = 512
-    var batch: [PipelineRecord] = []
+    @exclusivity(unchecked) var batchEvents = 512
+    // Touched by the polling thread alone (the callbacks run inside its
+    // poll): the dynamic exclusivity check Swift makes on every access to
+    // a class's stored property costs ~70 instructions a record here, and
+    // can never fail, so it is not made.
+    @exclusivity(unchecked) var batch: [PipelineRecord] = []
     /// Bytes read since the last flush.
-    var pendingBytes: UInt64 = 0
+    @exclusivity(unchecked) var pendingBytes: UInt64 = 0
 
     init(decoder: WireDecoder, metrics: StageMetrics) {
         self.decoder = decoder
