@@ -127,6 +127,9 @@ final class EncoderTables: Sendable {
     let errnoSpans: [Span]
     /// Indexed by address family.
     let familySpans: [Span]
+    /// Where in ``pool`` the 256 octets' text starts: "0", "1", ... "255",
+    /// each padded to 4 bytes (see ``ByteWriter/ipv4(_:octets:)``).
+    let octetsStart: Int
     /// Upper bound of an event line up to `"args":{` (466 bytes with a comm
     /// of 16 bytes that each escape to six).
     let fixedBound = 480
@@ -153,6 +156,11 @@ final class EncoderTables: Sendable {
         }
         errnoSpans = Errno.table.map { $0.isEmpty ? .empty : add($0) }
         familySpans = FlagVocabulary.familyNames.map { add($0) }
+        octetsStart = pool.count
+        for octet in 0..<256 {
+            let text = Array(String(octet).utf8)
+            pool += text + [UInt8](repeating: UInt8(ascii: " "), count: 4 - text.count)
+        }
         eventSpans = events
         argKeySpans = keys
         self.pool = pool
@@ -367,7 +375,7 @@ final class EncoderTables: Sendable {
             switch address {
             case .inet(let ip, let port):
                 writer.literal("\"AF_INET\",\"ip\":\"")
-                writer.ipv4(ip)
+                writer.ipv4(ip, octets: pool + octetsStart)
                 writer.literal("\",\"port\":")
                 writer.decimal(UInt64(port))
             case .inet6(let ip, let port):
