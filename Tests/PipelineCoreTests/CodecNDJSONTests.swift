@@ -292,6 +292,75 @@ struct CodecNDJSONTests {
         }
     }
 
+    /// Every octet value in every position of an IPv4 address prints as
+    /// inet_ntop prints it (the octets come from a padded table).
+    @Test func ipv4TextOfEveryOctetInEveryPosition() {
+        var records: [PipelineRecord] = []
+        var expected: [String] = []
+        for position in 0..<4 {
+            for octet in 0..<256 {
+                // The other octets vary too, so that a padding byte left
+                // behind by a short octet would show.
+                var bytes: [UInt8] = [255, 0, 100, 9]
+                bytes[position] = UInt8(octet)
+                var storage = in_addr()
+                withUnsafeMutableBytes(of: &storage) { raw in for index in 0..<4 { raw[index] = bytes[index] } }
+                var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+                #expect(inet_ntop(AF_INET, &storage, &text, socklen_t(text.count)) != nil)
+                expected.append(String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+                let address = bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                records.append(.event(event(42, retval: 0, [.int(3), .sockaddr(.inet(address: address, port: UInt16(octet)))])))
+            }
+        }
+        var bytes: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &bytes)
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == records.count)
+        for (index, text) in lines.enumerated() where index < expected.count {
+            #expect(text.hasSuffix(#""ip":"\#(expected[index])","port":\#(index % 256)}}}"#), "\(text)")
+        }
+    }
+
+    /// A batch keeps the process part of the last lines of a few tasks: a
+    /// record that differs from an earlier one of the same host pid in any
+    /// one field (or whose host pid shares its cache slot) must be written
+    /// anew. Each line of the batch equals the record encoded alone.
+    @Test func processPartsOfOneTaskDifferingInOneField() {
+        var base = event(3, retval: 0, [.int(1)])
+        base.hostPid = 4000
+        var variants: [SyscallEvent] = [base]
+        for field in 0..<9 {
+            var changed = base
+            switch field {
+            case 0: changed.pid = 7
+            case 1: changed.ppid = 8
+            case 2: changed.hostPpid = 9
+            case 3: changed.uid = 1000
+            case 4: changed.pidNamespace = 4_026_531_836
+            case 5: changed.mountNamespace = 4_026_531_840
+            case 6: changed.pidNamespace = 4_026_531_836; changed.mountNamespace = 4_026_531_840
+            case 7: changed.comm = Comm("python3.1")
+            default: changed.hostPid = 4004  // the same cache slot, another task
+            }
+            variants.append(changed)
+        }
+        // Each variant after the base, then the base again, and twice in a row.
+        var records: [PipelineRecord] = []
+        for variant in variants {
+            records += [.event(base), .event(variant), .event(variant), .event(base)]
+        }
+        var batch: [UInt8] = []
+        NDJSONEncoder().encode(EventBatch(records), into: &batch)
+        var single: [UInt8] = []
+        for record in records { NDJSONEncoder().encode(record, into: &single) }
+        #expect(batch == single)
+        let lines = String(decoding: batch, as: UTF8.self).split(separator: "\n")
+        #expect(lines[5].contains(#""pid":7,"ppid":1,"host_pid":4000,"#), "\(lines[5])")
+        #expect(lines[29].contains(#""origin":"container","comm":"python3""#), "\(lines[29])")
+        #expect(lines[33].contains(#""comm":"python3.1""#), "\(lines[33])")
+        #expect(lines[37].contains(#""host_pid":4004,"#) && lines[39].contains(#""host_pid":4000,"#))
+    }
+
     @Test func ipv6TextMatchesInetNtop() {
         var samples: [[UInt8]] = [
             [UInt8](repeating: 0, count: 16),
