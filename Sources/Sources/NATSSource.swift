@@ -10,15 +10,20 @@ import NATSClient
 import PipelineCore
 
 /// The `nats` source: an aggregator's end of the fleet. It reads a
-/// JetStream stream through a durable pull consumer and acknowledges each
+/// JetStream stream through a durable pull consumer and acknowledges a
 /// message only once every sink it reached has written it (the batch's
 /// ``BatchCompletion``), so an aggregator killed at any moment is delivered
 /// the unacknowledged messages again when it restarts: at least once.
 ///
-/// - The consumer (`durable`) is created if missing (explicit acks,
-///   `deliver`, `ack_wait`, `max_ack_pending`, the `subjects` filter) and
-///   updated if its `ack_wait` or `max_ack_pending` differ; a consumer with
-///   another filter is an error.
+/// - The consumer (`durable`) is created if missing (`deliver`, `ack_wait`,
+///   `max_ack_pending`, the `subjects` filter) and updated if its `ack_wait`
+///   or `max_ack_pending` differ; a consumer with another filter is an error.
+/// - Acknowledgements are cumulative (JetStream's `AckAll`): one per batch,
+///   for the highest stream sequence below every message still unwritten
+///   (see ``AckFloor``). Acking each message made the server spend more on
+///   acknowledgements than on the messages. A consumer made with explicit
+///   acknowledgements (by an older pipelined) is read as it is, one
+///   acknowledgement per message.
 /// - Several `subjects` are read through one consumer each (nats-server 2.9
 ///   filters a consumer on one subject), named by
 ///   ``NATSSourceOptions/consumers``. They are fetched in turn, one fetch
@@ -28,8 +33,9 @@ import PipelineCore
 /// - Records keep the `node` they were published with.
 /// - A message that is not a record is counted as malformed and
 ///   terminated (never delivered again); one a sink lost (a dropping queue,
-///   a failed sink) is left unacknowledged, so the server delivers it again
-///   after `ack_wait`.
+///   a failed sink) is given back (`nak`: delivered again a second later,
+///   twice as late for each batch given back in a row, at most `ack_wait`),
+///   and nothing after it is acknowledged until it has been written.
 /// - Messages the server delivered more than once are counted
 ///   (`redelivered`), and the total is logged at the end.
 /// - An unreachable server, or a stream that does not exist yet, is waited
@@ -100,6 +106,7 @@ public final class NATSSource: EventSource {
                 usleep(200_000)
                 continue
             }
+            consumer.keepHeldAlive()
             let pull = pulls[turn % pulls.count]
             turn &+= 1
             var list = natsMsgList()
@@ -134,13 +141,17 @@ public final class NATSSource: EventSource {
             records.reserveCapacity(Int(list.Count))
             var messages: [OpaquePointer] = []
             messages.reserveCapacity(Int(list.Count))
+            var sequences: [UInt64] = []
+            sequences.reserveCapacity(Int(list.Count))
             for index in 0..<Int(list.Count) {
                 guard let message = list.Msgs[index] else { continue }
                 // The list gives up the message: the batch's completion owns it.
                 list.Msgs[index] = nil
                 var metadata: UnsafeMutablePointer<jsMsgMetaData>?
+                var sequence: UInt64 = 0
                 if natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata {
                     if metadata.pointee.NumDelivered > 1 { redelivered.add(1) }
+                    sequence = metadata.pointee.Sequence.Stream
                     jsMsgMetaData_Destroy(metadata)
                 }
                 let length = Int(natsMsg_GetDataLength(message))
@@ -149,6 +160,7 @@ public final class NATSSource: EventSource {
                     let payload = UnsafeRawBufferPointer(start: natsMsg_GetData(message), count: length)
                     records.append(try decoder.decode(payload))
                     messages.append(message)
+                    sequences.append(sequence)
                 } catch {
                     context.metrics.add(context.metrics.malformed, 1)
                     if reported < 10 {
@@ -161,9 +173,8 @@ public final class NATSSource: EventSource {
             }
             natsMsgList_Destroy(&list)
             guard !records.isEmpty else { continue }
-            // Each message's ack goes to its own reply subject: the consumer that delivered it.
-            let delivery = Delivery(messages: messages, link: consumer)
-            consumer.delivering()
+            // Acknowledged on the consumer that delivered it (its messages' reply subjects).
+            let delivery = consumer.delivering(messages, sequences: sequences, from: pull)
             output.emit(EventBatch(records, completion: BatchCompletion { written in delivery.finish(acknowledge: written) }))
         }
         let count = redelivered.value
@@ -173,21 +184,198 @@ public final class NATSSource: EventSource {
     }
 }
 
-/// The messages of one batch, acknowledged together once every sink wrote
-/// them (or left for redelivery if one did not).
-final class Delivery: Sendable {
-    // The pointers are handed over once, here; `finish` runs once (a
-    // completion fires once), on whichever sink thread wrote last.
-    private nonisolated(unsafe) let messages: [OpaquePointer]
+/// The messages of one batch, acknowledged once every sink wrote them (or
+/// given back for redelivery if one did not).
+final class Delivery: @unchecked Sendable {
+    // Handed over once, at init; the rest is read and changed only under the
+    // link's `deliveries` lock (``finish(acknowledge:)`` runs once, on
+    // whichever sink thread wrote last). Hence @unchecked Sendable.
+    fileprivate var messages: [OpaquePointer]
+    /// The stream sequence of each message (0 when its metadata could not be read).
+    fileprivate let sequences: [UInt64]
+    fileprivate let floor: AckFloor
+    fileprivate var state = State.inFlight
+    /// When the server last heard of these messages (delivered, or told they are in progress).
+    fileprivate var touchedNs = Clock.monotonicNs()
+    /// The lowest and highest of `sequences`, and where the highest is.
+    fileprivate let lowest: UInt64
+    fileprivate let highest: UInt64
+    fileprivate let highestAt: Int
     private let link: ConsumerLink
 
-    init(messages: [OpaquePointer], link: ConsumerLink) {
+    enum State { case inFlight, written }
+
+    fileprivate init(messages: [OpaquePointer], sequences: [UInt64], floor: AckFloor, link: ConsumerLink) {
         self.messages = messages
+        self.sequences = sequences
+        self.floor = floor
         self.link = link
+        var lowest = UInt64.max, highest: UInt64 = 0, highestAt = 0
+        for (index, sequence) in sequences.enumerated() {
+            lowest = min(lowest, sequence)
+            if sequence >= highest { highest = sequence; highestAt = index }
+        }
+        self.lowest = lowest
+        self.highest = highest
+        self.highestAt = highestAt
     }
 
     func finish(acknowledge: Bool) {
-        link.finish(messages, acknowledge: acknowledge)
+        link.finish(self, written: acknowledge)
+    }
+}
+
+/// One consumer's cumulative acknowledgement (`AckAll`): acknowledging
+/// stream sequence N acknowledges every message of the consumer up to N.
+/// So N may be acknowledged only when no message below it is unwritten:
+/// neither in flight to the sinks (batches finish out of order when a
+/// filter drops a whole batch) nor given back after a sink lost it. The
+/// floor is the lowest such sequence; each finished batch acknowledges the
+/// highest written sequence below it, once. A message given back that does
+/// not come again (the stream dropped it by age or size) holds the floor for
+/// its delay and at most ``givenBackHoldNs`` more; then it is let go (its
+/// loss was counted).
+/// Touched only under the link's `deliveries` lock.
+final class AckFloor {
+    /// The consumer acknowledges each message (made with explicit acknowledgements).
+    var acksEach = false
+    /// Batches delivered and not yet acknowledged, in the order they came.
+    fileprivate var open: [Delivery] = []
+    /// Sequences given back, with the monotonic time after which they no longer hold the floor.
+    private var givenBack: [UInt64: Int64] = [:]
+    private var acknowledged: UInt64 = 0
+    let givenBackHoldNs: Int64
+
+    init(givenBackHoldNs: Int64) {
+        self.givenBackHoldNs = givenBackHoldNs
+    }
+
+    /// Batches given back in a row: each waits twice as long as the one
+    /// before (from ``ConsumerLink/nakDelayNs``, at most `ack_wait`), so a
+    /// sink that stays down (a full disk) is not fed the same messages
+    /// again and again.
+    private var givenBackInARow = 0
+
+    /// Whether the consumer's state on the server was taken in (``inherit(_:holdingForNs:)``).
+    var inherited = false
+
+    /// What an earlier run was delivered and did not acknowledge: `count`
+    /// messages with stream sequences in `sequences` (the consumer's ack
+    /// floor up to its last delivered sequence; a consumer with a filter
+    /// has only some of them). The server delivers them again after
+    /// `ack_wait`, and until then an acknowledgement past them would take
+    /// them for written: they hold the floor at the range's start until
+    /// `count` of them have been written again, or for `hold` at most (one
+    /// may never come: the stream dropped it).
+    private var inheritedRange: ClosedRange<UInt64>?
+    private var inheritedLeft = 0
+    private var inheritedSeen: Set<UInt64> = []
+    private var inheritedUntil: Int64 = 0
+
+    func inherit(_ count: Int, in sequences: ClosedRange<UInt64>, holdingForNs hold: Int64) {
+        guard count > 0 else { return }
+        inheritedRange = sequences
+        inheritedLeft = count
+        inheritedUntil = Clock.monotonicNs() + hold
+    }
+
+    /// A written batch: the inherited messages it wrote again.
+    private func rewrote(_ sequences: [UInt64]) {
+        guard let range = inheritedRange else { return }
+        for sequence in sequences where range.contains(sequence) && inheritedSeen.insert(sequence).inserted {
+            inheritedLeft -= 1
+        }
+        if inheritedLeft <= 0 { forgetInherited() }
+    }
+
+    private func forgetInherited() {
+        inheritedRange = nil
+        inheritedSeen = []
+    }
+
+    /// Written batches held below the floor must not reach `ack_wait`, or
+    /// the server would deliver them again (duplicates beyond the window
+    /// of a restart): past half of it, each message is said to be in
+    /// progress, which starts its wait anew. Called by the fetch loop.
+    func keepHeldAlive(ackWaitNs: Int64) {
+        guard !acksEach, !open.isEmpty else { return }
+        let now = Clock.monotonicNs()
+        for delivery in open where delivery.state == .written && now - delivery.touchedNs > ackWaitNs / 2 {
+            for message in delivery.messages { natsMsg_InProgress(message, nil) }
+            delivery.touchedNs = now
+        }
+    }
+
+    fileprivate func finished(_ delivery: Delivery, written: Bool, firstDelayNs: Int64, mostDelayNs: Int64) {
+        if acksEach {
+            for message in delivery.messages {
+                if written { natsMsg_Ack(message, nil) }
+                natsMsg_Destroy(message)
+            }
+            delivery.messages = []
+            open.removeAll { $0 === delivery }
+            return
+        }
+        if written {
+            delivery.state = .written
+            givenBackInARow = 0
+            rewrote(delivery.sequences)
+            if !givenBack.isEmpty {
+                for sequence in delivery.sequences { givenBack[sequence] = nil }
+            }
+        } else {
+            // Come again soon, and hold every later acknowledgement meanwhile.
+            let delayNs = min(firstDelayNs << min(givenBackInARow, 16), mostDelayNs)
+            givenBackInARow += 1
+            let until = Clock.monotonicNs() + delayNs + givenBackHoldNs
+            for (message, sequence) in zip(delivery.messages, delivery.sequences) {
+                natsMsg_NakWithDelay(message, delayNs / 1_000_000, nil)  // (the client takes milliseconds)
+                natsMsg_Destroy(message)
+                givenBack[sequence] = until
+            }
+            delivery.messages = []
+            open.removeAll { $0 === delivery }
+        }
+        acknowledge()
+    }
+
+    /// Acknowledges the highest written sequence below the floor, and frees
+    /// the batches that acknowledgement covers.
+    private func acknowledge() {
+        var floor = UInt64.max
+        if let range = inheritedRange {
+            if Clock.monotonicNs() > inheritedUntil { forgetInherited() } else { floor = range.lowerBound }
+        }
+        if !givenBack.isEmpty {
+            let now = Clock.monotonicNs()
+            givenBack = givenBack.filter { $0.value > now }
+            floor = min(floor, givenBack.keys.min() ?? .max)
+        }
+        for delivery in open where delivery.state == .inFlight {
+            floor = min(floor, delivery.lowest)
+        }
+        var best: (delivery: Delivery, index: Int)?
+        var bestSequence = acknowledged
+        for delivery in open where delivery.state == .written {
+            if delivery.highest < floor {
+                if delivery.highest > bestSequence { best = (delivery, delivery.highestAt); bestSequence = delivery.highest }
+                continue
+            }
+            // Part of the batch lies above the floor (redelivered messages among new ones).
+            for (index, sequence) in delivery.sequences.enumerated() where sequence < floor && sequence > bestSequence {
+                best = (delivery, index)
+                bestSequence = sequence
+            }
+        }
+        guard let best else { return }
+        natsMsg_Ack(best.delivery.messages[best.index], nil)
+        acknowledged = bestSequence
+        open.removeAll { delivery in
+            guard delivery.state == .written, delivery.highest <= bestSequence else { return false }
+            delivery.messages.forEach { natsMsg_Destroy($0) }
+            delivery.messages = []
+            return true
+        }
     }
 }
 
@@ -219,7 +407,18 @@ final class ConsumerLink: @unchecked Sendable {
         self.options = options
         self.context = context
         consumers = options.consumers
+        // A message given back holds the acknowledgements for its delay and
+        // as long as the server could then take to deliver it (ack_wait),
+        // and a little more.
+        let hold = options.ackWaitNs + 5_000_000_000
+        floors = Dictionary(uniqueKeysWithValues: consumers.map { ($0.name, AckFloor(givenBackHoldNs: hold)) })
     }
+
+    /// How long the first batch given back waits before it is delivered again.
+    static let nakDelayNs: Int64 = 1_000_000_000
+
+    /// Each consumer's acknowledgements, by consumer name.
+    private let floors: [String: AckFloor]
 
     /// The consumers to read, worked out once (``NATSSourceOptions/consumers``).
     private let consumers: [(name: String, subject: String?)]
@@ -229,21 +428,32 @@ final class ConsumerLink: @unchecked Sendable {
     private var inFlight = 0
     private var closed = false
 
-    /// A batch of messages is on its way to the sinks.
-    func delivering() {
-        deliveries.withLock { inFlight += 1 }
+    /// A batch of messages from `pull`'s consumer is on its way to the sinks.
+    func delivering(_ messages: [OpaquePointer], sequences: [UInt64], from pull: Pull) -> Delivery {
+        let floor = floors[pull.name]!
+        let delivery = Delivery(messages: messages, sequences: sequences, floor: floor, link: self)
+        deliveries.withLock {
+            inFlight += 1
+            floor.open.append(delivery)
+        }
+        return delivery
     }
 
-    /// A batch is done: acknowledge its messages and free them. After
-    /// ``close(waitingUpToNs:logger:)`` they are left alone (their connection
-    /// is gone; the server delivers them again after `ack_wait`).
-    func finish(_ messages: [OpaquePointer], acknowledge: Bool) {
+    /// Keeps the batches held below a floor from being delivered again.
+    func keepHeldAlive() {
+        deliveries.withLock {
+            guard !closed else { return }
+            floors.values.forEach { $0.keepHeldAlive(ackWaitNs: options.ackWaitNs) }
+        }
+    }
+
+    /// A batch is done: acknowledge what can be, give back what a sink
+    /// lost. After ``close(waitingUpToNs:logger:)`` it is left alone (the
+    /// connection is gone; the server delivers it again after `ack_wait`).
+    func finish(_ delivery: Delivery, written: Bool) {
         deliveries.withLock {
             if !closed {
-                for message in messages {
-                    if acknowledge { natsMsg_Ack(message, nil) }
-                    natsMsg_Destroy(message)
-                }
+                delivery.floor.finished(delivery, written: written, firstDelayNs: min(Self.nakDelayNs, options.ackWaitNs), mostDelayNs: options.ackWaitNs)
             }
             inFlight -= 1
             deliveries.broadcast()
@@ -259,6 +469,8 @@ final class ConsumerLink: @unchecked Sendable {
                 if !deliveries.wait(untilMonotonicNs: deadline), Clock.monotonicNs() >= deadline { break }
             }
             closed = true
+            // What is still held stays unacknowledged: delivered again later.
+            floors.values.forEach { $0.open.removeAll() }
             return inFlight
         }
         if left > 0 {
@@ -385,8 +597,25 @@ final class ConsumerLink: @unchecked Sendable {
             guard filter == subject else {
                 throw ConsumerProblem(message: "consumer '\(name)' of stream '\(options.stream)' exists with the filter '\(filter ?? "(all)")', not '\(subject ?? "(all)")': name another durable")
             }
+            // The acknowledgement policy cannot change on an existing consumer.
+            let acksEach = config.AckPolicy == js_AckExplicit
+            let floor = floors[name]!
+            if acksEach, !deliveries.withLock({ floor.acksEach }) {
+                context.logger.notice("consumer '\(name)' acknowledges each message (made by an older pipelined): reading it so; delete it on the server to get one acknowledgement per batch")
+            }
+            let acknowledgedFloor = info.pointee.AckFloor.Stream, delivered = info.pointee.Delivered.Stream
+            let unacknowledged = Int(max(0, info.pointee.NumAckPending))
+            deliveries.withLock {
+                floor.acksEach = acksEach
+                // Taken in once: later looks (a new subscription) would see this run's own deliveries.
+                if !floor.inherited, !acksEach, delivered > acknowledgedFloor, unacknowledged > 0 {
+                    context.logger.info("consumer '\(name)': \(unacknowledged) message(s) delivered before were not acknowledged; they come again within ack_wait (\(Units.formatDuration(options.ackWaitNs))), and acknowledgements wait for them")
+                    floor.inherit(unacknowledged, in: acknowledgedFloor + 1...delivered, holdingForNs: options.ackWaitNs * 2 + 5_000_000_000)
+                }
+                floor.inherited = true
+            }
             if config.AckWait != options.ackWaitNs || config.MaxAckPending != Int64(options.maxAckPending) {
-                try add(name, subject: subject, index: index, update: true)
+                try add(name, subject: subject, index: index, update: true, ackPolicy: config.AckPolicy)
             }
             return
         }
@@ -396,10 +625,14 @@ final class ConsumerLink: @unchecked Sendable {
         if code == JSStreamNotFoundErr {
             throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet")
         }
-        try add(name, subject: subject, index: index, update: false)
+        try add(name, subject: subject, index: index, update: false, ackPolicy: js_AckAll)
+        deliveries.withLock {
+            floors[name]!.acksEach = false
+            floors[name]!.inherited = true
+        }
     }
 
-    private func add(_ name: String, subject: String?, index: Int, update: Bool) throws {
+    private func add(_ name: String, subject: String?, index: Int, update: Bool, ackPolicy: jsAckPolicy) throws {
         guard let jetStream else { return }
         var config = jsConsumerConfig()
         jsConsumerConfig_Init(&config)
@@ -413,7 +646,7 @@ final class ConsumerLink: @unchecked Sendable {
         }
         config.Durable = UnsafePointer(durable)
         config.FilterSubject = filter.map { UnsafePointer($0) }
-        config.AckPolicy = js_AckExplicit
+        config.AckPolicy = ackPolicy
         config.DeliverPolicy = options.deliver == .all ? js_DeliverAll : js_DeliverNew
         config.AckWait = options.ackWaitNs
         config.MaxAckPending = Int64(options.maxAckPending)

@@ -10,13 +10,18 @@
 #   2. latency a node (replay of a FIFO that fleetbench fills at RATE events/s,
 #              each record stamped with its write time) → nats → an aggregator
 #              (`nats` source → unix_socket) → fleetbench recv: p50/p99
+#   2b. read   the aggregator alone: a stream filled by publisher.c with EVENTS
+#              events, read by `pipelined run` (nats source → file sink) RUNS
+#              times: events/s to the last line written, the aggregator's CPU
+#              and the server's CPU while it reads
 #   3. live    a syscall_monitor node (events [connect]) → nats while
 #              fleetbench makes LIVE_RATE connect() calls a second: what the
 #              sink lost (must be 0) and what reached the stream
 #
 #   bench/nats/run.sh
 #   EVENTS=500000 RUNS=3 RATE=50000 LIVE_RATE=200000 LIVE_SECONDS=10 bench/nats/run.sh
-#   PARTS="latency" RATE=20000 bench/nats/run.sh     (only some parts: rate latency live)
+#   PARTS="latency" RATE=20000 bench/nats/run.sh     (only some parts: rate latency read live)
+#   PIPELINED=/path/to/pipelined bench/nats/run.sh   (a given binary, not built here)
 #
 # Needs nats-server, libnats-dev, cc and /usr/bin/time (Debian package
 # `time`); part 3 needs root (eBPF).
@@ -30,7 +35,7 @@ rate="${RATE:-50000}"
 latency_seconds="${LATENCY_SECONDS:-10}"
 live_rate="${LIVE_RATE:-200000}"
 live_seconds="${LIVE_SECONDS:-10}"
-parts="${PARTS:-rate latency live}"
+parts="${PARTS:-rate latency read live}"
 part() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 max_pending=4096
 mkdir -p "$out"
@@ -39,9 +44,14 @@ for tool in /usr/bin/time nats-server cc; do
     command -v "$tool" > /dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
 done
 
-echo "== building pipelined (swift build -c release --static-swift-stdlib), publisher and fleetbench (cc -O2)"
-(cd "$root" && swift build -c release --static-swift-stdlib --product pipelined > "$out/build.log" 2>&1) || { tail -20 "$out/build.log" >&2; exit 1; }
-pipelined="$(cd "$root" && swift build -c release --static-swift-stdlib --show-bin-path)/pipelined"
+if [ -n "${PIPELINED:-}" ]; then
+    echo "== pipelined: $PIPELINED (PIPELINED, not built here); building publisher and fleetbench (cc -O2)"
+    pipelined="$PIPELINED"
+else
+    echo "== building pipelined (swift build -c release --static-swift-stdlib), publisher and fleetbench (cc -O2)"
+    (cd "$root" && swift build -c release --static-swift-stdlib --product pipelined > "$out/build.log" 2>&1) || { tail -20 "$out/build.log" >&2; exit 1; }
+    pipelined="$(cd "$root" && swift build -c release --static-swift-stdlib --show-bin-path)/pipelined"
+fi
 cc -O2 -Wall -o "$out/publisher" "$here/publisher.c" -lnats
 cc -O2 -Wall -o "$out/fleetbench" "$here/fleetbench.c"
 
@@ -138,6 +148,8 @@ sinks:
 YAML
 cat > "$out/aggregator.yaml" <<YAML
 name: latency-aggregator
+settings:
+  metrics: {listen: false}    # the node beside it has the default port
 sources:
   fleet: {type: nats, url: $url, stream: LATENCY, durable: bench}
 sinks:
@@ -159,6 +171,43 @@ kill -TERM "$aggregator_pid"
 wait "$aggregator_pid" || true
 stop_server
 
+fi
+
+if part read; then
+echo "== 2b. read: the aggregator alone (nats source → file sink) reading $events events, $runs runs"
+printf "%-4s %12s %16s %16s\n" run "events/s" "aggregator CPU s" "server CPU s"
+read_rates=()
+ticks="$(getconf CLK_TCK)"
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+for run in $(seq "$runs"); do
+    start_server
+    "$out/publisher" "$url" BENCH pipelined.bench.network.connect "$out/events.jsonl" "$max_pending" > "$out/read-fill.out"
+    rm -f "$out/read.jsonl"
+    cat > "$out/read.yaml" <<YAML
+name: read-aggregator
+sources:
+  fleet: {type: nats, url: $url, stream: BENCH, durable: bench}
+sinks:
+  out: {type: file, inputs: [fleet], path: $out/read.jsonl}
+YAML
+    server_before=$(cpu_ticks "$server_pid")
+    started=$(date +%s.%N)
+    "$pipelined" run "$out/read.yaml" 2> "$out/read.err" &
+    reader_pid=$!
+    while [ "$( { [ -f "$out/read.jsonl" ] && wc -l < "$out/read.jsonl"; } || echo 0)" -lt "$events" ]; do
+        kill -0 "$reader_pid" 2> /dev/null || { tail -20 "$out/read.err" >&2; exit 1; }
+        sleep 0.02
+    done
+    ended=$(date +%s.%N)
+    reader_ticks=$(cpu_ticks "$reader_pid")
+    server_ticks=$(( $(cpu_ticks "$server_pid") - server_before ))
+    kill -TERM "$reader_pid"; wait "$reader_pid" || true
+    rate=$(awk -v e="$events" -v a="$started" -v b="$ended" 'BEGIN { printf "%d", e / (b - a) }')
+    read_rates+=("$rate")
+    printf "%-4s %12s %16.2f %16.2f\n" "$run" "$rate" "$(awk -v t="$reader_ticks" -v h="$ticks" 'BEGIN { print t / h }')" "$(awk -v t="$server_ticks" -v h="$ticks" 'BEGIN { print t / h }')"
+    stop_server
+done
+echo "median events/s: $(printf "%s\n" "${read_rates[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
 fi
 
 part live || exit 0
