@@ -188,6 +188,15 @@ static const char *errno_names[134] = {
     "ENOTRECOVERABLE", "ERFKILL", "EHWPOISON",
 };
 
+/* The kernel-internal 512 to 531 (linux/errno.h), which a syscall's exit can
+ * show before the syscall layer rewrites them (ERESTARTSYS for a signal);
+ * 520 has no name. */
+static const char *kernel_errno_names[20] = {
+    "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ENOIOCTLCMD", "ERESTART_RESTARTBLOCK",
+    "EPROBE_DEFER", "EOPENSTALE", "ENOPARAM", "", "EBADHANDLE", "ENOTSYNC", "EBADCOOKIE", "ENOTSUPP",
+    "ETOOSMALL", "ESERVERFAULT", "EBADTYPE", "EJUKEBOX", "EIOCBQUEUED", "ERECALLCONFLICT", "ENOGRACE",
+};
+
 static const char *family_names[] = {
     "AF_UNSPEC", "AF_UNIX", "AF_INET", "AF_AX25", "AF_IPX", "AF_APPLETALK", "AF_NETROM", "AF_BRIDGE",
     "AF_ATMPVC", "AF_X25", "AF_INET6", "AF_ROSE", "AF_DECnet", "AF_NETBEUI", "AF_SECURITY", "AF_KEY",
@@ -289,12 +298,14 @@ static char *format(char *o, const struct event *e, int64_t wall_offset_ns) {
     o += node_len;
     o = PUTLIT(o, "\",\"ktime_ns\":");
     o = put_u64(o, e->ts);
-    /* Only connect is in this benchmark's records. */
+    /* Only connect: the codec chain has no other records, the storm traces no other event. */
     o = PUTLIT(o, ",\"event\":\"connect\",\"event_id\":42,\"scope\":\"network\",\"retval\":");
     o = put_i64(o, e->retval);
     o = PUTLIT(o, ",\"result\":\"");
     if (e->retval >= 0) o = PUTLIT(o, "ok");
     else if (e->retval >= -133 && errno_names[-e->retval][0]) o = put(o, errno_names[-e->retval]);
+    else if (e->retval <= -512 && e->retval >= -531 && kernel_errno_names[-e->retval - 512][0])
+        o = put(o, kernel_errno_names[-e->retval - 512]);
     else { *o++ = 'E'; o = put_u64(o, (uint64_t)0 - (uint64_t)e->retval); }
     o = PUTLIT(o, "\",\"pid\":"); o = put_u64(o, e->pid);
     o = PUTLIT(o, ",\"ppid\":"); o = put_u64(o, e->ppid);
