@@ -3,7 +3,7 @@
  * #13): what plain C gets from the same kernel path as pipelined, so that
  * the daemon's figures can be read against it in one run.
  *
- *     reference -o OUTPUT [-b OBJECT] [-r direct|libbpf] [-s RING_BYTES] [-p BOOST]
+ *     reference -o OUTPUT [-b OBJECT] [-r direct|libbpf] [-s RING_BYTES] [-p BOOST] [-f [-u]]
  *
  * Kernel side, as `pipelined run` sets it up for a syscall_monitor with
  * `events: [connect]` and default settings on this kernel (tracepoints,
@@ -15,6 +15,12 @@
  * settings.skip_retvals [-2, -115], the keep map empty (no clause), enabled
  * PL_EVENT_ON for connect and 0 for the other nineteen events, every scope
  * visible.
+ *
+ * -f keeps failures only (retval < 0), as run.sh's PIPELINE=failures (a
+ * retval filter `success: false` before the sink): the test in user space
+ * before formatting, and pushed down as the daemon pushes it, a keep clause
+ * `retval <= -1` (enabled PL_EVENT_ON | bit 0), so that the kernel submits
+ * only failures; -u leaves the kernel's test out (settings.pushdown: false).
  *
  * User side, per record: decode it (bench/codec/ndjson.h, the codec
  * baseline's decoder), format its NDJSON line (the same file's formatter,
@@ -47,7 +53,8 @@
  *
  * Prints "reference: attached ..." to stderr once tracing, and at SIGINT or
  * SIGTERM detaches, drains the ring, writes what is buffered, fsyncs and
- * prints "reference: stopped: records=N lost=N malformed=N bytes=N".
+ * prints "reference: stopped: records=N lost=N malformed=N filtered=N bytes=N"
+ * (records: lines written; filtered: successes -f dropped in user space).
  */
 #define _GNU_SOURCE
 #include <bpf/bpf.h>
@@ -99,7 +106,8 @@ static int out_fd = -1;
 static const char *out_path;
 static char *out, *o;
 static int64_t wall_offset_ns;
-static unsigned long records, malformed, bytes_written;
+static unsigned long records, malformed, bytes_written, filtered;
+static int failures_only;
 
 static void on_signal(int sig) { (void)sig; stopping = 1; }
 
@@ -157,6 +165,10 @@ static void on_record(const void *data, size_t size)
     struct event e;
     if (decode(data, size, &e) != 0 || e.event_id != PL_EV_CONNECT) {
         malformed++;
+        return;
+    }
+    if (failures_only && e.retval >= 0) {
+        filtered++;
         return;
     }
     o = format(o, &e, wall_offset_ns);
@@ -319,7 +331,7 @@ static int print_libbpf(enum libbpf_print_level level, const char *format, va_li
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: reference -o OUTPUT [-b OBJECT] [-r direct|libbpf] [-s RING_BYTES] [-p BOOST]\n");
+    fprintf(stderr, "usage: reference -o OUTPUT [-b OBJECT] [-r direct|libbpf] [-s RING_BYTES] [-p BOOST] [-f [-u]]\n");
     exit(2);
 }
 
@@ -329,14 +341,17 @@ int main(int argc, char **argv)
     const char *reader = "direct";
     unsigned long ring_bytes = 8ul << 20; /* ringbuf_bytes' default */
     int boost = 4;                        /* settings.priority_boost's default */
+    int pushdown = 1;
     int opt;
-    while ((opt = getopt(argc, argv, "o:b:r:s:p:")) != -1) {
+    while ((opt = getopt(argc, argv, "o:b:r:s:p:fu")) != -1) {
         switch (opt) {
         case 'o': out_path = optarg; break;
         case 'b': object_path = optarg; break;
         case 'r': reader = optarg; break;
         case 's': ring_bytes = strtoul(optarg, NULL, 0); break;
         case 'p': boost = atoi(optarg); break;
+        case 'f': failures_only = 1; break;
+        case 'u': pushdown = 0; break;
         default: usage();
         }
     }
@@ -405,14 +420,22 @@ int main(int argc, char **argv)
     struct pl_settings settings = { .skip_retvals = { -2, -115 }, .skip_retvals_count = 2 };
     if (bpf_map_update_elem(map_fd(obj, "settings"), &zero, &settings, BPF_ANY) != 0)
         die("writing settings", errno);
-    /* No clause: every kept event is kept whole (enabled has no clause bits). */
+    /* No clause: every kept event is kept whole (enabled has no clause bits).
+     * Failures pushed down: clause 0 is retval in [INT64_MIN, -1], any value. */
     struct pl_keep keep;
     memset(&keep, 0, sizeof keep);
+    int push_failures = failures_only && pushdown;
+    if (push_failures) {
+        keep.clauses[0].min = INT64_MIN;
+        keep.clauses[0].max = -1;
+        keep.clauses[0].in_count = PL_KEEP_IN_ANY;
+        keep.clauses[0].origin = PL_KEEP_ANY;
+    }
     if (bpf_map_update_elem(map_fd(obj, "keep"), &zero, &keep, BPF_ANY) != 0)
         die("writing keep", errno);
     int enabled_fd = map_fd(obj, "enabled");
     for (size_t i = 0; i < sizeof catalog / sizeof catalog[0]; i++) {
-        uint32_t on = catalog[i] == PL_EV_CONNECT ? PL_EVENT_ON : 0;
+        uint32_t on = catalog[i] == PL_EV_CONNECT ? PL_EVENT_ON | (push_failures ? 1u : 0) : 0;
         if (bpf_map_update_elem(enabled_fd, &catalog[i], &on, BPF_ANY) != 0)
             die("writing enabled", errno);
     }
@@ -439,8 +462,9 @@ int main(int argc, char **argv)
     if ((err = libbpf_get_error(link)) != 0)
         die("attaching syscalls/sys_exit_connect", err);
     fprintf(stderr, "reference: attached tp_ret_connect to syscalls/sys_exit_connect (exit-only capture), "
-                    "ring buffer of %lu bytes, wake-up at %lu bytes, reader %s\n",
-            ring_bytes, (unsigned long)wakeup_bytes, reader);
+                    "ring buffer of %lu bytes, wake-up at %lu bytes, reader %s, keeping %s\n",
+            ring_bytes, (unsigned long)wakeup_bytes, reader,
+            !failures_only ? "everything" : pushdown ? "failures (pushed down)" : "failures (user space only)");
 
     int64_t last_flush = clock_ns(CLOCK_MONOTONIC);
     while (!stopping) {
@@ -478,8 +502,8 @@ int main(int argc, char **argv)
     if (cpus > 0 && bpf_map_lookup_elem(map_fd(obj, "ringbuf_percpu"), &zero, slots) == 0)
         for (int i = 0; i < cpus; i++)
             lost += slots[i].drops;
-    fprintf(stderr, "reference: stopped: records=%lu lost=%lu malformed=%lu bytes=%lu\n",
-            records, lost, malformed, bytes_written);
+    fprintf(stderr, "reference: stopped: records=%lu lost=%lu malformed=%lu filtered=%lu bytes=%lu\n",
+            records, lost, malformed, filtered, bytes_written);
     ring_buffer__free(rb);
     bpf_object__close(obj);
     return 0;
