@@ -8,9 +8,10 @@
  * Kernel side, as `pipelined run` sets it up for a syscall_monitor with
  * `events: [connect]` and default settings on this kernel (tracepoints,
  * exit-only capture, ring buffer): the same object (bpf/pipelined.bpf.c,
- * compiled by run.sh with the BPFObjectPlugin's clang flags), the same
- * rodata (self_tgid = this process, use_ringbuf = 1, ringbuf_wakeup_bytes =
- * a sixteenth of the ring), the ring sized 8 MiB, only tp_ret_connect loaded
+ * compiled by build-reference.sh with the BPFObjectPlugin's clang and
+ * flags), the same rodata (self_tgid = this process, use_ringbuf = 1,
+ * ringbuf_wakeup_bytes = a sixteenth of the ring), the ring sized 8 MiB
+ * (ringbuf_bytes' default; -s another power of two), only tp_ret_connect loaded
  * and attached to syscalls/sys_exit_connect, and the same map values:
  * settings.skip_retvals [-2, -115], the keep map empty (no clause), enabled
  * PL_EVENT_ON for connect and 0 for the other nineteen events, every scope
