@@ -70,6 +70,43 @@ public final class NATSConnection: @unchecked Sendable {
     /// How long the client waits between connection attempts.
     public static let reconnectWaitMs: Int64 = 500
 
+    /// After how long without a connection the reason is first looked for
+    /// (and reported), and the longest wait between two reports.
+    static let firstReportNs: Int64 = 20_000_000_000
+    static let mostReportNs: Int64 = 600_000_000_000
+
+    /// The options of one connection attempt: servers, name, timeout,
+    /// credentials and TLS; no callbacks, no retries.
+    static func attemptOptions(_ endpoint: NATSEndpoint, name: String) throws -> OpaquePointer {
+        var options: OpaquePointer?
+        try natsCheck(natsOptions_Create(&options), "cannot create NATS options")
+        do {
+            let servers = endpoint.urls.map { strdup($0) }
+            defer { servers.forEach { free($0) } }
+            var pointers = servers.map { UnsafePointer<CChar>($0) }
+            try natsCheck(natsOptions_SetServers(options, &pointers, Int32(pointers.count)), "bad server list \(endpoint.urlList)")
+            try natsCheck(natsOptions_SetNoRandomize(options, true), "cannot set server order")
+            try natsCheck(natsOptions_SetName(options, name), "cannot set the connection name")
+            try natsCheck(natsOptions_SetTimeout(options, 2_000), "cannot set the connect timeout")
+            if let credentials = endpoint.credentials {
+                try natsCheck(natsOptions_SetUserCredentialsFromFiles(options, credentials, nil), "cannot use credentials '\(credentials)'")
+            }
+            if let tls = endpoint.tls {
+                try natsCheck(natsOptions_SetSecure(options, true), "cannot enable TLS")
+                if let ca = tls.ca {
+                    try natsCheck(natsOptions_LoadCATrustedCertificates(options, ca), "cannot load the TLS roots '\(ca)'")
+                }
+                if let cert = tls.cert, let key = tls.key {
+                    try natsCheck(natsOptions_LoadCertificatesChain(options, cert, key), "cannot load the TLS certificate '\(cert)' and key '\(key)'")
+                }
+            }
+        } catch {
+            natsOptions_Destroy(options)
+            throw error
+        }
+        return options!
+    }
+
     /// What happens to the connection, as the C client reports it.
     public enum Event: Sendable, Equatable {
         /// Connected for the first time (after a failed first attempt), to `url`.
@@ -96,7 +133,54 @@ public final class NATSConnection: @unchecked Sendable {
         let handler: @Sendable (Event) -> Void
         /// Set by ``close()``: a `closed` after it is ours, not the client giving up.
         let closing = Atomic<Bool>(false)
+        /// Set when the connection is closed for good (by us or by the client).
+        let ended = Atomic<Bool>(false)
+        /// Whether a server is connected, as the callbacks last said.
+        let connected = Atomic<Bool>(false)
+        /// Whether a ``watchReconnecting()`` thread runs.
+        let watching = Atomic<Bool>(false)
+        /// What a fresh attempt is made with when reconnecting takes long
+        /// (set once, before the connection exists; never freed, like the box).
+        nonisolated(unsafe) var probe: OpaquePointer?
+        var endpoint: NATSEndpoint?
         init(_ handler: @escaping @Sendable (Event) -> Void) { self.handler = handler }
+
+        /// The client retries in silence: it keeps no reason for a failed
+        /// reconnect (libnats 3.4.1 clears it), so a server that now refuses
+        /// us (another certificate, a revoked user) would look like one that
+        /// is away. While disconnected, after ``firstReportNs`` and then
+        /// twice as long each time, a connection of the same options is
+        /// tried once on the side and its failure reported as an `error`.
+        func watchReconnecting() {
+            guard !watching.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            _ = RuntimeThread(name: "nats-reconnect-watch") { [self] in
+                let since = Clock.monotonicNs()
+                var next = NATSConnection.firstReportNs
+                while !closing.load(ordering: .acquiring), !ended.load(ordering: .acquiring) {
+                    if connected.load(ordering: .acquiring) {
+                        watching.store(false, ordering: .releasing)
+                        // A disconnect between the two loads finds no watcher: look again.
+                        guard !connected.load(ordering: .acquiring),
+                              !watching.exchange(true, ordering: .acquiringAndReleasing) else { return }
+                    }
+                    usleep(200_000)
+                    let waited = Clock.monotonicNs() - since
+                    guard waited >= next, !connected.load(ordering: .acquiring), let probe, let endpoint else { continue }
+                    next = min(next * 2, NATSConnection.mostReportNs)
+                    var handle: OpaquePointer?
+                    let status = natsConnection_Connect(&handle, probe)
+                    if status == NATS_OK {
+                        natsConnection_Destroy(handle)
+                        continue
+                    }
+                    let reason = NATSConnection.explain(NATSError.lastDetail(status), status: status, endpoint: endpoint)
+                    if !closing.load(ordering: .acquiring), !connected.load(ordering: .acquiring) {
+                        handler(.error("no connection to \(endpoint.urlList) for \(Units.formatDuration(waited)), still retrying; a fresh attempt says: \(reason)"))
+                    }
+                }
+                watching.store(false, ordering: .releasing)
+            }
+        }
     }
 
     private let box: CallbackBox
@@ -116,42 +200,29 @@ public final class NATSConnection: @unchecked Sendable {
     public static func connect(
         _ endpoint: NATSEndpoint, name: String, onEvent: @escaping @Sendable (Event) -> Void
     ) throws -> (connection: NATSConnection, connected: Bool) {
-        var options: OpaquePointer?
-        try natsCheck(natsOptions_Create(&options), "cannot create NATS options")
+        let options: OpaquePointer? = try attemptOptions(endpoint, name: name)
         defer { natsOptions_Destroy(options) }
-
-        let servers = endpoint.urls.map { strdup($0) }
-        defer { servers.forEach { free($0) } }
-        var pointers = servers.map { UnsafePointer<CChar>($0) }
-        try natsCheck(natsOptions_SetServers(options, &pointers, Int32(pointers.count)), "bad server list \(endpoint.urlList)")
-        try natsCheck(natsOptions_SetNoRandomize(options, true), "cannot set server order")
-        try natsCheck(natsOptions_SetName(options, name), "cannot set the connection name")
-        try natsCheck(natsOptions_SetTimeout(options, 2_000), "cannot set the connect timeout")
         try natsCheck(natsOptions_SetMaxReconnect(options, -1), "cannot set reconnects")
         try natsCheck(natsOptions_SetReconnectWait(options, reconnectWaitMs), "cannot set the reconnect wait")
         // A server that hangs without closing the socket is noticed within ~15 s.
         try natsCheck(natsOptions_SetPingInterval(options, 5_000), "cannot set the ping interval")
         try natsCheck(natsOptions_SetMaxPingsOut(options, 3), "cannot set pings out")
-        if let credentials = endpoint.credentials {
-            try natsCheck(natsOptions_SetUserCredentialsFromFiles(options, credentials, nil), "cannot use credentials '\(credentials)'")
-        }
-        if let tls = endpoint.tls {
-            try natsCheck(natsOptions_SetSecure(options, true), "cannot enable TLS")
-            if let ca = tls.ca {
-                try natsCheck(natsOptions_LoadCATrustedCertificates(options, ca), "cannot load the TLS roots '\(ca)'")
-            }
-            if let cert = tls.cert, let key = tls.key {
-                try natsCheck(natsOptions_LoadCertificatesChain(options, cert, key), "cannot load the TLS certificate '\(cert)' and key '\(key)'")
-            }
-        }
-
-        let box = Unmanaged.passRetained(CallbackBox(onEvent))
+        let callbacks = CallbackBox(onEvent)
+        callbacks.endpoint = endpoint
+        callbacks.probe = try attemptOptions(endpoint, name: name + " (probe)")
+        try natsCheck(natsOptions_SetAllowReconnect(callbacks.probe, false), "cannot set the probe's reconnects")
+        let box = Unmanaged.passRetained(callbacks)
         let closure = box.toOpaque()
         try natsCheck(natsOptions_SetDisconnectedCB(options, { _, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.disconnected)
+            let box = Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue()
+            box.connected.store(false, ordering: .releasing)
+            box.handler(.disconnected)
+            if !box.closing.load(ordering: .acquiring) { box.watchReconnecting() }
         }, closure), "cannot set the disconnect handler")
         try natsCheck(natsOptions_SetReconnectedCB(options, { handle, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.reconnected(url: NATSConnection.connectedURL(of: handle)))
+            let box = Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue()
+            box.connected.store(true, ordering: .releasing)
+            box.handler(.reconnected(url: NATSConnection.connectedURL(of: handle)))
         }, closure), "cannot set the reconnect handler")
         try natsCheck(natsOptions_SetClosedCB(options, { handle, closure in
             let box = Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue()
@@ -162,6 +233,7 @@ public final class NATSConnection: @unchecked Sendable {
                 box.handler(.error("gave up on the connection (\(NATSConnection.lastError(of: handle))): "
                     + "nothing more is sent or received until the pipeline is restarted"))
             }
+            box.ended.store(true, ordering: .releasing)
             box.handler(.closed)
         }, closure), "cannot set the close handler")
         try natsCheck(natsOptions_SetErrorHandler(options, { _, _, status, closure in
@@ -179,17 +251,21 @@ public final class NATSConnection: @unchecked Sendable {
         var handle: OpaquePointer?
         var status = natsConnection_Connect(&handle, options)
         if status == NATS_OK, let handle {
+            callbacks.connected.store(true, ordering: .releasing)
             return (NATSConnection(handle: handle, endpoint: endpoint, box: box.takeUnretainedValue()), true)
         }
         let failure = NATSConnection.explain(NATSError.lastDetail(status), status: status, endpoint: endpoint)
         guard retryable.contains(status.rawValue) else {
             // No connection was made, so no callback can come: the box can go.
+            natsOptions_Destroy(callbacks.probe)
             box.release()
             throw NATSError(status: status, message: "\(endpoint.urlList): \(failure)")
         }
 
         try natsCheck(natsOptions_SetRetryOnFailedConnect(options, true, { handle, closure in
-            Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.connected(url: NATSConnection.connectedURL(of: handle)))
+            let box = Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue()
+            box.connected.store(true, ordering: .releasing)
+            box.handler(.connected(url: NATSConnection.connectedURL(of: handle)))
         }, closure), "cannot set connect retries")
         handle = nil
         status = natsConnection_Connect(&handle, options)
@@ -198,6 +274,7 @@ public final class NATSConnection: @unchecked Sendable {
         }
         let connection = NATSConnection(handle: handle, endpoint: endpoint, box: box.takeUnretainedValue())
         connection.firstFailure = failure
+        if status == NATS_OK { callbacks.connected.store(true, ordering: .releasing) } else { callbacks.watchReconnecting() }
         return (connection, status == NATS_OK)
     }
 

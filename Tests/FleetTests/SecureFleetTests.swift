@@ -261,6 +261,34 @@ struct SecureFleetTests {
         #expect(!node.stderr.text.contains("Program crashed"))
     }
 
+    @Test("TLS refused after the start (the server came back with a certificate of another CA): the node keeps retrying and says why within a minute",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
+    func tlsRefusedAfterTheStart() throws {
+        let scratch = try FleetScratch("tls-after")
+        defer { scratch.remove() }
+        let certificates = try NATSAuth.Certificates(in: scratch.directory)
+        let other = try NATSAuth.Certificates(in: scratch.directory, name: "other")
+        let port = NATSTests.freePort()
+        let first = try Self.tlsServer(scratch, certificates, port: port)
+        defer { first.stop() }
+        // A node that is still publishing when its server goes away.
+        let events = try scratch.events("events", count: 20_000)
+        let options = Self.tlsOptions(ca: certificates.ca, cert: certificates.clientCert, key: certificates.clientKey)
+        let node = try CLI.start(["run", try scratch.nodePipeline("node-a", events: events, urls: ["tls://127.0.0.1:\(port)"], rate: 200, sink: options)])
+        defer { node.stopIfRunning() }
+        #expect(node.waitFor(timeout: 30) { _, stderr in stderr.contains("connected to tls://127.0.0.1:\(port)") }, "\(FleetRecords.excerpt(node.stderr.text))")
+        first.stop()
+        #expect(node.waitFor(timeout: 30) { _, stderr in stderr.contains("disconnected from the nats server") }, "\(FleetRecords.excerpt(node.stderr.text))")
+        let second = try NATSServer(directory: scratch.directory, name: "n2", port: port, config: other.serverConfig)
+        defer { second.stop() }
+        // The client retries in silence; the node must find the reason and say it.
+        #expect(node.waitFor(timeout: 60) { _, stderr in stderr.contains("still retrying; a fresh attempt says: TLS handshake failed") },
+                "\(FleetRecords.excerpt(node.stderr.text))")
+        #expect(node.stderr.text.contains("tls.ca must hold the CA that signed the server's certificate"))
+        #expect(node.process.isRunning, "the pipeline runs on")
+        #expect(!node.stderr.text.contains("Program crashed"))
+    }
+
     @Test("tls and credentials together: both required, both given, every event once; with the wrong CA or no client certificate the error is at tls, not credentials",
           .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
     func tlsAndCredentials() throws {
