@@ -140,10 +140,14 @@ public final class NATSConnection: @unchecked Sendable {
         /// Whether a ``watchReconnecting()`` thread runs.
         let watching = Atomic<Bool>(false)
         /// What a fresh attempt is made with when reconnecting takes long
-        /// (set once, before the connection exists; never freed, like the box).
-        nonisolated(unsafe) var probe: OpaquePointer?
-        var endpoint: NATSEndpoint?
-        init(_ handler: @escaping @Sendable (Event) -> Void) { self.handler = handler }
+        /// (never freed, like the box, unless no connection was made).
+        let probe: OpaquePointer
+        let endpoint: NATSEndpoint
+        init(_ handler: @escaping @Sendable (Event) -> Void, endpoint: NATSEndpoint, probe: OpaquePointer) {
+            self.handler = handler
+            self.endpoint = endpoint
+            self.probe = probe
+        }
 
         /// The client retries in silence: it keeps no reason for a failed
         /// reconnect (libnats 3.4.1 clears it), so a server that now refuses
@@ -165,7 +169,7 @@ public final class NATSConnection: @unchecked Sendable {
                     }
                     usleep(200_000)
                     let waited = Clock.monotonicNs() - since
-                    guard waited >= next, !connected.load(ordering: .acquiring), let probe, let endpoint else { continue }
+                    guard waited >= next, !connected.load(ordering: .acquiring) else { continue }
                     next = min(next * 2, NATSConnection.mostReportNs)
                     var handle: OpaquePointer?
                     let status = natsConnection_Connect(&handle, probe)
@@ -207,10 +211,14 @@ public final class NATSConnection: @unchecked Sendable {
         // A server that hangs without closing the socket is noticed within ~15 s.
         try natsCheck(natsOptions_SetPingInterval(options, 5_000), "cannot set the ping interval")
         try natsCheck(natsOptions_SetMaxPingsOut(options, 3), "cannot set pings out")
-        let callbacks = CallbackBox(onEvent)
-        callbacks.endpoint = endpoint
-        callbacks.probe = try attemptOptions(endpoint, name: name + " (probe)")
-        try natsCheck(natsOptions_SetAllowReconnect(callbacks.probe, false), "cannot set the probe's reconnects")
+        let probe = try attemptOptions(endpoint, name: name + " (probe)")
+        do {
+            try natsCheck(natsOptions_SetAllowReconnect(probe, false), "cannot set the probe's reconnects")
+        } catch {
+            natsOptions_Destroy(probe)
+            throw error
+        }
+        let callbacks = CallbackBox(onEvent, endpoint: endpoint, probe: probe)
         let box = Unmanaged.passRetained(callbacks)
         let closure = box.toOpaque()
         try natsCheck(natsOptions_SetDisconnectedCB(options, { _, closure in

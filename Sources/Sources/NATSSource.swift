@@ -256,7 +256,7 @@ final class AckFloor {
     /// again and again.
     private var givenBackInARow = 0
 
-    /// Whether the consumer's state on the server was taken in (``inherit(_:holdingForNs:)``).
+    /// Whether the consumer's state on the server was taken in (``inherit(_:in:holdingForNs:)``).
     var inherited = false
 
     /// What an earlier run was delivered and did not acknowledge: `count`
