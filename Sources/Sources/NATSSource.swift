@@ -106,7 +106,7 @@ public final class NATSSource: EventSource {
                 usleep(200_000)
                 continue
             }
-            consumer.keepHeldAlive()
+            consumer.tick()
             let pull = pulls[turn % pulls.count]
             turn &+= 1
             var list = natsMsgList()
@@ -277,7 +277,14 @@ final class AckFloor {
         inheritedRange = sequences
         inheritedLeft = count
         inheritedUntil = Clock.monotonicNs() + hold
+        holdEndsNs = min(holdEndsNs, inheritedUntil)
     }
+
+    /// When the earliest hold (a sequence given back, the inherited range)
+    /// ends, `.max` when none is held. Once it has passed, ``tick(ackWaitNs:)``
+    /// acknowledges what the hold kept back: no batch may finish to do it,
+    /// because with `max_ack_pending` messages held the server sends no more.
+    private var holdEndsNs: Int64 = .max
 
     /// A written batch: the inherited messages it wrote again.
     private func rewrote(_ sequences: [UInt64]) {
@@ -293,13 +300,15 @@ final class AckFloor {
         inheritedSeen = []
     }
 
-    /// Written batches held below the floor must not reach `ack_wait`, or
-    /// the server would deliver them again (duplicates beyond the window
-    /// of a restart): past half of it, each message is said to be in
-    /// progress, which starts its wait anew. Called by the fetch loop.
-    func keepHeldAlive(ackWaitNs: Int64) {
+    /// Called by the fetch loop between fetches. A hold that has ended lets
+    /// its acknowledgement go. Written batches still held below the floor
+    /// must not reach `ack_wait`, or the server would deliver them again
+    /// (duplicates beyond the window of a restart): past half of it, each
+    /// message is said to be in progress, which starts its wait anew.
+    func tick(ackWaitNs: Int64) {
         guard !acksEach, !open.isEmpty else { return }
         let now = Clock.monotonicNs()
+        if now >= holdEndsNs { acknowledge() }
         for delivery in open where delivery.state == .written && now - delivery.touchedNs > ackWaitNs / 2 {
             for message in delivery.messages { natsMsg_InProgress(message, nil) }
             delivery.touchedNs = now
@@ -328,6 +337,7 @@ final class AckFloor {
             let delayNs = min(firstDelayNs << min(givenBackInARow, 16), mostDelayNs)
             givenBackInARow += 1
             let until = Clock.monotonicNs() + delayNs + givenBackHoldNs
+            holdEndsNs = min(holdEndsNs, until)
             for (message, sequence) in zip(delivery.messages, delivery.sequences) {
                 natsMsg_NakWithDelay(message, delayNs / 1_000_000, nil)  // (the client takes milliseconds)
                 natsMsg_Destroy(message)
@@ -343,13 +353,20 @@ final class AckFloor {
     /// the batches that acknowledgement covers.
     private func acknowledge() {
         var floor = UInt64.max
+        let now = Clock.monotonicNs()
+        holdEndsNs = .max
         if let range = inheritedRange {
-            if Clock.monotonicNs() > inheritedUntil { forgetInherited() } else { floor = range.lowerBound }
+            if now > inheritedUntil {
+                forgetInherited()
+            } else {
+                floor = range.lowerBound
+                holdEndsNs = inheritedUntil
+            }
         }
         if !givenBack.isEmpty {
-            let now = Clock.monotonicNs()
             givenBack = givenBack.filter { $0.value > now }
             floor = min(floor, givenBack.keys.min() ?? .max)
+            holdEndsNs = min(holdEndsNs, givenBack.values.min() ?? .max)
         }
         for delivery in open where delivery.state == .inFlight {
             floor = min(floor, delivery.lowest)
@@ -439,11 +456,12 @@ final class ConsumerLink: @unchecked Sendable {
         return delivery
     }
 
-    /// Keeps the batches held below a floor from being delivered again.
-    func keepHeldAlive() {
+    /// Between fetches: acknowledges what an ended hold kept back, and keeps
+    /// the batches still held below a floor from being delivered again.
+    func tick() {
         deliveries.withLock {
             guard !closed else { return }
-            floors.values.forEach { $0.keepHeldAlive(ackWaitNs: options.ackWaitNs) }
+            floors.values.forEach { $0.tick(ackWaitNs: options.ackWaitNs) }
         }
     }
 
