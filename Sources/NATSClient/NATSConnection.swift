@@ -57,8 +57,10 @@ public func natsCheck(_ status: natsStatus, code: jsErrCode = jsErrCode(rawValue
 /// It never gives up: a server that cannot be reached at start, or that goes
 /// away later, is retried every ``reconnectWaitMs`` for as long as the
 /// connection lives (the client's `RetryOnFailedConnect`, unlimited
-/// reconnects). ``Event``s say when it connects and disconnects; they are
-/// delivered on the C client's own callback thread.
+/// reconnects), with one exception the C client makes: credentials refused
+/// twice in a row end it (``Event/gaveUp(reason:)``). ``Event``s say when
+/// it connects and disconnects; they are delivered on the C client's own
+/// callback thread.
 public final class NATSConnection: @unchecked Sendable {
     // `handle` and `firstFailure` are set once in `connect` and only read
     // after; the C client is thread-safe. That is why this is
@@ -115,9 +117,13 @@ public final class NATSConnection: @unchecked Sendable {
         /// Connected again, to `url`.
         case reconnected(url: String?)
         /// Closed for good: by ``close()``, or by the client when it gives up
-        /// (a server that refused the credentials twice in a row), which an
-        /// ``error(_:)`` saying so comes first.
+        /// (after ``gaveUp(reason:)``).
         case closed
+        /// The client stopped reconnecting and closes the connection: libnats
+        /// 3.4.1 does so after a server refused the same credentials twice in
+        /// a row. The connection cannot be used again; a stage that must go
+        /// on makes a new one (``connect(_:name:onEvent:)``).
+        case gaveUp(reason: String)
         /// An asynchronous error (a permission violation, a slow consumer).
         case error(String)
     }
@@ -236,10 +242,9 @@ public final class NATSConnection: @unchecked Sendable {
             let box = Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue()
             if !box.closing.load(ordering: .acquiring) {
                 // libnats 3.4.1 stops reconnecting after a server refused the
-                // same credentials twice: the stage must say so, or it would
+                // same credentials twice: the stage must know, or it would
                 // wait for a connection that never comes.
-                box.handler(.error("gave up on the connection (\(NATSConnection.lastError(of: handle))): "
-                    + "nothing more is sent or received until the pipeline is restarted"))
+                box.handler(.gaveUp(reason: NATSConnection.lastError(of: handle)))
             }
             box.ended.store(true, ordering: .releasing)
             box.handler(.closed)

@@ -444,6 +444,17 @@ final class Outbox: @unchecked Sendable {
         retries.append(sequence)
     }
 
+    /// Every publish in flight is to be sent again (its connection is gone);
+    /// returns how many. Call with ``lock`` held.
+    func retryInFlight() -> Int {
+        var taken = 0
+        for offset in 0..<count where entries[(head + offset) & (entries.count - 1)].state == .inflight {
+            retry(firstSequence + UInt64(offset))
+            taken += 1
+        }
+        return taken
+    }
+
     /// What is still held: records, and the events they stand for. Call with ``lock`` held.
     var held: (records: Int, weight: UInt64) {
         var weight: UInt64 = 0
@@ -457,9 +468,10 @@ final class Outbox: @unchecked Sendable {
 /// The sink's connection, JetStream context and publisher thread, and the
 /// handlers the C client calls: everything that talks to the server.
 final class PublishLink: @unchecked Sendable {
-    // `connection` and `thread` are set in `start()` and cleared in
-    // `finish()`, both on the sink's thread; the client's callbacks never
-    // touch them. `jetStream` is also read by the callback thread (after a
+    // `connection`, `target` and `thread` are set in `start()` and cleared
+    // in `finish()`, both on the sink's thread; in between only the
+    // publisher thread replaces `connection` and `target` (when the client
+    // gives up on a connection); the client's callbacks never touch them. `jetStream` is also read by the callback thread (after a
     // reconnect), so it is set and destroyed under `handles`. `failure`,
     // `streamReady` and the log flags are guarded by the outbox's lock. That
     // is why this is @unchecked Sendable.
@@ -467,6 +479,8 @@ final class PublishLink: @unchecked Sendable {
     let outbox: Outbox
     let context: StageContext
     private var connection: NATSConnection?
+    /// What the current connection's callbacks and ack handler reach the link through.
+    private var target: AckTarget?
     private var jetStream: OpaquePointer?
     private var thread: RuntimeThread?
     private var failure: StageStartError?
@@ -476,6 +490,9 @@ final class PublishLink: @unchecked Sendable {
     private let connected = ManagedAtomic<Bool>(false)
     /// Set before the connection is closed on purpose.
     private let tornDown = ManagedAtomic<Bool>(false)
+    /// Set when the client gave up on the connection: the publisher thread
+    /// makes a new one (``renew(waitNs:)``).
+    private let gaveUp = ManagedAtomic<Bool>(false)
     /// Held to use `jetStream` from the client's callback thread, and to destroy it.
     private let handles = ConditionLock()
     /// Set once a publish went out: before that the context has no table of
@@ -527,36 +544,14 @@ final class PublishLink: @unchecked Sendable {
     /// stream that cannot take the subjects fails the start, exit 78).
     /// Otherwise says so and lets the publisher thread keep trying.
     func start() throws {
-        let target = AckTarget(self)
-        let (connection, isConnected): (NATSConnection, Bool)
+        let isConnected: Bool
         do {
-            (connection, isConnected) = try NATSConnection.connect(options.endpoint, name: "pipelined \(context.node.name) \(context.id)") { [weak target] event in
-                target?.link?.connectionEvent(event)
-            }
+            isConnected = try openConnection()
         } catch let error as NATSError {
             throw options.endpoint.startError(error, stage: context.id, label: "sink '\(context.id)'")
         }
-        self.connection = connection
-        // The ack handler's context lives as long as the process: the C
-        // client may call it until its reply subscription is gone, which
-        // nothing reports. It holds the link weakly.
-        let closure = Unmanaged.passRetained(target).toOpaque()
-        let jsContext = try connection.jetStream { options in
-            options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
-                if let link = Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue().link {
-                    link.acknowledged(message, ok: ack != nil, refusal: refusal)
-                } else {
-                    natsMsg_Destroy(message)
-                }
-            }
-            options.PublishAsync.AckHandlerClosure = closure
-            // No stall inside the client: the outbox keeps max_pending.
-            options.PublishAsync.MaxPending = 0
-        }
-        handles.withLock { jetStream = jsContext }
         if isConnected {
-            connected.store(true, ordering: .releasing)
-            context.logger.info("connected to \(connection.connectedURL ?? options.endpoint.urlList)")
+            context.logger.info("connected to \(connection?.connectedURL ?? options.endpoint.urlList)")
             do {
                 try ensureStream()
                 streamReady = true
@@ -567,9 +562,89 @@ final class PublishLink: @unchecked Sendable {
                 context.logger.warning("stream '\(options.stream)' not ready yet (\(message)); retrying")
             }
         } else {
-            context.logger.error("cannot reach \(options.endpoint.urlList) (\(connection.lastError)): retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000)); holding up to \(Units.formatSize(options.bufferBytes)) of events meanwhile")
+            context.logger.error("cannot reach \(options.endpoint.urlList) (\(connection?.lastError ?? "")): retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000)); holding up to \(Units.formatSize(options.bufferBytes)) of events meanwhile")
         }
         thread = RuntimeThread(name: "nats:\(context.id)") { [self] in publishLoop() }
+    }
+
+    /// Makes the connection and its JetStream context, reached by the
+    /// client through a target of their own; true when a server answered.
+    private func openConnection() throws -> Bool {
+        let target = AckTarget(self)
+        let (connection, isConnected) = try NATSConnection.connect(options.endpoint, name: "pipelined \(context.node.name) \(context.id)") { [weak target] event in
+            guard let target, !target.retired.load(ordering: .acquiring) else { return }
+            target.link?.connectionEvent(event)
+        }
+        // The ack handler's context lives as long as the process: the C
+        // client may call it until its reply subscription is gone, which
+        // nothing reports. It holds the link weakly.
+        let closure = Unmanaged.passRetained(target).toOpaque()
+        let jsContext: OpaquePointer
+        do {
+            jsContext = try connection.jetStream { options in
+                options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
+                    let target = Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue()
+                    if !target.retired.load(ordering: .acquiring), let link = target.link {
+                        link.acknowledged(message, ok: ack != nil, refusal: refusal)
+                    } else {
+                        natsMsg_Destroy(message)
+                    }
+                }
+                options.PublishAsync.AckHandlerClosure = closure
+                // No stall inside the client: the outbox keeps max_pending.
+                options.PublishAsync.MaxPending = 0
+            }
+        } catch {
+            target.retired.store(true, ordering: .releasing)
+            connection.close()
+            throw error
+        }
+        self.connection = connection
+        self.target = target
+        handles.withLock { jetStream = jsContext }
+        connected.store(isConnected, ordering: .releasing)
+        return isConnected
+    }
+
+    /// How long the first new connection waits after the client gave up on
+    /// one, and the longest wait between two.
+    static let firstRenewNs: Int64 = 1_000_000_000
+    static let mostRenewNs: Int64 = 60_000_000_000
+
+    /// The client gave up on the connection (credentials refused twice in a
+    /// row): on the publisher thread, retire it and make a new one. What the
+    /// old one had in flight is sent again on the new one, with the same
+    /// message ids. A new connection that is refused at once is tried again
+    /// after `waitNs`, which doubles each time up to ``mostRenewNs``.
+    private func renew(waitNs: inout Int64) {
+        target?.retired.store(true, ordering: .releasing)
+        handles.withLock {
+            if let jetStream { jsCtx_Destroy(jetStream) }
+            jetStream = nil
+        }
+        // A new context has no table of pending publishes until it publishes.
+        published.store(false, ordering: .releasing)
+        connection?.close()
+        connection = nil
+        target = nil
+        connected.store(false, ordering: .releasing)
+        let again = outbox.lock.withLock { outbox.retryInFlight() }
+        if again > 0 { resent.add(UInt64(again)) }
+        do {
+            let isConnected = try openConnection()
+            gaveUp.store(false, ordering: .releasing)
+            waitNs = 0
+            let resending = again > 0 ? "; sending \(again) unacknowledged publish(es) again" : ""
+            if isConnected {
+                context.logger.notice("made a new connection to \(connection?.connectedURL ?? options.endpoint.urlList)\(resending)")
+            } else {
+                context.logger.warning("made a new connection; no server answers yet (\(connection?.lastError ?? "")), retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000))\(resending)")
+            }
+            outbox.lock.withLock { outbox.lock.broadcast() }
+        } catch {
+            waitNs = min(max(waitNs * 2, Self.firstRenewNs), Self.mostRenewNs)
+            context.logger.warning("a new connection to \(options.endpoint.urlList) was refused (\(error)); trying again in \(Units.formatDuration(waitNs)), holding up to \(Units.formatSize(options.bufferBytes)) of events meanwhile")
+        }
     }
 
     // MARK: Stream
@@ -670,6 +745,8 @@ final class PublishLink: @unchecked Sendable {
         for (index, byte) in idPrefix.enumerated() { id[index] = byte }
         var backoffNs: Int64 = 0
         var streamWaitNs: Int64 = 0
+        var renewWaitNs: Int64 = 0
+        var renewAtNs: Int64 = 0
         defer {
             let left = outbox.lock.withLock { () -> [OpaquePointer] in
                 publisherDone = true
@@ -681,6 +758,17 @@ final class PublishLink: @unchecked Sendable {
         while true {
             // No publish is under way here: what the ack handler gave back can go.
             freeFinishedMessages()
+            if gaveUp.load(ordering: .acquiring) {
+                if outbox.lock.withLock({ closing && (outbox.isEmpty || Clock.monotonicNs() >= closeDeadlineNs) || failure != nil }) { return }
+                let now = Clock.monotonicNs()
+                if now < renewAtNs {
+                    waitIdle(min(renewAtNs - now, 100_000_000))
+                    continue
+                }
+                renew(waitNs: &renewWaitNs)
+                renewAtNs = Clock.monotonicNs() + renewWaitNs
+                continue
+            }
             let ready = outbox.lock.withLock { streamReady }
             if !ready {
                 if outbox.lock.withLock({ closing && Clock.monotonicNs() >= closeDeadlineNs || failure != nil }) { return }
@@ -707,6 +795,10 @@ final class PublishLink: @unchecked Sendable {
                 while true {
                     if failure != nil { return true }
                     if closing, outbox.isEmpty || Clock.monotonicNs() >= closeDeadlineNs { return true }
+                    if gaveUp.load(ordering: .acquiring) {
+                        work.removeAll(keepingCapacity: true)
+                        return false
+                    }
                     if connected.load(ordering: .acquiring), outbox.hasWork {
                         outbox.takeWork(limit: 256, into: &work)
                         return false
@@ -879,6 +971,13 @@ final class PublishLink: @unchecked Sendable {
             context.logger.warning("disconnected from the nats server; reconnecting, holding \(held) record(s)")
         case .closed:
             connected.store(false, ordering: .releasing)
+        case .gaveUp(let reason):
+            connected.store(false, ordering: .releasing)
+            guard !tornDown.load(ordering: .acquiring) else { return }
+            let held = outbox.lock.withLock { outbox.count }
+            context.logger.error("the nats client gave up on the connection (\(reason)); making a new one, holding \(held) record(s)")
+            gaveUp.store(true, ordering: .releasing)
+            outbox.lock.withLock { outbox.lock.broadcast() }
         case .error(let text):
             context.logger.warning("nats client: \(text)")
         }
@@ -979,13 +1078,18 @@ final class PublishLink: @unchecked Sendable {
         }
         connection?.close()
         connection = nil
+        target?.retired.store(true, ordering: .releasing)
+        target = nil
     }
 }
 
-/// The C client's handle on a link: a weak reference, so a late callback
-/// after the sink is gone finds nothing.
+/// The C client's handle on a link, one per connection: a weak reference,
+/// so a late callback after the sink is gone finds nothing, and a flag, so
+/// that one from a connection the client gave up on is ignored.
 final class AckTarget: @unchecked Sendable {
-    // Set once at creation; a weak reference is safe to read from any thread.
+    // `link` is set once at creation; a weak reference is safe to read from
+    // any thread. `retired` is atomic.
     weak var link: PublishLink?
+    let retired = ManagedAtomic<Bool>(false)
     init(_ link: PublishLink) { self.link = link }
 }

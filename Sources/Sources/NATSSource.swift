@@ -102,6 +102,10 @@ public final class NATSSource: EventSource {
         // turn empty-handed, the next fetch waits for messages.
         var emptyInARow = 0
         while !stopped.load(ordering: .acquiring) {
+            if consumer.renewIfGaveUp() {
+                usleep(100_000)
+                continue
+            }
             guard let pulls = try consumer.subscriptions(waitingSince: &waitingSince) else {
                 usleep(200_000)
                 continue
@@ -401,8 +405,9 @@ final class AckFloor {
 /// acknowledgements before it closes the connection; one that completes
 /// later finds it closed and leaves its messages to be delivered again.
 final class ConsumerLink: @unchecked Sendable {
-    // `connection` and `jetStream` are set in `connect()` (prepare) and
-    // cleared in `close` (the end of run); the subscriptions and the log
+    // `connection` and `jetStream` are set in `connect()` (prepare, and
+    // ``renewIfGaveUp()`` on the run thread) and cleared in `close` (the
+    // end of run); the subscriptions and the log
     // state are touched only by the thread that prepares, then the source's
     // run thread, in sequence; the sink threads
     // reach only `finish`, under `deliveries`. Hence @unchecked Sendable.
@@ -419,6 +424,19 @@ final class ConsumerLink: @unchecked Sendable {
     private let connected = ManagedAtomic<Bool>(false)
     /// Set before the connection is closed on purpose.
     private let closing = ManagedAtomic<Bool>(false)
+    /// Set when the client gave up on the connection (``renewIfGaveUp()``).
+    private let gaveUp = ManagedAtomic<Bool>(false)
+    /// Set to ignore the current connection's late events once it is retired.
+    private var retiredFlag = ManagedAtomic<Bool>(false)
+    /// Connections the client gave up on, with their JetStream contexts:
+    /// messages of batches in flight still point at them, so they are
+    /// freed only with the link.
+    private var retiredConnections: [(connection: NATSConnection, jetStream: OpaquePointer?)] = []
+    /// When the next new connection is tried, and the wait before the one after.
+    private var renewAtNs: Int64 = 0
+    private var renewWaitNs: Int64 = 0
+    static let firstRenewNs: Int64 = 1_000_000_000
+    static let mostRenewNs: Int64 = 60_000_000_000
 
     init(options: NATSSourceOptions, context: StageContext) {
         self.options = options
@@ -503,14 +521,55 @@ final class ConsumerLink: @unchecked Sendable {
         jetStream = nil
         connection?.close()
         connection = nil
+        for old in retiredConnections {
+            if let jetStream = old.jetStream { jsCtx_Destroy(jetStream) }
+            old.connection.close()
+        }
+        retiredConnections = []
     }
 
-    func connect() throws {
+    /// On the run thread, before each fetch. When the client gave up on the
+    /// connection (credentials refused twice in a row), retires it and makes
+    /// a new one, again after 1 s, 2 s, 4 s ... (at most a minute) while the
+    /// server refuses. True while there is no connection to fetch on. What
+    /// was in flight on the old one is acknowledged there in vain: the
+    /// server delivers it again after `ack_wait`.
+    func renewIfGaveUp() -> Bool {
+        guard gaveUp.load(ordering: .acquiring) else { return false }
+        let now = Clock.monotonicNs()
+        guard now >= renewAtNs else { return true }
+        if let connection {
+            retiredFlag.store(true, ordering: .releasing)
+            retired.append(contentsOf: subscribed.map(\.subscription))
+            subscribed = []
+            retiredConnections.append((connection, jetStream))
+            self.connection = nil
+            jetStream = nil
+        }
+        do {
+            try connect(renewing: true)
+            gaveUp.store(false, ordering: .releasing)
+            renewWaitNs = 0
+        } catch {
+            renewWaitNs = min(max(renewWaitNs * 2, Self.firstRenewNs), Self.mostRenewNs)
+            context.logger.warning("a new connection to \(options.endpoint.urlList) was refused (\(error)); trying again in \(Units.formatDuration(renewWaitNs))")
+        }
+        renewAtNs = Clock.monotonicNs() + renewWaitNs
+        return gaveUp.load(ordering: .acquiring)
+    }
+
+    /// Connects (at prepare; `renewing` after the client gave up on a connection).
+    func connect(renewing: Bool = false) throws {
         let logger = context.logger
         let urls = options.endpoint.urlList
         let flag = connected
         let closing = closing
+        let gaveUp = gaveUp
+        // This connection's events only, until it is retired.
+        let retired = ManagedAtomic<Bool>(false)
+        retiredFlag = retired
         let (connection, isConnected) = try NATSConnection.connect(options.endpoint, name: "pipelined \(context.node.name) \(context.id)") { event in
+            guard !retired.load(ordering: .acquiring) else { return }
             switch event {
             case .connected(let url), .reconnected(let url):
                 flag.store(true, ordering: .releasing)
@@ -522,6 +581,11 @@ final class ConsumerLink: @unchecked Sendable {
                 logger.warning("disconnected from the nats server; reconnecting (unacknowledged messages come again)")
             case .closed:
                 flag.store(false, ordering: .releasing)
+            case .gaveUp(let reason):
+                flag.store(false, ordering: .releasing)
+                guard !closing.load(ordering: .acquiring) else { return }
+                logger.error("the nats client gave up on the connection (\(reason)); making a new one (unacknowledged messages come again)")
+                gaveUp.store(true, ordering: .releasing)
             case .error(let text):
                 logger.warning("nats client: \(text)")
             }
@@ -530,7 +594,11 @@ final class ConsumerLink: @unchecked Sendable {
         jetStream = try connection.jetStream()
         connected.store(isConnected, ordering: .releasing)
         if isConnected {
-            logger.info("connected to \(connection.connectedURL ?? urls)")
+            if renewing {
+                logger.notice("made a new connection to \(connection.connectedURL ?? urls)")
+            } else {
+                logger.info("connected to \(connection.connectedURL ?? urls)")
+            }
         } else {
             logger.error("cannot reach \(urls) (\(connection.lastError)): retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000))")
         }

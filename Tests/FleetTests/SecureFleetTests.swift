@@ -240,8 +240,8 @@ struct SecureFleetTests {
                                inspect: NATSEndpoint(urls: [server.url], credentials: good))
     }
 
-    @Test("credentials refused after the start (the server came later): the node says the client gave up and why, and runs on without crashing",
-          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
+    @Test("credentials refused after the start (the server came later): the node says the client gave up and why, keeps making new connections, and delivers every event once a server takes it",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(4)))
     func credentialsRefusedLater() throws {
         let scratch = try FleetScratch("creds-later")
         defer { scratch.remove() }
@@ -251,14 +251,76 @@ struct SecureFleetTests {
         let node = try CLI.start(["run", try scratch.nodePipeline("node-a", events: events, urls: ["nats://127.0.0.1:\(port)"])])
         defer { node.stopIfRunning() }
         #expect(node.waitFor(timeout: 30) { _, stderr in stderr.contains("cannot reach nats://127.0.0.1:\(port)") }, "\(node.stderr.text)")
-        let server = try NATSServer(directory: scratch.directory, port: port, config: auth.serverConfig)
-        defer { server.stop() }
+        let refusing = try NATSServer(directory: scratch.directory, name: "operator", port: port, config: auth.serverConfig)
+        defer { refusing.stop() }
         // The C client stops after the same authorization error twice: the
-        // node must say so rather than wait in silence.
+        // node says so, and makes new connections (refused too, for now).
         #expect(node.waitFor(timeout: 60) { _, stderr in stderr.contains("gave up on the connection (Authorization Violation)") },
                 "\(FleetRecords.excerpt(node.stderr.text))")
+        #expect(node.waitFor(timeout: 30) { _, stderr in stderr.contains("a new connection to nats://127.0.0.1:\(port) was refused") },
+                "\(FleetRecords.excerpt(node.stderr.text))")
         #expect(node.process.isRunning, "the pipeline runs on")
-        #expect(!node.stderr.text.contains("Program crashed"))
+
+        // A server that takes the node (its operator let it in, say).
+        refusing.stop()
+        let open = try NATSServer(directory: scratch.directory, port: port)
+        defer { open.stop() }
+        #expect(node.waitFor(timeout: 60) { _, stderr in stderr.contains("made a new connection to nats://127.0.0.1:\(port)") },
+                "\(FleetRecords.excerpt(node.stderr.text))")
+        let result = node.finish(timeout: 120)
+        #expect(result.status == 0, "the node delivers and ends: \(FleetRecords.excerpt(result.stderr))")
+        #expect(!result.stderr.contains("Program crashed"))
+        let inspector = try StreamInspector(urls: [open.url])
+        let payloads = try inspector.payloads("PIPELINED", expected: 100)
+        let numbers = FleetRecords.numbers(try FleetRecords.decode(payloads.joined(separator: "\n")))["node-a"] ?? []
+        #expect(FleetTests.exactlyOnceProblem(numbers, count: 100) == nil, "the stream: \(numbers.count) events")
+    }
+
+    @Test("an aggregator whose server comes back refusing its credentials: the source says the client gave up, keeps making new connections, and reads again once the server takes it",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(4)))
+    func aggregatorRefusedLater() throws {
+        let scratch = try FleetScratch("creds-later-agg")
+        defer { scratch.remove() }
+        let auth = try NATSAuth.Operator()
+        let server = try NATSServer(directory: scratch.directory)
+        defer { server.stop() }
+        let port = server.port
+        let first = try scratch.events("first", count: 100)
+        let node = try CLI.run(["run", try scratch.nodePipeline("node-a", events: first, urls: [server.url])], timeout: 120)
+        #expect(node.status == 0, "node: \(FleetRecords.excerpt(node.stderr))")
+
+        let output = scratch.directory + "/events.jsonl"
+        let aggregator = try CLI.start(["run", try FleetAcknowledgementTests.aggregator(scratch, url: server.url, file: output)])
+        defer { aggregator.stopIfRunning() }
+        let inspector = try StreamInspector(urls: [server.url])
+        #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: 100, timeout: 60))
+
+        // The same port, now a server in operator mode that does not know the aggregator.
+        server.stop()
+        let refusing = try NATSServer(directory: scratch.directory, name: "operator", port: port, config: auth.serverConfig)
+        defer { refusing.stop() }
+        #expect(aggregator.waitFor(timeout: 60) { _, stderr in stderr.contains("gave up on the connection (Authorization Violation)") },
+                "\(FleetRecords.excerpt(aggregator.stderr.text))")
+        #expect(aggregator.waitFor(timeout: 30) { _, stderr in stderr.contains("a new connection to nats://127.0.0.1:\(port) was refused") },
+                "\(FleetRecords.excerpt(aggregator.stderr.text))")
+
+        // The first server again, on its store: the consumer is still there.
+        refusing.stop()
+        try server.start()
+        #expect(aggregator.waitFor(timeout: 60) { _, stderr in stderr.contains("made a new connection to nats://127.0.0.1:\(port)") },
+                "\(FleetRecords.excerpt(aggregator.stderr.text))")
+        let second = try scratch.events("second", count: 100)
+        let later = try CLI.run(["run", try scratch.nodePipeline("node-b", events: second, urls: [server.url])], timeout: 120)
+        #expect(later.status == 0, "node: \(FleetRecords.excerpt(later.stderr))")
+        let reader = try StreamInspector(urls: [server.url])
+        #expect(reader.waitUntilAcknowledged("PIPELINED", "agg", count: 200, timeout: 90),
+                "\(String(describing: reader.consumer("PIPELINED", "agg"))): \(FleetRecords.excerpt(aggregator.stderr.text))")
+        let result = aggregator.terminate()
+        #expect(result.status == 0, "aggregator: \(FleetRecords.excerpt(result.stderr))")
+        #expect(!result.stderr.contains("Program crashed"))
+        let numbers = FleetRecords.numbers(try FleetRecords.decode(String(contentsOfFile: output, encoding: .utf8)))
+        #expect(FleetTests.exactlyOnceProblem(numbers["node-a"] ?? [], count: 100) == nil)
+        #expect(FleetTests.exactlyOnceProblem(numbers["node-b"] ?? [], count: 100) == nil)
     }
 
     @Test("TLS refused after the start (the server came back with a certificate of another CA): the node keeps retrying and says why within a minute",
