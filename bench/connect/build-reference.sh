@@ -42,4 +42,5 @@ fi
 objcopy="$(dirname "$(realpath "$built")")/llvm-objcopy"
 [ -x "$objcopy" ] && "$objcopy" --strip-debug "$dir/pipelined.bpf.o"
 
-cc -O2 -Wall -o "$dir/reference" "$here/reference.c" -lbpf -lelf -lz
+# REFERENCE_CFLAGS: extra flags, such as -DOUT_FLUSH=262144 (the write size).
+cc -O2 -Wall ${REFERENCE_CFLAGS:-} -o "$dir/reference" "$here/reference.c" -lbpf -lelf -lz

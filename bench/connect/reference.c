@@ -27,8 +27,10 @@
  * baseline's decoder), format its NDJSON line (the same file's formatter,
  * byte-identical to pipelined's file sink; node = the host name, time =
  * ktime + a wall-clock offset measured once at start, as the daemon does)
- * into a 1 MiB buffer that is written to OUTPUT with write(2) whenever it
- * is full and at least every 100 ms (the daemon's flush_interval). One
+ * into a 192 KiB buffer that is written to OUTPUT with write(2) whenever it
+ * is full and at least every 100 ms (the daemon's flush_interval): about
+ * the daemon's write, one batch of 512 records (with 1 MiB writes the
+ * reference spent four times the system time, BENCHMARKS.md). One
  * thread does all of it, at nice -BOOST (default 4, the daemon's
  * settings.priority_boost).
  *
@@ -77,7 +79,9 @@
 #include "../../bpf/wire.h"
 #include "../codec/ndjson.h"
 
-#define OUT_FLUSH (1 << 20)
+#ifndef OUT_FLUSH
+#define OUT_FLUSH (192 << 10) /* cc -DOUT_FLUSH=...: REFERENCE_CFLAGS of build-reference.sh */
+#endif
 #define OUT_CAP (OUT_FLUSH + FORMAT_MAX)
 #define FLUSH_INTERVAL_NS 100000000LL /* the daemon's default flush_interval */
 #define RELEASE_EVERY 64              /* RingConsumer.releaseEvery */

@@ -11,7 +11,7 @@
 #                daemon's kernel path for events [connect] (the same BPF object,
 #                rodata and maps, exit-only capture, ring buffer) and its
 #                per-event work in plain C (decode, NDJSON line byte-identical
-#                to the file sink's, write(2) in 1 MiB chunks) into a file
+#                to the file sink's, write(2) in 192 KiB chunks) into a file
 #   bpftrace     traced by bpftrace on the same tracepoints, printing a line
 #                per event into a file
 #
@@ -52,6 +52,9 @@
 #                                                wake-ups, consumer position stored every 64
 #                                                records; default), or libbpf's ring_buffer
 #                                                as it comes; see reference.c)
+#   REFERENCE_CFLAGS=-DOUT_FLUSH=1048576 bench/connect/run.sh
+#                                               (the reference built with other flags: here
+#                                                1 MiB writes instead of 192 KiB)
 #
 # The reference mirrors the daemon's default kernel path only: with
 # TRANSPORT=perf or CAPTURE=entry it does not run (the summary says so);
