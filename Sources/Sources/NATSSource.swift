@@ -599,6 +599,8 @@ final class ConsumerLink: @unchecked Sendable {
             } else {
                 logger.info("connected to \(connection.connectedURL ?? urls)")
             }
+        } else if renewing {
+            logger.warning("made a new connection; no server answers yet (\(connection.lastError)), retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000))")
         } else {
             logger.error("cannot reach \(urls) (\(connection.lastError)): retrying every \(Units.formatDuration(NATSConnection.reconnectWaitMs * 1_000_000))")
         }
