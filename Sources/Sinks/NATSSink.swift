@@ -78,11 +78,31 @@ public final class NATSSink: EventSink {
         state.context = context
         state.scratch.reserveCapacity(1 << 20)
         let outbox = Outbox(capacity: options.bufferBytes, maxPending: options.maxPending, duplicateWindowNs: options.duplicateWindowNs)
+        var leftover = HeldLedger.Leftover()
+        if let directory = options.stateDirectory {
+            do {
+                (outbox.ledger, leftover) = try HeldLedger.open(directory: directory, stage: context.id)
+            } catch {
+                throw StageStartError(stage: context.id, message: "sink '\(context.id)': state_directory: \(error)", location: options.stateDirectoryLocation)
+            }
+        }
         let link = PublishLink(options: options, outbox: outbox, context: context)
-        try link.start()
+        do {
+            try link.start()
+        } catch {
+            outbox.ledger?.remove()
+            throw error
+        }
         state.lostSubject = subject(for: .lost(LostRecord(timeNs: 0, count: 0, site: .sink, node: context.node, stage: context.id)), outbox: outbox)
         state.outbox = outbox
         state.link = link
+        if leftover.events > 0 {
+            // Counted here and carried by this run's first lost record.
+            context.metrics.addLost(leftover.events, at: .sink)
+            outbox.lock.withLock { outbox.dropped(leftover.events) }
+            let pids = leftover.pids.map(String.init).joined(separator: ", ")
+            context.logger.error("an earlier run (pid \(pids)) ended without closing while it held \(leftover.events) event(s) the stream had not acknowledged: counted as lost, a lost record with the count goes to the stream")
+        }
     }
 
     public func write(_ batch: EventBatch) throws {
@@ -190,6 +210,8 @@ public final class NATSSink: EventSink {
         }
         let left = link.finish(deadlineNs: deadline)
         state.link = nil
+        // A clean end: what is left is counted below, not by the next start.
+        outbox.ledger?.remove()
         if left.events > 0 {
             context.metrics.addLost(left.weight, at: .sink)
             context.logger.error("\(left.events) record(s) (\(left.weight) event(s)) not acknowledged by stream '\(options.stream)' within close_timeout \(Units.formatDuration(options.closeTimeoutNs)): counted as lost")
@@ -273,6 +295,8 @@ final class Outbox: @unchecked Sendable {
     /// `duplicate_window` as the server reports it once the stream is
     /// checked or created (until then, the option's).
     var duplicateWindowNs: Int64
+    /// Counts what is held outside the process (`state_directory`); set at open.
+    var ledger: HeldLedger?
 
     init(capacity: Int, maxPending: Int, duplicateWindowNs: Int64) {
         self.capacity = capacity
@@ -324,6 +348,7 @@ final class Outbox: @unchecked Sendable {
         storage.baseAddress!.advanced(by: offset).copyMemory(from: line.baseAddress!, byteCount: line.count)
         entries[(head + count) & (entries.count - 1)] = Entry(offset: offset, length: Int32(line.count), subject: subject, state: .unsent, weight: weight)
         count += 1
+        ledger?.took(weight)
         return true
     }
 
@@ -335,10 +360,16 @@ final class Outbox: @unchecked Sendable {
     }
 
     /// Counts events dropped for want of room. Call with ``lock`` held.
-    func dropped(_ weight: UInt64) { droppedUnreported += weight }
+    func dropped(_ weight: UInt64) {
+        droppedUnreported += weight
+        ledger?.setUnreported(droppedUnreported)
+    }
 
     /// The dropped count is now on its way in a `lost` record. Call with ``lock`` held.
-    func reportedDropped() { droppedUnreported = 0 }
+    func reportedDropped() {
+        droppedUnreported = 0
+        ledger?.setUnreported(0)
+    }
 
     /// Takes up to `limit` entries to publish, retries first, as far as
     /// `max_pending` allows; marks them in flight. Call with ``lock`` held.
@@ -391,13 +422,16 @@ final class Outbox: @unchecked Sendable {
         // The clock is read only for a message sent more than once.
         let pastWindow = entries[index].sends > 1 ? resendsPastWindow(entries[index], nowNs: Clock.monotonicNs()) : 0
         var released = (records: 0, bytes: 0, pastWindow: pastWindow)
+        var weight: UInt64 = 0
         while count > 0, entries[head].state == .acked {
             released.records += 1
             released.bytes += Int(entries[head].length)
+            weight += entries[head].weight
             head = (head + 1) & (entries.count - 1)
             count -= 1
             firstSequence += 1
         }
+        if weight > 0 { ledger?.released(weight) }
         if nextUnsent < firstSequence { nextUnsent = firstSequence }
         return released
     }

@@ -25,6 +25,10 @@ public struct NATSSinkOptions: StageOptions, Equatable {
     public var ackTimeoutNs: Int64
     /// How long `close()` waits for the acks of what is still held.
     public var closeTimeoutNs: Int64
+    /// Where the sink counts what it holds, so that the next start reports
+    /// what a killed process held as lost (``HeldLedger``); nil: not counted.
+    public var stateDirectory: String?
+    public var stateDirectoryLocation: SourceLocation?
 
     public static let defaultStream = "PIPELINED"
 
@@ -57,6 +61,7 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         OptionSpec("buffer_bytes", "size", default: "64MiB", "event bytes held until acknowledged (also while the server is unreachable); beyond, events are dropped and counted"),
         OptionSpec("ack_timeout", "duration", default: "5s", "a publish whose ack has not come back by then is sent again (same message id)"),
         OptionSpec("close_timeout", "duration", default: "10s", "at shutdown, how long to wait for the acks of held events; the rest are counted as lost"),
+        OptionSpec("state_directory", "path", "where the sink keeps a count of the events it holds (a small file per run, mapped, no write per event): the next start finds what a killed process (kill -9, the OOM killer) held and puts it in the stream as a lost record (default: not kept)"),
     ]
 
     /// Reads the options; nil when the config reported a problem.
@@ -90,6 +95,8 @@ public struct NATSSinkOptions: StageOptions, Equatable {
             ackTimeoutNs: ackTimeout, closeTimeoutNs: closeTimeout
         )
         streamLocation = config.value("stream")?.location ?? config.location
+        stateDirectory = config.string("state_directory")
+        stateDirectoryLocation = config.value("state_directory")?.location ?? config.location
     }
 }
 
