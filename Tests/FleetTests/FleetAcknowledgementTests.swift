@@ -136,8 +136,8 @@ struct FleetAcknowledgementTests {
         let disk = try FullDisk(scratch)
         defer { disk.unmount() }
 
-        // ack_wait 4 s: the source says "in progress" after 2 s of holding.
-        let pipeline = try Self.aggregator(scratch, url: server.url, file: disk.output, source: ", ack_wait: 4s")
+        // ack_wait 6 s: the source says "in progress" after 3 s of holding.
+        let pipeline = try Self.aggregator(scratch, url: server.url, file: disk.output, source: ", ack_wait: 6s")
         let aggregator = try CLI.start(["run", pipeline])
         defer { aggregator.stopIfRunning() }
         #expect(aggregator.waitFor { _, stderr in stderr.contains("dropping events") }, "the file sink never found its disk full")
@@ -151,7 +151,7 @@ struct FleetAcknowledgementTests {
 
         // Everything after it is written, and up to max_ack_pending (8192) of
         // it waits, unacknowledged, for the hold on the missing one to end
-        // (its delay, ack_wait and 5 s: at most 13 s, three times ack_wait).
+        // (its delay, ack_wait and 5 s: at most 17 s, nearly three times ack_wait).
         #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(Self.events), timeout: 90),
                 "the missing message held the acknowledgements for good: \(String(describing: inspector.consumer("PIPELINED", "agg")))")
         let result = aggregator.terminate()
