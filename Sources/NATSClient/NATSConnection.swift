@@ -72,6 +72,14 @@ public final class NATSConnection: @unchecked Sendable {
     /// How long the client waits between connection attempts.
     public static let reconnectWaitMs: Int64 = 500
 
+    /// After the client gave up on a connection (``Event/gaveUp(reason:)``),
+    /// a stage makes a new one at once; while the server refuses those, it
+    /// waits 1 s, 2 s, 4 s ... (at most a minute) between them. The wait
+    /// after one refused following a wait of `previous` ns (0 at first).
+    public static func renewalWaitNs(after previous: Int64) -> Int64 {
+        min(max(previous * 2, 1_000_000_000), 60_000_000_000)
+    }
+
     /// After how long without a connection the reason is first looked for
     /// (and reported), and the longest wait between two reports.
     static let firstReportNs: Int64 = 20_000_000_000

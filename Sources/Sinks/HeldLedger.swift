@@ -48,9 +48,8 @@ final class HeldLedger {
         let prefix = prefix(stage)
         for name in try FileIO.listDirectory(directory) where name.hasPrefix(prefix) && name.hasSuffix(".held") {
             let path = directory + "/" + name
-            let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else { continue }
-            defer { Glibc.close(fd) }
+            guard let fd = try? FileIO.open(path, O_RDWR) else { continue }
+            defer { close(fd) }
             // Held: an instance running now (another pipelined, or this one's before a reload).
             guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
             var counts = [UInt64](repeating: 0, count: size / 8)
@@ -81,16 +80,15 @@ final class HeldLedger {
 
     private init(path: String) throws(SystemError) {
         self.path = path
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SystemError("cannot create", errno, path: path) }
+        let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
         guard flock(fd, LOCK_EX | LOCK_NB) == 0, ftruncate(fd, off_t(Self.size)) == 0 else {
             let error = SystemError("cannot lock and size", errno, path: path)
-            Glibc.close(fd)
+            close(fd)
             throw error
         }
         guard let mapped = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
             let error = SystemError("cannot map", errno, path: path)
-            Glibc.close(fd)
+            close(fd)
             throw error
         }
         self.fd = fd
@@ -103,7 +101,7 @@ final class HeldLedger {
 
     deinit {
         munmap(words, Self.size)
-        Glibc.close(fd)
+        close(fd)
     }
 
     /// `weight` events came in.

@@ -505,7 +505,8 @@ final class PublishLink: @unchecked Sendable {
     // `connection`, `target` and `thread` are set in `start()` and cleared
     // in `finish()`, both on the sink's thread; in between only the
     // publisher thread replaces `connection` and `target` (when the client
-    // gives up on a connection); the client's callbacks never touch them. `jetStream` is also read by the callback thread (after a
+    // gives up on a connection); the client's callbacks never touch them.
+    // `jetStream` is also read by the callback thread (after a
     // reconnect), so it is set and destroyed under `handles`. `failure`,
     // `streamReady` and the log flags are guarded by the outbox's lock. That
     // is why this is @unchecked Sendable.
@@ -640,16 +641,11 @@ final class PublishLink: @unchecked Sendable {
         return isConnected
     }
 
-    /// How long the first new connection waits after the client gave up on
-    /// one, and the longest wait between two.
-    static let firstRenewNs: Int64 = 1_000_000_000
-    static let mostRenewNs: Int64 = 60_000_000_000
-
     /// The client gave up on the connection (credentials refused twice in a
     /// row): on the publisher thread, retire it and make a new one. What the
     /// old one had in flight is sent again on the new one, with the same
     /// message ids. A new connection that is refused at once is tried again
-    /// after `waitNs`, which doubles each time up to ``mostRenewNs``.
+    /// after `waitNs` (``NATSConnection/renewalWaitNs(after:)``).
     private func renew(waitNs: inout Int64) {
         target?.retired.store(true, ordering: .releasing)
         handles.withLock {
@@ -676,7 +672,7 @@ final class PublishLink: @unchecked Sendable {
             }
             outbox.lock.withLock { outbox.lock.broadcast() }
         } catch {
-            waitNs = min(max(waitNs * 2, Self.firstRenewNs), Self.mostRenewNs)
+            waitNs = NATSConnection.renewalWaitNs(after: waitNs)
             context.logger.warning("a new connection to \(options.endpoint.urlList) was refused (\(error)); trying again in \(Units.formatDuration(waitNs)), holding up to \(Units.formatSize(options.bufferBytes)) of events meanwhile")
         }
     }

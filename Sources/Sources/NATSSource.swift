@@ -435,8 +435,6 @@ final class ConsumerLink: @unchecked Sendable {
     /// When the next new connection is tried, and the wait before the one after.
     private var renewAtNs: Int64 = 0
     private var renewWaitNs: Int64 = 0
-    static let firstRenewNs: Int64 = 1_000_000_000
-    static let mostRenewNs: Int64 = 60_000_000_000
 
     init(options: NATSSourceOptions, context: StageContext) {
         self.options = options
@@ -551,7 +549,7 @@ final class ConsumerLink: @unchecked Sendable {
             gaveUp.store(false, ordering: .releasing)
             renewWaitNs = 0
         } catch {
-            renewWaitNs = min(max(renewWaitNs * 2, Self.firstRenewNs), Self.mostRenewNs)
+            renewWaitNs = NATSConnection.renewalWaitNs(after: renewWaitNs)
             context.logger.warning("a new connection to \(options.endpoint.urlList) was refused (\(error)); trying again in \(Units.formatDuration(renewWaitNs))")
         }
         renewAtNs = Clock.monotonicNs() + renewWaitNs
