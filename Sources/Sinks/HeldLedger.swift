@@ -6,66 +6,225 @@ import Musl
 import PipelineCore
 import Synchronization
 
-/// What a sink holds in memory, counted in a file that outlives the process:
-/// one small file per sink instance in the sink's `state_directory`, mapped
-/// shared and kept current with plain stores (no system call per event), and
-/// locked (`flock`) for as long as the instance runs. A process that is
-/// killed (`kill -9`, the OOM killer) leaves its counts in the page cache,
-/// so the next start finds a file nobody locks and reports what it held as
-/// lost; a clean close removes the file (what close could not deliver it
-/// counts itself). A crash of the machine loses the counts with the page
-/// cache: the file is not synced.
+/// What a sink holds until the stream acknowledges it, kept in a file that
+/// outlives the process: one file per sink instance in the sink's
+/// `state_directory`, mapped shared and kept current with plain stores (no
+/// system call per event), and locked (`flock`) for as long as the
+/// instance runs. A process that is killed (`kill -9`, the OOM killer)
+/// leaves the file in the page cache; the next start finds a file nobody
+/// locks and takes it in. A clean close removes the file (what close could
+/// not deliver it counts itself).
 ///
-/// The counts are events (a `lost` record stands for its count): taken into
-/// the sink, released once acknowledged, and dropped but not yet reported in
-/// a `lost` record. Updated under the owner's lock.
+/// The file is a header page, then, with `buffer: disk`, the outbox's ring
+/// itself (``Outbox``):
+///
+/// - The header counts events (a `lost` record stands for its count): taken
+///   into the sink, released once acknowledged, and dropped but not yet
+///   reported in a `lost` record. Without a ring, the next start reports
+///   what was held as lost.
+/// - With a ring, every line in it is a frame (``frameHeader`` bytes: a
+///   magic word, the line's length, its sequence number, then the line,
+///   padded to 8 bytes), and the header names the oldest held frame, the
+///   next sequence number, the `Nats-Msg-Id` prefix and the kernel's boot
+///   id. The next start on the same boot walks the frames from the oldest
+///   and sends them again under their own message ids, so that the stream
+///   drops what it had stored already: a killed node loses nothing.
+///
+/// A crash of the machine loses what the page cache held: the file is not
+/// synced, and a file from another boot is only counted, never sent (its
+/// frames may be torn).
 final class HeldLedger {
-    /// The file's layout: eight little-endian words.
+    /// The header's words, little-endian, from byte 0.
     private enum Word: Int {
         case magic, version, pid, taken, released, unreported
+        /// Bytes of the ring after the header (0: counts only).
+        case ringBytes
+        /// The oldest held sequence number and its frame's offset in the ring.
+        case firstSequence, firstOffset
+        /// The sequence number the next line gets.
+        case nextSequence
+        /// Bytes of the message id prefix at ``prefixOffset``.
+        case prefixLength
     }
     private static let magic: UInt64 = 0x444C_4548_4C50_4950  // "PIPLHELD"
-    private static let size = 64
+    private static let version: UInt64 = 2
+    /// The header; the ring starts after it.
+    static let headerSize = 4096
+    /// The kernel's boot id (36 bytes of text) and the message id prefix.
+    private static let bootIDOffset = 128
+    private static let prefixOffset = 192
+    static let maxPrefix = headerSize - prefixOffset
+    /// Each line in the ring: magic (4 bytes), length (4), sequence (8).
+    static let frameHeader = 16
+    private static let frameMagic: UInt32 = 0x524D_5246  // "FRMR"
 
     let path: String
     private let fd: Int32
-    private let words: UnsafeMutablePointer<UInt64>
+    private let mapping: UnsafeMutableRawPointer
+    private let mappedBytes: Int
+    private var words: UnsafeMutablePointer<UInt64> { mapping.assumingMemoryBound(to: UInt64.self) }
+    /// The ring, when the buffer is on disk.
+    let ring: UnsafeMutableRawBufferPointer?
+
+    /// A ring's frame length for a line of `length` bytes.
+    @inline(__always) static func span(_ length: Int) -> Int { (frameHeader + length + 7) & ~7 }
 
     /// What the instances of a stage that ended without closing left, found at start.
     struct Leftover {
+        /// Events to count as lost: held without a ring to send them from,
+        /// and dropped but never reported.
         var events: UInt64 = 0
         var pids: [UInt64] = []
+        /// The ring of one of them, to send again.
+        var spool: Spool?
+        /// Files taken in, removed by ``HeldLedger/removeLeftovers(_:)``
+        /// once what they held is in this instance's file.
+        var paths: [String] = []
+    }
+
+    /// The held lines of a run that was killed, in sequence order, read
+    /// from its file (mapped until this is released).
+    final class Spool {
+        let pid: UInt64
+        /// Its `Nats-Msg-Id` prefix (`NODE:BOOT:`), without a terminator.
+        let prefix: [CChar]
+        let firstSequence: UInt64
+        let nextSequence: UInt64
+        /// The events it held (taken − released).
+        let held: UInt64
+        /// Where each line is, from `firstSequence` on.
+        let lines: [UnsafeRawBufferPointer]
+        private let mapping: UnsafeMutableRawPointer
+        private let mappedBytes: Int
+
+        fileprivate init(pid: UInt64, prefix: [CChar], firstSequence: UInt64, nextSequence: UInt64, held: UInt64,
+                         lines: [UnsafeRawBufferPointer], mapping: UnsafeMutableRawPointer, mappedBytes: Int) {
+            self.pid = pid
+            self.prefix = prefix
+            self.firstSequence = firstSequence
+            self.nextSequence = nextSequence
+            self.held = held
+            self.lines = lines
+            self.mapping = mapping
+            self.mappedBytes = mappedBytes
+        }
+
+        deinit { munmap(mapping, mappedBytes) }
     }
 
     /// Files of `stage` in `directory` are named `<prefix>.<pid>.<n>.held`.
     private static func prefix(_ stage: String) -> String { "sink-\(stage)." }
 
     /// Takes in the files of earlier instances of `stage` that nobody holds
-    /// (their process is gone) and removes them, then makes this instance's.
-    static func open(directory: String, stage: String) throws(SystemError) -> (ledger: HeldLedger, leftover: Leftover) {
+    /// (their process is gone), then makes this instance's, with a ring of
+    /// `ringBytes` (0: counts only). The first such file with a ring that
+    /// this boot wrote, walked whole, comes back as the spool to send
+    /// again; the others are counted.
+    static func open(directory: String, stage: String, ringBytes: Int) throws(SystemError) -> (ledger: HeldLedger, leftover: Leftover) {
         try FileIO.makeDirectories(directory)
         var leftover = Leftover()
         let prefix = prefix(stage)
-        for name in try FileIO.listDirectory(directory) where name.hasPrefix(prefix) && name.hasSuffix(".held") {
+        let boot = bootID()
+        for name in try FileIO.listDirectory(directory).sorted() where name.hasPrefix(prefix) && name.hasSuffix(".held") {
             let path = directory + "/" + name
             guard let fd = try? FileIO.open(path, O_RDWR) else { continue }
             defer { close(fd) }
             // Held: an instance running now (another pipelined, or this one's before a reload).
             guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
-            var counts = [UInt64](repeating: 0, count: size / 8)
-            let read = counts.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, 0) }
-            if read == size, counts[Word.magic.rawValue] == magic, counts[Word.version.rawValue] == 1 {
-                let taken = counts[Word.taken.rawValue], released = counts[Word.released.rawValue]
-                let held = taken >= released ? taken - released : 0
-                let lost = held &+ counts[Word.unreported.rawValue]
-                if lost > 0 {
-                    leftover.events &+= lost
-                    leftover.pids.append(counts[Word.pid.rawValue])
+            leftover.paths.append(path)
+            var header = [UInt64](repeating: 0, count: 8)
+            let read = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 64, 0) }
+            guard read == 64, header[Word.magic.rawValue] == magic, header[Word.version.rawValue] == 1 || header[Word.version.rawValue] == version else { continue }
+            let taken = header[Word.taken.rawValue], released = header[Word.released.rawValue]
+            let held = taken >= released ? taken - released : 0
+            let pid = header[Word.pid.rawValue]
+            if held > 0, ringBytes > 0, leftover.spool == nil, header[Word.version.rawValue] == version,
+               let spool = walk(fd, path: path, held: held, boot: boot) {
+                leftover.spool = spool
+                if header[Word.unreported.rawValue] > 0 {
+                    leftover.events &+= header[Word.unreported.rawValue]
+                    leftover.pids.append(pid)
                 }
+                continue
             }
-            unlink(path)
+            let lost = held &+ header[Word.unreported.rawValue]
+            if lost > 0 {
+                leftover.events &+= lost
+                leftover.pids.append(pid)
+            }
         }
-        return (try HeldLedger(path: Self.freshPath(directory, prefix)), leftover)
+        return (try HeldLedger(path: Self.freshPath(directory, prefix), ringBytes: ringBytes, boot: boot), leftover)
+    }
+
+    /// Removes the files taken in at open.
+    static func removeLeftovers(_ leftover: Leftover) {
+        for path in leftover.paths { unlink(path) }
+    }
+
+    /// The held frames of a file with a ring, if it was written on this boot
+    /// and every frame from the oldest to the newest is whole.
+    private static func walk(_ fd: Int32, path: String, held: UInt64, boot: [UInt8]) -> Spool? {
+        var status = stat()
+        guard fstat(fd, &status) == 0, Int(status.st_size) > headerSize else { return nil }
+        let size = Int(status.st_size)
+        guard let mapped = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), mapped != MAP_FAILED else { return nil }
+        let header = UnsafeRawPointer(mapped)
+        func word(_ word: Word) -> UInt64 { header.loadUnaligned(fromByteOffset: word.rawValue * 8, as: UInt64.self) }
+        let ringBytes = Int(clamping: word(.ringBytes))
+        let prefixLength = Int(clamping: word(.prefixLength))
+        let first = word(.firstSequence), next = word(.nextSequence)
+        var offset = Int(clamping: word(.firstOffset))
+        let written = UnsafeRawBufferPointer(start: header + bootIDOffset, count: boot.count)
+        guard !boot.isEmpty, written.elementsEqual(boot), ringBytes > 0, headerSize + ringBytes == size,
+              prefixLength > 0, prefixLength <= maxPrefix, next >= first, next - first <= UInt64(ringBytes / frameHeader) else {
+            munmap(mapped, size)
+            return nil
+        }
+        let ring = header + headerSize
+        /// The frame of `sequence` at `offset`, if one is there whole.
+        func frame(at offset: Int, _ sequence: UInt64) -> UnsafeRawBufferPointer? {
+            guard offset >= 0, offset + frameHeader <= ringBytes,
+                  ring.loadUnaligned(fromByteOffset: offset, as: UInt32.self) == frameMagic,
+                  ring.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self) == sequence else { return nil }
+            let length = Int(ring.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
+            guard length > 0, offset + frameHeader + length <= ringBytes else { return nil }
+            return UnsafeRawBufferPointer(start: ring + offset + frameHeader, count: length)
+        }
+        var sequence = first
+        // Killed between the two stores of ``front(_:offset:)``: the offset
+        // is the newer, and what lies between was acknowledged.
+        if frame(at: offset, first) == nil, offset + frameHeader <= ringBytes,
+           ring.loadUnaligned(fromByteOffset: offset, as: UInt32.self) == frameMagic {
+            let newer = ring.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
+            if newer > first, newer < next { sequence = newer }
+        }
+        var lines: [UnsafeRawBufferPointer] = []
+        lines.reserveCapacity(Int(next - sequence))
+        let oldest = sequence
+        while sequence < next {
+            // Each frame follows the one before, or starts the ring again.
+            if let line = frame(at: offset, sequence) {
+                lines.append(line)
+            } else if let line = frame(at: 0, sequence) {
+                offset = 0
+                lines.append(line)
+            } else {
+                munmap(mapped, size)
+                return nil
+            }
+            offset += span(lines[lines.count - 1].count)
+            sequence += 1
+        }
+        let prefix = UnsafeRawBufferPointer(start: header + prefixOffset, count: prefixLength).map { CChar(bitPattern: $0) }
+        return Spool(pid: word(.pid), prefix: prefix, firstSequence: oldest, nextSequence: next, held: held,
+                     lines: lines, mapping: mapped, mappedBytes: size)
+    }
+
+    /// This boot of the kernel: a file from another boot is not trusted.
+    private static func bootID() -> [UInt8] {
+        guard let bytes = try? FileIO.readAll("/proc/sys/kernel/random/boot_id", limit: 64) else { return [] }
+        let text = bytes.prefix { $0 != UInt8(ascii: "\n") }
+        return text.count == 36 ? Array(text) : []
     }
 
     private static let instances = Mutex(0)
@@ -78,30 +237,47 @@ final class HeldLedger {
         return "\(directory)/\(prefix)\(getpid()).\(n).held"
     }
 
-    private init(path: String) throws(SystemError) {
+    private init(path: String, ringBytes: Int, boot: [UInt8]) throws(SystemError) {
         self.path = path
         let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0, ftruncate(fd, off_t(Self.size)) == 0 else {
+        let size = Self.headerSize + ringBytes
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0, ftruncate(fd, off_t(size)) == 0 else {
             let error = SystemError("cannot lock and size", errno, path: path)
             close(fd)
+            unlink(path)
             throw error
         }
-        guard let mapped = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
+        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
             let error = SystemError("cannot map", errno, path: path)
             close(fd)
+            unlink(path)
             throw error
         }
         self.fd = fd
-        words = mapped.bindMemory(to: UInt64.self, capacity: Self.size / 8)
-        words[Word.version.rawValue] = 1
+        mapping = mapped
+        mappedBytes = size
+        ring = ringBytes > 0 ? UnsafeMutableRawBufferPointer(start: mapped + Self.headerSize, count: ringBytes) : nil
+        words[Word.version.rawValue] = Self.version
         words[Word.pid.rawValue] = UInt64(getpid())
+        words[Word.ringBytes.rawValue] = UInt64(ringBytes)
+        if !boot.isEmpty { (mapped + Self.bootIDOffset).copyMemory(from: boot, byteCount: boot.count) }
         // Last: a file with the magic has the rest in place.
         words[Word.magic.rawValue] = Self.magic
     }
 
     deinit {
-        munmap(words, Self.size)
+        munmap(mapping, mappedBytes)
         close(fd)
+    }
+
+    /// The message id prefix and the first sequence number of this instance.
+    func start(prefix: [CChar], sequence: UInt64) {
+        if prefix.count <= Self.maxPrefix {
+            (mapping + Self.prefixOffset).copyMemory(from: prefix, byteCount: prefix.count)
+            words[Word.prefixLength.rawValue] = UInt64(prefix.count)
+        }
+        words[Word.firstSequence.rawValue] = sequence
+        words[Word.nextSequence.rawValue] = sequence
     }
 
     /// `weight` events came in.
@@ -110,6 +286,22 @@ final class HeldLedger {
     @inline(__always) func released(_ weight: UInt64) { words[Word.released.rawValue] &+= weight }
     /// Events dropped and not yet carried by a `lost` record in the sink.
     @inline(__always) func setUnreported(_ count: UInt64) { words[Word.unreported.rawValue] = count }
+
+    /// Writes a frame's header at `offset` in the ring (the line follows it).
+    @inline(__always) func frame(at offset: Int, length: Int, sequence: UInt64) {
+        guard let ring else { return }
+        ring.storeBytes(of: Self.frameMagic, toByteOffset: offset, as: UInt32.self)
+        ring.storeBytes(of: UInt32(length), toByteOffset: offset + 4, as: UInt32.self)
+        ring.storeBytes(of: sequence, toByteOffset: offset + 8, as: UInt64.self)
+    }
+
+    /// A line is in the ring, whole: the next one gets `next`.
+    @inline(__always) func appended(next: UInt64) { words[Word.nextSequence.rawValue] = next }
+    /// The oldest line held is now `sequence`, its frame at `offset`.
+    @inline(__always) func front(_ sequence: UInt64, offset: Int) {
+        words[Word.firstOffset.rawValue] = UInt64(offset)
+        words[Word.firstSequence.rawValue] = sequence
+    }
 
     /// A clean end: the file goes (what was left, the closing sink counts).
     func remove() {

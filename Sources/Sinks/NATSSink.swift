@@ -77,31 +77,76 @@ public final class NATSSink: EventSink {
     public func open(_ context: StageContext) throws {
         state.context = context
         state.scratch.reserveCapacity(1 << 20)
-        let outbox = Outbox(capacity: options.bufferBytes, maxPending: options.maxPending, duplicateWindowNs: options.duplicateWindowNs)
+        var ledger: HeldLedger?
         var leftover = HeldLedger.Leftover()
         if let directory = options.stateDirectory {
             do {
-                (outbox.ledger, leftover) = try HeldLedger.open(directory: directory, stage: context.id)
+                (ledger, leftover) = try HeldLedger.open(directory: directory, stage: context.id, ringBytes: options.bufferOnDisk ? options.bufferBytes : 0)
             } catch {
                 throw StageStartError(stage: context.id, message: "sink '\(context.id)': state_directory: \(error)", location: options.stateDirectoryLocation)
             }
         }
-        let link = PublishLink(options: options, outbox: outbox, context: context)
+        // What a killed run held on disk is sent again under its own message
+        // ids, and this run goes on from its next sequence number, so the
+        // stream drops whatever of it was stored already.
+        let spool = leftover.spool
+        let prefix = spool?.prefix ?? PublishLink.freshPrefix(node: context.node)
+        var resending: [(line: UnsafeRawBufferPointer, record: PipelineRecord)] = []
+        var firstSequence = spool?.nextSequence ?? 0
+        if let spool {
+            let decoder = NDJSONDecoder(defaultNode: context.node)
+            // The newest that fit this run's buffer, in order.
+            var room = options.bufferBytes
+            for line in spool.lines.reversed() {
+                room -= HeldLedger.span(line.count)
+                guard room >= 0, let record = try? decoder.decode(line) else { break }
+                resending.append((line, record))
+            }
+            resending.reverse()
+            firstSequence -= UInt64(resending.count)
+            let kept = resending.reduce(0) { $0 + $1.record.lossWeight }
+            if spool.held > kept {
+                leftover.events &+= spool.held - kept
+                if !leftover.pids.contains(spool.pid) { leftover.pids.append(spool.pid) }
+            }
+        }
+        ledger?.start(prefix: prefix, sequence: firstSequence)
+        let outbox = Outbox(capacity: options.bufferBytes, maxPending: options.maxPending, duplicateWindowNs: options.duplicateWindowNs,
+                            ledger: ledger, firstSequence: firstSequence)
+        if !resending.isEmpty {
+            let subjects = resending.map { subject(for: $0.record, outbox: outbox) }
+            withExtendedLifetime(spool) {
+                outbox.lock.withLock {
+                    for (index, (line, record)) in resending.enumerated() {
+                        let appended = outbox.append(line, subject: subjects[index], weight: record.lossWeight)
+                        precondition(appended, "the lines kept fit the buffer")
+                    }
+                }
+            }
+        }
+        // Their lines are in this run's file (or memory) now.
+        HeldLedger.removeLeftovers(leftover)
+        let link = PublishLink(options: options, outbox: outbox, context: context, idPrefix: prefix)
         do {
             try link.start()
         } catch {
-            outbox.ledger?.remove()
+            ledger?.remove()
             throw error
         }
         state.lostSubject = subject(for: .lost(LostRecord(timeNs: 0, count: 0, site: .sink, node: context.node, stage: context.id)), outbox: outbox)
         state.outbox = outbox
         state.link = link
+        if let spool, !resending.isEmpty {
+            let events = resending.reduce(0) { $0 + $1.record.lossWeight }
+            context.logger.notice("an earlier run (pid \(spool.pid)) ended without closing while it held \(events) event(s) the stream had not acknowledged: sending them again from state_directory with their message ids")
+        }
         if leftover.events > 0 {
             // Counted here and carried by this run's first lost record.
             context.metrics.addLost(leftover.events, at: .sink)
             outbox.lock.withLock { outbox.dropped(leftover.events) }
             let pids = leftover.pids.map(String.init).joined(separator: ", ")
-            context.logger.error("an earlier run (pid \(pids)) ended without closing while it held \(leftover.events) event(s) the stream had not acknowledged: counted as lost, a lost record with the count goes to the stream")
+            let why = options.bufferOnDisk ? " (not in a buffer file of this boot, whole, that fits this run's buffer_bytes)" : ""
+            context.logger.error("an earlier run (pid \(pids)) ended without closing while it held \(leftover.events) event(s) the stream had not acknowledged\(why): counted as lost, a lost record with the count goes to the stream")
         }
     }
 
@@ -230,6 +275,10 @@ public final class NATSSink: EventSink {
 /// ring of entries. Everything is guarded by ``lock``, which the sink's
 /// thread (appending), the publisher thread (taking work) and the C client's
 /// ack thread (acknowledging) take in turn.
+///
+/// With `buffer: disk` the ring is the one in the sink's ``HeldLedger``
+/// file, each line framed (sequence number, length) so that the next start
+/// can read back what a killed run held.
 final class Outbox: @unchecked Sendable {
     // All mutable state is guarded by `lock` (see the type's comment); the
     // bytes of an entry never move while it is held, so the publisher reads
@@ -238,6 +287,11 @@ final class Outbox: @unchecked Sendable {
     let capacity: Int
     let maxPending: Int
     private let storage: UnsafeMutableRawBufferPointer
+    /// The ring is memory of its own (else the ledger's file).
+    private let ownsStorage: Bool
+    /// Bytes in front of each line in the ring: ``HeldLedger/frameHeader``
+    /// when the ring is in the ledger's file, else none.
+    private let frameHeader: Int
 
     enum EntryState: UInt8 {
         /// Never sent.
@@ -295,21 +349,40 @@ final class Outbox: @unchecked Sendable {
     /// `duplicate_window` as the server reports it once the stream is
     /// checked or created (until then, the option's).
     var duplicateWindowNs: Int64
-    /// Counts what is held outside the process (`state_directory`); set at open.
-    var ledger: HeldLedger?
+    /// Keeps what is held outside the process (`state_directory`): counts,
+    /// and with `buffer: disk` the ring itself.
+    let ledger: HeldLedger?
 
-    init(capacity: Int, maxPending: Int, duplicateWindowNs: Int64) {
-        self.capacity = capacity
+    /// An outbox whose first line gets `firstSequence`; its ring is the
+    /// ledger's when the ledger has one.
+    init(capacity: Int, maxPending: Int, duplicateWindowNs: Int64, ledger: HeldLedger? = nil, firstSequence: UInt64 = 0) {
         self.maxPending = maxPending
         self.duplicateWindowNs = duplicateWindowNs
-        // Reserved, not touched: pages are only backed once lines are written.
-        storage = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
+        self.ledger = ledger
+        self.firstSequence = firstSequence
+        nextUnsent = firstSequence
+        if let ring = ledger?.ring {
+            storage = ring
+            ownsStorage = false
+            frameHeader = HeldLedger.frameHeader
+        } else {
+            // Reserved, not touched: pages are only backed once lines are written.
+            storage = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
+            ownsStorage = true
+            frameHeader = 0
+        }
+        self.capacity = storage.count
         entries = [Entry](repeating: Entry(offset: 0, length: 0, subject: 0, state: .acked, weight: 0), count: 1024)
     }
 
     deinit {
-        storage.deallocate()
+        if ownsStorage { storage.deallocate() }
         subjects.forEach { free($0) }
+    }
+
+    /// The ring bytes a line of `length` takes.
+    @inline(__always) private func span(_ length: Int) -> Int {
+        frameHeader == 0 ? length : HeldLedger.span(length)
     }
 
     var nextSequence: UInt64 { firstSequence + UInt64(count) }
@@ -327,12 +400,12 @@ final class Outbox: @unchecked Sendable {
         }
     }
 
-    /// Where a line of `length` bytes fits in the ring, if it does.
+    /// Where `length` bytes (a line and its frame) fit in the ring, if they do.
     private func place(_ length: Int) -> Int? {
         guard count > 0 else { return length <= capacity ? 0 : nil }
         let oldest = entries[head].offset
         let newest = entries[(head + count - 1) & (entries.count - 1)]
-        let end = newest.offset + Int(newest.length)
+        let end = newest.offset + span(Int(newest.length))
         if newest.offset >= oldest {
             if capacity - end >= length { return end }
             return oldest >= length ? 0 : nil
@@ -343,12 +416,18 @@ final class Outbox: @unchecked Sendable {
     /// Copies a line in as the next sequence number; false when it does not
     /// fit (the caller counts it as dropped). Call with ``lock`` held.
     func append(_ line: UnsafeRawBufferPointer, subject: Int32, weight: UInt64) -> Bool {
-        guard line.count > 0, let offset = place(line.count) else { return false }
+        guard line.count > 0, let offset = place(span(line.count)) else { return false }
         if count == entries.count { grow() }
-        storage.baseAddress!.advanced(by: offset).copyMemory(from: line.baseAddress!, byteCount: line.count)
+        storage.baseAddress!.advanced(by: offset + frameHeader).copyMemory(from: line.baseAddress!, byteCount: line.count)
         entries[(head + count) & (entries.count - 1)] = Entry(offset: offset, length: Int32(line.count), subject: subject, state: .unsent, weight: weight)
         count += 1
-        ledger?.took(weight)
+        if let ledger {
+            ledger.took(weight)
+            if frameHeader > 0 {
+                ledger.frame(at: offset, length: line.count, sequence: nextSequence - 1)
+                ledger.appended(next: nextSequence)
+            }
+        }
         return true
     }
 
@@ -399,7 +478,7 @@ final class Outbox: @unchecked Sendable {
             entries[index].sends &+= 1
             inflight += 1
             let entry = entries[index]
-            work.append(Work(sequence: sequence, bytes: UnsafeRawPointer(storage.baseAddress!.advanced(by: entry.offset)),
+            work.append(Work(sequence: sequence, bytes: UnsafeRawPointer(storage.baseAddress!.advanced(by: entry.offset + frameHeader)),
                              length: entry.length, subject: UnsafePointer(subjects[Int(entry.subject)])))
         }
     }
@@ -431,7 +510,10 @@ final class Outbox: @unchecked Sendable {
             count -= 1
             firstSequence += 1
         }
-        if weight > 0 { ledger?.released(weight) }
+        if released.records > 0, let ledger {
+            ledger.released(weight)
+            if frameHeader > 0 { ledger.front(firstSequence, offset: count > 0 ? entries[head].offset : 0) }
+        }
         if nextUnsent < firstSequence { nextUnsent = firstSequence }
         return released
     }
@@ -558,16 +640,26 @@ final class PublishLink: @unchecked Sendable {
     private let resentPastWindow: StageMetrics.Counter
     /// Set once the first such resend was logged. Guarded by the outbox's lock.
     private var pastWindowReported = false
+    /// Publishes the stream answered as duplicates of a message it held
+    /// (a resend after a reconnect, or from a killed run's file): the
+    /// stage's `duplicates` series.
+    let duplicates: StageMetrics.Counter
 
-    init(options: NATSSinkOptions, outbox: Outbox, context: StageContext) {
+    init(options: NATSSinkOptions, outbox: Outbox, context: StageContext, idPrefix: [CChar]) {
         self.options = options
         self.outbox = outbox
         self.context = context
+        self.idPrefix = idPrefix
         resent = context.metrics.counter("resent", help: "publishes sent again with the same message id (no ack in time, refused, or after a reconnect)")
+        duplicates = context.metrics.counter("duplicates", help: "publishes the stream answered as duplicates of a message id it held (a resend after a reconnect, or from a killed run's file): not stored again")
         resentPastWindow = context.metrics.counter("resent_past_duplicate_window", help: "resends that may be stored as second copies: of messages answered more than the stream's duplicate window after their first publish, at most one per window elapsed")
+    }
+
+    /// A `Nats-Msg-Id` prefix of a run of its own: `NODE:BOOT:`, BOOT drawn at random.
+    static func freshPrefix(node: NodeID) -> [CChar] {
         var random = SystemRandomNumberGenerator()
         let boot = String(random.next() as UInt64, radix: 16)
-        idPrefix = Array("\(context.node.name):\(boot):".utf8CString.dropLast())
+        return Array("\(node.name):\(boot):".utf8CString.dropLast())
     }
 
     /// The stage's location in the file for errors about `stream`.
@@ -620,7 +712,7 @@ final class PublishLink: @unchecked Sendable {
                 options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
                     let target = Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue()
                     if !target.retired.load(ordering: .acquiring), let link = target.link {
-                        link.acknowledged(message, ok: ack != nil, refusal: refusal)
+                        link.acknowledged(message, ok: ack != nil, duplicate: ack?.pointee.Duplicate == true, refusal: refusal)
                     } else {
                         natsMsg_Destroy(message)
                     }
@@ -898,10 +990,11 @@ final class PublishLink: @unchecked Sendable {
     /// The C client's ack handler: a stored message (or a duplicate of one)
     /// releases its entry; a timeout or a refusal sends it again.
     /// Takes ownership of `message` (see ``finishedMessages``).
-    func acknowledged(_ message: OpaquePointer?, ok: Bool, refusal: UnsafeMutablePointer<jsPubAckErr>?) {
+    func acknowledged(_ message: OpaquePointer?, ok: Bool, duplicate: Bool, refusal: UnsafeMutablePointer<jsPubAckErr>?) {
         defer { release(message) }
         guard let sequence = Self.sequence(of: message) else { return }
         if ok {
+            if duplicate { duplicates.add(1) }
             let released = outbox.lock.withLock {
                 let windowWasFull = outbox.inflight >= outbox.maxPending
                 let released = outbox.acknowledge(sequence)
@@ -1093,6 +1186,7 @@ final class PublishLink: @unchecked Sendable {
         let resent = resent.value
         let pastWindow = resentPastWindow.value
         if resent > pastWindow { context.logger.info("\(resent - pastWindow) publish(es) were sent again within the stream's duplicate window (the stream dropped the duplicates by message id)") }
+        if duplicates.value > 0 { context.logger.info("the stream already held \(duplicates.value) of the messages published (sent again, with their message ids): it did not store them twice") }
         if pastWindow > 0 {
             context.logger.warning("\(pastWindow) publish(es) were sent again and answered only after the stream's duplicate window (\(Units.formatDuration(left.3))): up to \(pastWindow) of them may be stored twice in stream '\(options.stream)'")
         }

@@ -29,6 +29,9 @@ public struct NATSSinkOptions: StageOptions, Equatable {
     /// what a killed process held as lost (``HeldLedger``); nil: not counted.
     public var stateDirectory: String?
     public var stateDirectoryLocation: SourceLocation?
+    /// `buffer: disk`: the held lines live in a file in `stateDirectory`,
+    /// and the next start sends again what a killed process held.
+    public var bufferOnDisk = false
 
     public static let defaultStream = "PIPELINED"
 
@@ -61,7 +64,8 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         OptionSpec("buffer_bytes", "size", default: "64MiB", "event bytes held until acknowledged (also while the server is unreachable); beyond, events are dropped and counted"),
         OptionSpec("ack_timeout", "duration", default: "5s", "a publish whose ack has not come back by then is sent again (same message id)"),
         OptionSpec("close_timeout", "duration", default: "10s", "at shutdown, how long to wait for the acks of held events; the rest are counted as lost"),
-        OptionSpec("state_directory", "path", "where the sink keeps a count of the events it holds (a small file per run, mapped, no write per event): the next start finds what a killed process (kill -9, the OOM killer) held and puts it in the stream as a lost record (default: not kept)"),
+        OptionSpec("state_directory", "path", "where the sink keeps a file per run, mapped, no write per event: a count of the events it holds, and with buffer: disk the events themselves. The next start finds what a killed process (kill -9, the OOM killer) held: sent again with its message ids (buffer: disk), else put in the stream as a lost record (default: not kept)"),
+        OptionSpec("buffer", "memory|disk", default: "memory", "where the events held until acknowledged live: in memory, or in state_directory's file (buffer_bytes of it, in the page cache, not synced), so that what a killed node held is sent on its next start and stored once"),
     ]
 
     /// Reads the options; nil when the config reported a problem.
@@ -97,6 +101,13 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         streamLocation = config.value("stream")?.location ?? config.location
         stateDirectory = config.string("state_directory")
         stateDirectoryLocation = config.value("state_directory")?.location ?? config.location
+        if config.choice("buffer", ["memory", "disk"]) == "disk" {
+            guard stateDirectory != nil else {
+                config.error("buffer", "must be 'memory' without state_directory ('disk' keeps the events in a file there)")
+                return nil
+            }
+            bufferOnDisk = true
+        }
     }
 }
 

@@ -22,6 +22,9 @@
 #   EVENTS=500000 RUNS=3 RATE=50000 LIVE_RATE=200000 LIVE_SECONDS=10 bench/nats/run.sh
 #   PARTS="latency" RATE=20000 bench/nats/run.sh     (only some parts: rate latency read live)
 #   PIPELINED=/path/to/pipelined bench/nats/run.sh   (a given binary, not built here)
+#   BUFFER=disk PARTS=rate bench/nats/run.sh         (the sink with state_directory and buffer: disk)
+#   LIVE_SINK="buffer: disk, buffer_bytes: 1GiB, state_directory: /var/tmp/live" PARTS=live bench/nats/run.sh
+#                                                    (more options for the live node's sink)
 #
 # Needs nats-server, libnats-dev, cc and /usr/bin/time (Debian package
 # `time`); part 3 needs root (eBPF).
@@ -36,6 +39,7 @@ latency_seconds="${LATENCY_SECONDS:-10}"
 live_rate="${LIVE_RATE:-200000}"
 live_seconds="${LIVE_SECONDS:-10}"
 parts="${PARTS:-rate latency read live}"
+buffer="${BUFFER:-memory}"
 part() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 max_pending=4096
 mkdir -p "$out"
@@ -90,7 +94,9 @@ sinks:
     stream: BENCH
     subject: pipelined.{node}.{scope}.{event}
     max_pending: $max_pending
+    buffer: $buffer
 YAML
+[ "$buffer" = memory ] || echo "    state_directory: $out/state" >> "$out/node.yaml"
 
 # cpu_of FILE: user + system seconds from /usr/bin/time -v's report.
 cpu_of() {
@@ -222,7 +228,7 @@ name: live-node
 sources:
   kernel: {type: syscall_monitor, events: [connect]}
 sinks:
-  fleet: {type: nats, inputs: [kernel], url: $url, stream: LIVE}
+  fleet: {type: nats, inputs: [kernel], url: $url, stream: LIVE, close_timeout: 60s${LIVE_SINK:+, $LIVE_SINK}}
 YAML
 "$pipelined" run "$out/live-node.yaml" 2> "$out/live-node.err" &
 live_pid=$!

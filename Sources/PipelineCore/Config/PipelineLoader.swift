@@ -242,7 +242,7 @@ struct LoadSession {
         for entry in entries {
             guard entry.key == "listen" else {
                 var message = "settings.metrics: unknown key '\(entry.key)'"
-                if let suggestion = closestMatch(to: entry.key, in: ["listen"]) { message += " (did you mean 'listen'?)" }
+                if closestMatch(to: entry.key, in: ["listen"]) != nil { message += " (did you mean 'listen'?)" }
                 error(entry.keyLocation, message)
                 continue
             }
