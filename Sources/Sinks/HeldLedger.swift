@@ -119,7 +119,7 @@ final class HeldLedger {
     /// (their process is gone), then makes this instance's, with a ring of
     /// `ringBytes` (0: counts only). The first such file with a ring that
     /// this boot wrote, walked whole, comes back as the spool to send
-    /// again; the others are counted.
+    /// again (whatever this instance's buffer); the others are counted.
     static func open(directory: String, stage: String, ringBytes: Int) throws(SystemError) -> (ledger: HeldLedger, leftover: Leftover) {
         try FileIO.makeDirectories(directory)
         var leftover = Leftover()
@@ -138,7 +138,7 @@ final class HeldLedger {
             let taken = header[Word.taken.rawValue], released = header[Word.released.rawValue]
             let held = taken >= released ? taken - released : 0
             let pid = header[Word.pid.rawValue]
-            if held > 0, ringBytes > 0, leftover.spool == nil, header[Word.version.rawValue] == version,
+            if held > 0, leftover.spool == nil, header[Word.version.rawValue] == version,
                let spool = walk(fd, path: path, held: held, boot: boot) {
                 leftover.spool = spool
                 if header[Word.unreported.rawValue] > 0 {
@@ -241,8 +241,17 @@ final class HeldLedger {
         self.path = path
         let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
         let size = Self.headerSize + ringBytes
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0, ftruncate(fd, off_t(size)) == 0 else {
-            let error = SystemError("cannot lock and size", errno, path: path)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let error = SystemError("cannot lock", errno, path: path)
+            close(fd)
+            unlink(path)
+            throw error
+        }
+        // The blocks are reserved now: a store to a mapped page the file
+        // system has no room for would kill the process (SIGBUS).
+        let reserved = posix_fallocate(fd, 0, off_t(size))
+        guard reserved == 0 else {
+            let error = SystemError(ringBytes > 0 ? "cannot reserve buffer_bytes (\(Units.formatSize(ringBytes))) and a header page" : "cannot reserve a header page", reserved, path: path)
             close(fd)
             unlink(path)
             throw error

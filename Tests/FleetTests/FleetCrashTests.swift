@@ -206,4 +206,24 @@ struct FleetCrashTests {
         let left = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
         #expect(left.isEmpty, "files left in state_directory: \(left)")
     }
+
+    @Test("buffer: disk on a file system without room for buffer_bytes: the start fails, exit 1, located at state_directory, saying so (the blocks are reserved at start, so a full disk can never kill the process with SIGBUS)",
+          .enabled(if: NATSTests.enabled && getuid() == 0), .timeLimit(.minutes(2)))
+    func aDiskBufferWithoutRoomFailsTheStart() throws {
+        let scratch = try FleetScratch("spool-room")
+        defer { scratch.remove() }
+        let disk = try FullDisk(scratch)
+        defer { disk.unmount() }
+        let events = try scratch.events("events", count: 10)
+        let pipeline = try scratch.nodePipeline("node-a", events: events, urls: ["nats://127.0.0.1:\(NATSTests.freePort())"],
+                                                sink: "state_directory: \(disk.directory)/state\nbuffer: disk\nbuffer_bytes: 1MiB")
+        let at = try FleetScratch.valueLocation(of: "state_directory", in: pipeline)
+        let result = try CLI.run(["run", pipeline], timeout: 60)
+        #expect(result.status == 1, "\(result.stderr)")
+        let line = try #require(result.stderr.split(separator: "\n").first { $0.contains("error:") }, "\(result.stderr)")
+        #expect(line.hasPrefix("\(pipeline):\(at): error: sink 'fleet': state_directory: \(disk.directory)/state/sink-fleet."), "\(line)")
+        #expect(line.hasSuffix(": cannot reserve buffer_bytes (1MiB) and a header page: No space left on device"), "\(line)")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: disk.directory + "/state")) ?? []
+        #expect(left.isEmpty, "files left in state_directory: \(left)")
+    }
 }
