@@ -124,15 +124,16 @@ public final class NATSSink: EventSink {
                 }
             }
         }
-        // Their lines are in this run's file (or memory) now.
-        HeldLedger.removeLeftovers(leftover)
         let link = PublishLink(options: options, outbox: outbox, context: context, idPrefix: prefix)
         do {
             try link.start()
         } catch {
+            // The earlier runs' files stay for the next start.
             ledger?.remove()
             throw error
         }
+        // Their lines are in this run's outbox now.
+        HeldLedger.removeLeftovers(leftover)
         state.lostSubject = subject(for: .lost(LostRecord(timeNs: 0, count: 0, site: .sink, node: context.node, stage: context.id)), outbox: outbox)
         state.outbox = outbox
         state.link = link

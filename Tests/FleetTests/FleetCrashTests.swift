@@ -226,4 +226,34 @@ struct FleetCrashTests {
         let left = (try? FileManager.default.contentsOfDirectory(atPath: disk.directory + "/state")) ?? []
         #expect(left.isEmpty, "files left in state_directory: \(left)")
     }
+
+    @Test("buffer: disk, a start after a kill that fails on its stream (exit 78) leaves the killed run's file: the start after it, the pipeline fixed, sends the 1,000 events the killed run held",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(4)))
+    func aFailedStartKeepsTheKilledRunsFile() throws {
+        let scratch = try FleetScratch("spool-failed")
+        defer { scratch.remove() }
+        let port = NATSTests.freePort()
+        let state = scratch.directory + "/state"
+        let events = try scratch.events("events", count: 1000)
+        let wrong = "state_directory: \(state)\nbuffer: disk\nstream: OTHER"
+        let pipeline = try scratch.nodePipeline("node-a", events: events, urls: ["nats://127.0.0.1:\(port)"], sink: wrong)
+        try Self.killHolding(pipeline, events: 1000, port: port, state: state)
+
+        let server = try NATSServer(directory: scratch.directory, port: port)
+        defer { server.stop() }
+        let inspector = try StreamInspector(urls: [server.url])
+        try inspector.addStream("OTHER", subjects: ["other.>"])
+        try "".write(toFile: events, atomically: true, encoding: .utf8)
+        let failed = try CLI.run(["run", pipeline], timeout: 60)
+        #expect(failed.status == 78, "\(FleetRecords.excerpt(failed.stderr))")
+        #expect(Self.taken(in: state) == 1000, "the killed run's file: \(String(describing: Self.taken(in: state))) events taken")
+
+        _ = try scratch.nodePipeline("node-a", events: events, urls: ["nats://127.0.0.1:\(port)"], sink: "state_directory: \(state)\nbuffer: disk")
+        let fixed = try CLI.run(["run", pipeline], timeout: 120)
+        #expect(fixed.status == 0, "\(FleetRecords.excerpt(fixed.stderr))")
+        #expect(fixed.stderr.contains("held 1000 event(s) the stream had not acknowledged: sending them again"), "\(FleetRecords.excerpt(fixed.stderr))")
+        let payloads = try inspector.payloads("PIPELINED", expected: 1000)
+        let numbers = FleetRecords.numbers(try FleetRecords.decode(payloads.joined(separator: "\n")))["node-a"] ?? []
+        #expect(numbers == Array(0..<1000), "the stream holds \(numbers.count) events of node-a")
+    }
 }

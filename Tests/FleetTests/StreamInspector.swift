@@ -125,11 +125,12 @@ final class StreamInspector {
     }
 
     /// Waits until the consumer has every message of the stream acknowledged
-    /// (at least `count` of them); false after `timeout` seconds.
-    func waitUntilAcknowledged(_ stream: String, _ durable: String, count: UInt64, timeout: Double = 180) -> Bool {
+    /// (at least `count` of them), with at most `ackPending` still counted
+    /// as awaiting an acknowledgement; false after `timeout` seconds.
+    func waitUntilAcknowledged(_ stream: String, _ durable: String, count: UInt64, ackPending: Int64 = 0, timeout: Double = 180) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if let state = consumer(stream, durable), state.ackFloorStream >= count, state.pending == 0, state.ackPending == 0 {
+            if let state = consumer(stream, durable), state.ackFloorStream >= count, state.pending == 0, state.ackPending <= ackPending {
                 return true
             }
             usleep(200_000)
