@@ -88,20 +88,19 @@ final class HeldLedger {
         let pid: UInt64
         /// Its `Nats-Msg-Id` prefix (`NODE:BOOT:`), without a terminator.
         let prefix: [CChar]
-        let firstSequence: UInt64
+        /// The sequence number after its newest line.
         let nextSequence: UInt64
         /// The events it held (taken − released).
         let held: UInt64
-        /// Where each line is, from `firstSequence` on.
+        /// Where each line is, oldest first; the last is `nextSequence − 1`.
         let lines: [UnsafeRawBufferPointer]
         private let mapping: UnsafeMutableRawPointer
         private let mappedBytes: Int
 
-        fileprivate init(pid: UInt64, prefix: [CChar], firstSequence: UInt64, nextSequence: UInt64, held: UInt64,
+        fileprivate init(pid: UInt64, prefix: [CChar], nextSequence: UInt64, held: UInt64,
                          lines: [UnsafeRawBufferPointer], mapping: UnsafeMutableRawPointer, mappedBytes: Int) {
             self.pid = pid
             self.prefix = prefix
-            self.firstSequence = firstSequence
             self.nextSequence = nextSequence
             self.held = held
             self.lines = lines
@@ -139,7 +138,7 @@ final class HeldLedger {
             let held = taken >= released ? taken - released : 0
             let pid = header[Word.pid.rawValue]
             if held > 0, leftover.spool == nil, header[Word.version.rawValue] == version,
-               let spool = walk(fd, path: path, held: held, boot: boot) {
+               let spool = walk(fd, held: held, boot: boot) {
                 leftover.spool = spool
                 if header[Word.unreported.rawValue] > 0 {
                     leftover.events &+= header[Word.unreported.rawValue]
@@ -163,7 +162,7 @@ final class HeldLedger {
 
     /// The held frames of a file with a ring, if it was written on this boot
     /// and every frame from the oldest to the newest is whole.
-    private static func walk(_ fd: Int32, path: String, held: UInt64, boot: [UInt8]) -> Spool? {
+    private static func walk(_ fd: Int32, held: UInt64, boot: [UInt8]) -> Spool? {
         var status = stat()
         guard fstat(fd, &status) == 0, Int(status.st_size) > headerSize else { return nil }
         let size = Int(status.st_size)
@@ -200,7 +199,6 @@ final class HeldLedger {
         }
         var lines: [UnsafeRawBufferPointer] = []
         lines.reserveCapacity(Int(next - sequence))
-        let oldest = sequence
         while sequence < next {
             // Each frame follows the one before, or starts the ring again.
             if let line = frame(at: offset, sequence) {
@@ -216,7 +214,7 @@ final class HeldLedger {
             sequence += 1
         }
         let prefix = UnsafeRawBufferPointer(start: header + prefixOffset, count: prefixLength).map { CChar(bitPattern: $0) }
-        return Spool(pid: word(.pid), prefix: prefix, firstSequence: oldest, nextSequence: next, held: held,
+        return Spool(pid: word(.pid), prefix: prefix, nextSequence: next, held: held,
                      lines: lines, mapping: mapped, mappedBytes: size)
     }
 
@@ -241,26 +239,21 @@ final class HeldLedger {
         self.path = path
         let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
         let size = Self.headerSize + ringBytes
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let error = SystemError("cannot lock", errno, path: path)
+        /// Gives the file up: `call` failed with `code`.
+        func failed(_ call: String, _ code: Int32) -> SystemError {
             close(fd)
             unlink(path)
-            throw error
+            return SystemError(call, code, path: path)
         }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { throw failed("cannot lock", errno) }
         // The blocks are reserved now: a store to a mapped page the file
         // system has no room for would kill the process (SIGBUS).
         let reserved = posix_fallocate(fd, 0, off_t(size))
         guard reserved == 0 else {
-            let error = SystemError(ringBytes > 0 ? "cannot reserve buffer_bytes (\(Units.formatSize(ringBytes))) and a header page" : "cannot reserve a header page", reserved, path: path)
-            close(fd)
-            unlink(path)
-            throw error
+            throw failed(ringBytes > 0 ? "cannot reserve buffer_bytes (\(Units.formatSize(ringBytes))) and a header page" : "cannot reserve a header page", reserved)
         }
         guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
-            let error = SystemError("cannot map", errno, path: path)
-            close(fd)
-            unlink(path)
-            throw error
+            throw failed("cannot map", errno)
         }
         self.fd = fd
         mapping = mapped

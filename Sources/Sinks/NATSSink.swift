@@ -92,6 +92,7 @@ public final class NATSSink: EventSink {
         let spool = leftover.spool
         let prefix = spool?.prefix ?? PublishLink.freshPrefix(node: context.node)
         var resending: [(line: UnsafeRawBufferPointer, record: PipelineRecord)] = []
+        var resendingEvents: UInt64 = 0
         var firstSequence = spool?.nextSequence ?? 0
         if let spool {
             let decoder = NDJSONDecoder(defaultNode: context.node)
@@ -104,9 +105,9 @@ public final class NATSSink: EventSink {
             }
             resending.reverse()
             firstSequence -= UInt64(resending.count)
-            let kept = resending.reduce(0) { $0 + $1.record.lossWeight }
-            if spool.held > kept {
-                leftover.events &+= spool.held - kept
+            resendingEvents = resending.reduce(0) { $0 + $1.record.lossWeight }
+            if spool.held > resendingEvents {
+                leftover.events &+= spool.held - resendingEvents
                 if !leftover.pids.contains(spool.pid) { leftover.pids.append(spool.pid) }
             }
         }
@@ -138,8 +139,7 @@ public final class NATSSink: EventSink {
         state.outbox = outbox
         state.link = link
         if let spool, !resending.isEmpty {
-            let events = resending.reduce(0) { $0 + $1.record.lossWeight }
-            context.logger.notice("an earlier run (pid \(spool.pid)) ended without closing while it held \(events) event(s) the stream had not acknowledged: sending them again from state_directory with their message ids")
+            context.logger.notice("an earlier run (pid \(spool.pid)) ended without closing while it held \(resendingEvents) event(s) the stream had not acknowledged: sending them again from state_directory with their message ids")
         }
         if leftover.events > 0 {
             // Counted here and carried by this run's first lost record.

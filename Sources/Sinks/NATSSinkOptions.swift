@@ -25,8 +25,9 @@ public struct NATSSinkOptions: StageOptions, Equatable {
     public var ackTimeoutNs: Int64
     /// How long `close()` waits for the acks of what is still held.
     public var closeTimeoutNs: Int64
-    /// Where the sink counts what it holds, so that the next start reports
-    /// what a killed process held as lost (``HeldLedger``); nil: not counted.
+    /// Where the sink keeps a file per run (``HeldLedger``): a count of what
+    /// it holds, and with `bufferOnDisk` the held lines, so that the next
+    /// start reports (or sends) what a killed process held; nil: not kept.
     public var stateDirectory: String?
     public var stateDirectoryLocation: SourceLocation?
     /// `buffer: disk`: the held lines live in a file in `stateDirectory`,
