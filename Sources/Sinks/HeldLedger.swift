@@ -78,8 +78,11 @@ final class HeldLedger {
         /// The ring of one of them, to send again.
         var spool: Spool?
         /// Files taken in, removed by ``HeldLedger/removeLeftovers(_:)``
-        /// once what they held is in this instance's file.
+        /// once what they held is in this instance's file. Each stays open
+        /// and locked until then, so that another instance starting at the
+        /// same moment on the same directory does not take it in too.
         var paths: [String] = []
+        fileprivate var locked: [Int32] = []
     }
 
     /// The held lines of a run that was killed, in sequence order, read
@@ -127,10 +130,17 @@ final class HeldLedger {
         for name in try FileIO.listDirectory(directory).sorted() where name.hasPrefix(prefix) && name.hasSuffix(".held") {
             let path = directory + "/" + name
             guard let fd = try? FileIO.open(path, O_RDWR) else { continue }
-            defer { close(fd) }
-            // Held: an instance running now (another pipelined, or this one's before a reload).
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            // Held: an instance running now (another pipelined, or this
+            // one's before a reload), or one taking the file in. A lock got
+            // on a file that instance has removed since we opened it is on
+            // a file nobody will look at again: nothing to take in.
+            var status = stat()
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &status) == 0, status.st_nlink > 0 else {
+                close(fd)
+                continue
+            }
             leftover.paths.append(path)
+            leftover.locked.append(fd)
             var header = [UInt64](repeating: 0, count: 8)
             let read = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 64, 0) }
             guard read == 64, header[Word.magic.rawValue] == magic, header[Word.version.rawValue] == 1 || header[Word.version.rawValue] == version else { continue }
@@ -152,12 +162,25 @@ final class HeldLedger {
                 leftover.pids.append(pid)
             }
         }
-        return (try HeldLedger(path: Self.freshPath(directory, prefix), ringBytes: ringBytes, boot: boot), leftover)
+        do {
+            return (try HeldLedger(path: Self.freshPath(directory, prefix), ringBytes: ringBytes, boot: boot), leftover)
+        } catch {
+            releaseLeftovers(leftover)
+            throw error
+        }
     }
 
-    /// Removes the files taken in at open.
+    /// Removes the files taken in at open (their lines are in this
+    /// instance's buffer now), then lets go of their locks.
     static func removeLeftovers(_ leftover: Leftover) {
         for path in leftover.paths { unlink(path) }
+        releaseLeftovers(leftover)
+    }
+
+    /// Lets go of the files taken in at open and leaves them for the next
+    /// start: this one failed before their lines were safe elsewhere.
+    static func releaseLeftovers(_ leftover: Leftover) {
+        for fd in leftover.locked { close(fd) }
     }
 
     /// The held frames of a file with a ring, if it was written on this boot

@@ -131,6 +131,7 @@ public final class NATSSink: EventSink {
         } catch {
             // The earlier runs' files stay for the next start.
             ledger?.remove()
+            HeldLedger.releaseLeftovers(leftover)
             throw error
         }
         // Their lines are in this run's outbox now.
