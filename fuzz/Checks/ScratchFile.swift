@@ -13,7 +13,7 @@ enum ScratchFile {
         var template = Array("\(base)/pipelined-fuzz-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         precondition(made != nil, "cannot make a scratch directory under \(base)")
-        let path = String(cString: template)
+        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         scratchDirectory = strdup(path)
         atexit {
             guard let directory = scratchDirectory else { return }
