@@ -36,8 +36,13 @@ import PipelineCore
 ///   a failed sink) is given back (`nak`: delivered again a second later,
 ///   twice as late for each batch given back in a row, at most `ack_wait`),
 ///   and nothing after it is acknowledged until it has been written.
-/// - Messages the server delivered more than once are counted
-///   (`redelivered`), and the total is logged at the end.
+/// - After a restart, what the earlier run left unacknowledged is read
+///   again from the stream at once (``ConsumerLink/readAgain(_:emit:)``)
+///   instead of waiting `ack_wait` for the server to deliver it again;
+///   should the server deliver it again anyway, it is acknowledged, not
+///   written twice.
+/// - Messages delivered more than once are counted (`redelivered`), and
+///   the total is logged at the end.
 /// - An unreachable server, or a stream that does not exist yet, is waited
 ///   for (logged), never an error.
 public final class NATSSource: EventSource {
@@ -60,7 +65,7 @@ public final class NATSSource: EventSource {
 
     public func prepare(_ context: StageContext) throws {
         self.context = context
-        redelivered = context.metrics.counter("redelivered", help: "messages the server delivered more than once (not acknowledged before a restart, or within ack_wait)")
+        redelivered = context.metrics.counter("redelivered", help: "messages delivered more than once: read again after a restart (an earlier run left them unacknowledged), or delivered again by the server (not acknowledged within ack_wait)")
         let link = ConsumerLink(options: options, context: context)
         do {
             try link.connect()
@@ -96,6 +101,20 @@ public final class NATSSource: EventSource {
         }
         let decoder = NDJSONDecoder(defaultNode: context.node)
         var reported = 0
+        var acknowledgedOnly = 0
+        /// A message's record, or nil when it is not one (counted as malformed, logged the first times).
+        func decodeOrCount(_ message: OpaquePointer, length: Int, then what: String = "terminated") -> PipelineRecord? {
+            do {
+                return try decoder.decode(UnsafeRawBufferPointer(start: natsMsg_GetData(message), count: length))
+            } catch {
+                context.metrics.add(context.metrics.malformed, 1)
+                if reported < 10 {
+                    reported += 1
+                    context.logger.warning("\(String(cString: natsMsg_GetSubject(message))): not an event record, \(what): \(error)")
+                }
+                return nil
+            }
+        }
         var waitingSince: Int64?
         var turn = 0
         // Fetches in a row that found nothing: once every consumer had its
@@ -113,6 +132,26 @@ public final class NATSSource: EventSource {
             consumer.tick()
             let pull = pulls[turn % pulls.count]
             turn &+= 1
+            // Once, after a restart: what the last run left unacknowledged.
+            consumer.readAgain(pull) { batch in
+                var records: [PipelineRecord] = []
+                var sequences: [UInt64] = []
+                for (message, sequence) in batch {
+                    let length = Int(natsMsg_GetDataLength(message))
+                    context.metrics.add(context.metrics.bytes, UInt64(length))
+                    if let record = decodeOrCount(message, length: length, then: "skipped") {
+                        records.append(record)
+                        sequences.append(sequence)
+                    }
+                    natsMsg_Destroy(message)
+                }
+                redelivered.add(UInt64(records.count))
+                if !records.isEmpty {
+                    let delivery = consumer.delivering([], sequences: sequences, from: pull)
+                    output.emit(EventBatch(records, completion: BatchCompletion { written in delivery.finish(acknowledge: written) }))
+                }
+                return sequences
+            }
             var list = natsMsgList()
             var code = jsErrCode(rawValue: 0)
             let status: natsStatus
@@ -147,35 +186,43 @@ public final class NATSSource: EventSource {
             messages.reserveCapacity(Int(list.Count))
             var sequences: [UInt64] = []
             sequences.reserveCapacity(Int(list.Count))
+            // Delivered again by the server, and written already when read again after a restart.
+            var writtenMessages: [OpaquePointer] = []
+            var writtenSequences: [UInt64] = []
             for index in 0..<Int(list.Count) {
                 guard let message = list.Msgs[index] else { continue }
                 // The list gives up the message: the batch's completion owns it.
                 list.Msgs[index] = nil
                 var metadata: UnsafeMutablePointer<jsMsgMetaData>?
                 var sequence: UInt64 = 0
+                var again = false
                 if natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata {
-                    if metadata.pointee.NumDelivered > 1 { redelivered.add(1) }
+                    again = metadata.pointee.NumDelivered > 1
                     sequence = metadata.pointee.Sequence.Stream
                     jsMsgMetaData_Destroy(metadata)
                 }
+                if again, consumer.writtenAlready([sequence], from: pull).contains(sequence) {
+                    writtenMessages.append(message)
+                    writtenSequences.append(sequence)
+                    continue
+                }
+                if again { redelivered.add(1) }
                 let length = Int(natsMsg_GetDataLength(message))
                 context.metrics.add(context.metrics.bytes, UInt64(length))
-                do {
-                    let payload = UnsafeRawBufferPointer(start: natsMsg_GetData(message), count: length)
-                    records.append(try decoder.decode(payload))
+                if let record = decodeOrCount(message, length: length) {
+                    records.append(record)
                     messages.append(message)
                     sequences.append(sequence)
-                } catch {
-                    context.metrics.add(context.metrics.malformed, 1)
-                    if reported < 10 {
-                        reported += 1
-                        context.logger.warning("\(String(cString: natsMsg_GetSubject(message))): not an event record, terminated: \(error)")
-                    }
+                } else {
                     natsMsg_Term(message, nil)
                     natsMsg_Destroy(message)
                 }
             }
             natsMsgList_Destroy(&list)
+            if !writtenMessages.isEmpty {
+                acknowledgedOnly += writtenMessages.count
+                consumer.delivering(writtenMessages, sequences: writtenSequences, from: pull).finish(acknowledge: true)
+            }
             guard !records.isEmpty else { continue }
             // Acknowledged on the consumer that delivered it (its messages' reply subjects).
             let delivery = consumer.delivering(messages, sequences: sequences, from: pull)
@@ -184,6 +231,9 @@ public final class NATSSource: EventSource {
         let count = redelivered.value
         if count > 0 {
             context.logger.notice("\(count) message(s) were delivered again (not acknowledged before an earlier stop or within ack_wait)")
+        }
+        if acknowledgedOnly > 0 {
+            context.logger.notice("\(acknowledgedOnly) message(s) the server delivered again once ack_wait ran out had been read again from the stream and written already: acknowledged, not written twice")
         }
     }
 }
@@ -205,6 +255,9 @@ final class Delivery: @unchecked Sendable {
     fileprivate let lowest: UInt64
     fileprivate let highest: UInt64
     fileprivate let highestAt: Int
+    /// Inherited messages read again from the stream (no messages of the
+    /// consumer to acknowledge: see ``ConsumerLink/readAgain(_:emit:)``).
+    fileprivate let readAgain: Bool
     private let link: ConsumerLink
 
     enum State { case inFlight, written }
@@ -212,6 +265,7 @@ final class Delivery: @unchecked Sendable {
     fileprivate init(messages: [OpaquePointer], sequences: [UInt64], floor: AckFloor, link: ConsumerLink) {
         self.messages = messages
         self.sequences = sequences
+        readAgain = messages.isEmpty
         self.floor = floor
         self.link = link
         var lowest = UInt64.max, highest: UInt64 = 0, highestAt = 0
@@ -266,22 +320,48 @@ final class AckFloor {
     /// What an earlier run was delivered and did not acknowledge: `count`
     /// messages with stream sequences in `sequences` (the consumer's ack
     /// floor up to its last delivered sequence; a consumer with a filter
-    /// has only some of them). The server delivers them again after
-    /// `ack_wait`, and until then an acknowledgement past them would take
-    /// them for written: they hold the floor at the range's start until
-    /// `count` of them have been written again, or for `hold` at most (one
-    /// may never come: the stream dropped it).
+    /// has only some of them). The server delivers them again only after
+    /// `ack_wait`, so the source reads them again from the stream at once
+    /// (``ConsumerLink/readAgain(_:emit:)``). Until they are written an
+    /// acknowledgement past them would take them for written: they hold the
+    /// floor at the range's start until `count` of them have been written
+    /// again, or for `hold` at most (one may never come: the stream dropped
+    /// it).
     private var inheritedRange: ClosedRange<UInt64>?
     private var inheritedLeft = 0
     private var inheritedSeen: Set<UInt64> = []
     private var inheritedUntil: Int64 = 0
+    /// The inherited range, until it has been read again from the stream.
+    fileprivate(set) var toReadAgain: ClosedRange<UInt64>?
+    /// Inherited messages read again and written: when the server delivers
+    /// one of them again anyway (its `ack_wait` ran out before an
+    /// acknowledgement covered it), it is acknowledged, not written twice.
+    /// Forgotten once acknowledged.
+    private var rewritten: Set<UInt64> = []
 
     func inherit(_ count: Int, in sequences: ClosedRange<UInt64>, holdingForNs hold: Int64) {
         guard count > 0 else { return }
         inheritedRange = sequences
+        toReadAgain = sequences
         inheritedLeft = count
         inheritedUntil = Clock.monotonicNs() + hold
         holdEndsNs = min(holdEndsNs, inheritedUntil)
+    }
+
+    /// The inherited range was read again from the stream, which holds
+    /// `found` of its messages now (nil: the read failed, the server
+    /// delivers them again after `ack_wait`): only those hold the floor.
+    fileprivate func readAgainDone(found: Set<UInt64>?) {
+        toReadAgain = nil
+        guard let found, inheritedRange != nil else { return }
+        inheritedLeft = found.subtracting(inheritedSeen).count
+        if inheritedLeft <= 0 { forgetInherited() }
+        acknowledge()
+    }
+
+    /// Which of `sequences` were read again and written already.
+    fileprivate func written(_ sequences: [UInt64]) -> Set<UInt64> {
+        rewritten.isEmpty ? [] : rewritten.intersection(sequences)
     }
 
     /// When the earliest hold (a sequence given back, the inherited range)
@@ -333,6 +413,7 @@ final class AckFloor {
             delivery.state = .written
             givenBackInARow = 0
             rewrote(delivery.sequences)
+            if delivery.readAgain { rewritten.formUnion(delivery.sequences) }
             if !givenBack.isEmpty {
                 for sequence in delivery.sequences { givenBack[sequence] = nil }
             }
@@ -377,7 +458,9 @@ final class AckFloor {
         }
         var best: (delivery: Delivery, index: Int)?
         var bestSequence = acknowledged
-        for delivery in open where delivery.state == .written {
+        // A batch read again has no message of the consumer to acknowledge:
+        // a later one's acknowledgement covers it.
+        for delivery in open where delivery.state == .written && !delivery.readAgain {
             if delivery.highest < floor {
                 if delivery.highest > bestSequence { best = (delivery, delivery.highestAt); bestSequence = delivery.highest }
                 continue
@@ -391,6 +474,7 @@ final class AckFloor {
         guard let best else { return }
         natsMsg_Ack(best.delivery.messages[best.index], nil)
         acknowledged = bestSequence
+        if !rewritten.isEmpty { rewritten = rewritten.filter { $0 > bestSequence } }
         open.removeAll { delivery in
             guard delivery.state == .written, delivery.highest <= bestSequence else { return false }
             delivery.messages.forEach { natsMsg_Destroy($0) }
@@ -695,7 +779,7 @@ final class ConsumerLink: @unchecked Sendable {
                 floor.acksEach = acksEach
                 // Taken in once: later looks (a new subscription) would see this run's own deliveries.
                 if !floor.inherited, !acksEach, delivered > acknowledgedFloor, unacknowledged > 0 {
-                    context.logger.info("consumer '\(name)': \(unacknowledged) message(s) delivered before were not acknowledged; they come again within ack_wait (\(Units.formatDuration(options.ackWaitNs))), and acknowledgements wait for them")
+                    context.logger.info("consumer '\(name)': \(unacknowledged) message(s) delivered before were not acknowledged (stream sequences \(acknowledgedFloor + 1)-\(delivered)): reading them again from the stream; acknowledgements wait for them")
                     floor.inherit(unacknowledged, in: acknowledgedFloor + 1...delivered, holdingForNs: options.ackWaitNs * 2 + 5_000_000_000)
                 }
                 floor.inherited = true
@@ -775,6 +859,101 @@ final class ConsumerLink: @unchecked Sendable {
             stage: context.id,
             message: "source '\(context.id)': 'subjects' item '\(subject)' is not within the subjects of stream '\(options.stream)'\(streamSubjects), so no message of the stream can match it (\(server))",
             exitCode: 78, location: location)
+    }
+
+    /// Reads the messages an earlier run of `pull`'s consumer was delivered
+    /// and did not acknowledge again, straight from the stream, and hands
+    /// them to `emit` in batches (with their stream sequences), so that a
+    /// restarted aggregator need not wait `ack_wait` for the server to
+    /// deliver them again (with `max_ack_pending` of them held, it sends
+    /// nothing else meanwhile). Through a consumer of its own, made for the
+    /// read and deleted after it: from the range's first sequence, on the
+    /// same subject filter, without acknowledgements. Their batches are
+    /// written like any other; an acknowledgement of a later message covers
+    /// them. `emit` takes the messages and returns the sequences of those
+    /// that were records. Nothing to do, or done, returns at once; a read that fails
+    /// leaves them to the server's redelivery (logged).
+    func readAgain(_ pull: Pull, emit: ([(message: OpaquePointer, sequence: UInt64)]) -> [UInt64]) {
+        let floor = floors[pull.name]!
+        guard let range = deliveries.withLock({ floor.toReadAgain }), let jetStream else { return }
+        var found = Set<UInt64>()
+        do {
+            var config = jsConsumerConfig()
+            jsConsumerConfig_Init(&config)
+            let filter = pull.subject.map { strdup($0) } ?? nil
+            defer { free(filter) }
+            config.FilterSubject = filter.map { UnsafePointer($0) }
+            config.AckPolicy = js_AckNone
+            config.DeliverPolicy = js_DeliverByStartSequence
+            config.OptStartSeq = range.lowerBound
+            // Removed by the server should this process die before it deletes it.
+            config.InactiveThreshold = 30_000_000_000
+            var info: UnsafeMutablePointer<jsConsumerInfo>?
+            var code = jsErrCode(rawValue: 0)
+            try natsCheck(js_AddConsumer(&info, jetStream, options.stream, &config, nil, &code), code: code,
+                          "cannot make a consumer to read them again")
+            let name = info.flatMap { $0.pointee.Name.map { String(cString: $0) } } ?? ""
+            jsConsumerInfo_Destroy(info)
+            defer {
+                var code = jsErrCode(rawValue: 0)
+                _ = js_DeleteConsumer(jetStream, options.stream, name, nil, &code)
+            }
+            var subscription: OpaquePointer?
+            var subOptions = jsSubOptions()
+            jsSubOptions_Init(&subOptions)
+            let status = options.stream.withCString { stream in
+                name.withCString { consumer in
+                    subOptions.Stream = stream
+                    subOptions.Consumer = consumer
+                    return js_PullSubscribe(&subscription, jetStream, nil, nil, nil, &subOptions, &code)
+                }
+            }
+            try natsCheck(status, code: code, "cannot read them again")
+            defer { natsSubscription_Destroy(subscription) }
+            var past = false
+            while !past {
+                var list = natsMsgList()
+                let status = natsSubscription_Fetch(&list, subscription, Int32(options.batch), 1000, &code)
+                // Nothing more in the stream up to the range's end (deleted by age or size).
+                if status == NATS_TIMEOUT { break }
+                try natsCheck(status, code: code, "reading them again failed")
+                var batch: [(message: OpaquePointer, sequence: UInt64)] = []
+                for index in 0..<Int(list.Count) {
+                    guard let message = list.Msgs[index] else { continue }
+                    list.Msgs[index] = nil
+                    var metadata: UnsafeMutablePointer<jsMsgMetaData>?
+                    var sequence: UInt64 = 0
+                    if natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata {
+                        sequence = metadata.pointee.Sequence.Stream
+                        jsMsgMetaData_Destroy(metadata)
+                    }
+                    // Past the range: the consumer delivers those itself.
+                    guard range.contains(sequence) else {
+                        past = past || sequence > range.upperBound
+                        natsMsg_Destroy(message)
+                        continue
+                    }
+                    batch.append((message, sequence))
+                    if sequence == range.upperBound { past = true }
+                }
+                natsMsgList_Destroy(&list)
+                // What is not a record does not hold the floor: it is terminated if it comes again.
+                if !batch.isEmpty { found.formUnion(emit(batch)) }
+            }
+            context.logger.info("consumer '\(pull.name)': read \(found.count) message(s) delivered before again from the stream")
+            deliveries.withLock { floor.readAgainDone(found: found) }
+        } catch {
+            context.logger.warning("consumer '\(pull.name)': \(error); the messages delivered before come again within ack_wait (\(Units.formatDuration(options.ackWaitNs)))")
+            deliveries.withLock { floor.readAgainDone(found: nil) }
+        }
+    }
+
+    /// Which of a batch's stream `sequences` from `pull`'s consumer were
+    /// read again and written already (the server delivered them again
+    /// before an acknowledgement covered them).
+    func writtenAlready(_ sequences: [UInt64], from pull: Pull) -> Set<UInt64> {
+        let floor = floors[pull.name]!
+        return deliveries.withLock { floor.written(sequences) }
     }
 
     /// A fetch failed: log it once, and start over with a new subscription

@@ -76,7 +76,11 @@ struct FleetAcknowledgementTests {
 
         // Room again: the given-back messages are written, and the rest behind them.
         try disk.makeRoom()
-        #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(Self.events)),
+        // The ack floor passing every message is what counts (a stall leaves
+        // it below): nats-server 2.9 may keep one message given back with a
+        // delay in its pending count for good (seen once: ack floor 20000,
+        // pending 0, ack pending 1, redelivered 1).
+        #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(Self.events), ackPending: 1),
                 "not every message was acknowledged once the disk had room: \(String(describing: inspector.consumer("PIPELINED", "agg")))")
         let result = aggregator.terminate()
         #expect(result.status == 0, "aggregator: \(FleetRecords.excerpt(result.stderr))")
@@ -213,6 +217,60 @@ struct FleetAcknowledgementTests {
         }
         #expect(inspector.consumerPolicy("PIPELINED", "agg") == js_AckAll)
         #expect(FleetTests.exactlyOnceProblem(try Self.numbers(inFile: output), count: Self.events) == nil)
+    }
+
+    @Test("an aggregator killed with every message delivered and none acknowledged: the restart reads them again from the stream at once, and what the server delivers again at ack_wait is acknowledged, not written twice",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(5)))
+    func aRestartReadsTheUnacknowledgedAgainAndWritesThemOnce() throws {
+        let scratch = try FleetScratch("ack-again")
+        defer { scratch.remove() }
+        let (server, inspector) = try Self.filledServer(scratch)
+        defer { server.stop() }
+        // The first run's sink writes into a pipe nobody reads: once the
+        // pipe is full it waits for ever, and nothing more is written.
+        let fifo = scratch.directory + "/stuck"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        #expect(reader >= 0)
+        defer { close(reader) }
+        func pipeline(_ name: String, sink path: String) throws -> String {
+            let file = scratch.directory + "/\(name).yaml"
+            try """
+                name: aggregator
+                settings:
+                  node: aggregator
+                sources:
+                  fleet: {type: nats, url: \(server.url), durable: agg, batch: 256, ack_wait: 6s, max_ack_pending: 30000}
+                sinks:
+                  out: {type: file, inputs: [fleet], path: \(path), queue_events: 32768}
+
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+            return file
+        }
+        let first = try CLI.start(["run", try pipeline("stuck", sink: fifo)])
+        defer { first.stopIfRunning() }
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, (inspector.consumer("PIPELINED", "agg")?.deliveredStream ?? 0) < UInt64(Self.events) { usleep(20_000) }
+        first.signal(SIGKILL)
+        _ = first.finish()
+        let state = try #require(inspector.consumer("PIPELINED", "agg"))
+        #expect(state.deliveredStream == UInt64(Self.events), "every message should have been delivered")
+        let floor = Int(state.ackFloorStream)
+        #expect(floor < Self.events / 2, "the pipe should have held up most of them (\(floor) acknowledged)")
+
+        let output = scratch.directory + "/events.jsonl"
+        let second = try CLI.start(["run", try pipeline("again", sink: output)])
+        defer { second.stopIfRunning() }
+        #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(Self.events), timeout: 120))
+        let result = second.terminate()
+        #expect(result.status == 0, "restarted aggregator: \(FleetRecords.excerpt(result.stderr))")
+        #expect(result.stderr.contains("read \(Self.events - floor) message(s) delivered before again from the stream"),
+                "\(FleetRecords.excerpt(result.stderr))")
+        // No later message's acknowledgement could cover them, so the server
+        // delivered them again once ack_wait ran out: acknowledged, not written.
+        #expect(result.stderr.contains("written already: acknowledged, not written twice"), "the server should have delivered them again")
+        // Stream sequence n + 1 is event n: the file holds each unacknowledged one once, in order.
+        #expect(try Self.numbers(inFile: output) == Array(floor..<Self.events))
     }
 }
 

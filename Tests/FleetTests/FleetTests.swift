@@ -119,7 +119,7 @@ struct FleetTests {
 
     // MARK: 3. The aggregator crashes
 
-    @Test("kill -9 the aggregator mid-stream and restart it: every event at least once, duplicates within the unacknowledged window",
+    @Test("kill -9 the aggregator mid-stream and restart it: every event at least once, duplicates within the unacknowledged window; the restart reads what the killed run left unacknowledged again from the stream at once, not after ack_wait",
           .enabled(if: NATSTests.enabled), .timeLimit(.minutes(5)))
     func aggregatorCrashAndRestart() throws {
         let scratch = try FleetScratch("aggregator")
@@ -134,7 +134,10 @@ struct FleetTests {
 
         let window = 4096
         let archive = scratch.directory + "/archive"
-        let pipeline = try scratch.aggregatorPipeline(urls: [server.url], archive: archive, source: "max_ack_pending: \(window)")
+        // An ack_wait longer than the test may take: the server would deliver
+        // the killed run's unacknowledged messages again only after it, and
+        // with the window full it sends nothing else meanwhile.
+        let pipeline = try scratch.aggregatorPipeline(urls: [server.url], archive: archive, source: "max_ack_pending: \(window)\nack_wait: 10m")
         let first = try CLI.start(["run", pipeline])
         defer { first.stopIfRunning() }
         let deadline = Date().addingTimeInterval(120)
@@ -150,6 +153,8 @@ struct FleetTests {
         let result = second.terminate()
         #expect(result.status == 0, "restarted aggregator: \(FleetRecords.excerpt(result.stderr))")
         #expect(result.stderr.contains("delivered again"), "the restarted aggregator reports the redelivered messages")
+        #expect(result.stderr.contains("delivered before again from the stream"), "the restarted aggregator says it read them again")
+        #expect((inspector.consumer("PIPELINED", "agg")?.redelivered ?? -1) == 0, "the server delivered none again (ack_wait did not run out)")
 
         let records = try FleetRecords.archive(archive)
         let numbers = FleetRecords.numbers(records)
