@@ -193,15 +193,9 @@ public final class NATSSource: EventSource {
                 guard let message = list.Msgs[index] else { continue }
                 // The list gives up the message: the batch's completion owns it.
                 list.Msgs[index] = nil
-                var metadata: UnsafeMutablePointer<jsMsgMetaData>?
-                var sequence: UInt64 = 0
-                var again = false
-                if natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata {
-                    again = metadata.pointee.NumDelivered > 1
-                    sequence = metadata.pointee.Sequence.Stream
-                    jsMsgMetaData_Destroy(metadata)
-                }
-                if again, consumer.writtenAlready([sequence], from: pull).contains(sequence) {
+                let (sequence, deliveries) = ConsumerLink.metadata(of: message)
+                let again = deliveries > 1
+                if again, consumer.writtenAlready(sequence, from: pull) {
                     writtenMessages.append(message)
                     writtenSequences.append(sequence)
                     continue
@@ -359,9 +353,9 @@ final class AckFloor {
         acknowledge()
     }
 
-    /// Which of `sequences` were read again and written already.
-    fileprivate func written(_ sequences: [UInt64]) -> Set<UInt64> {
-        rewritten.isEmpty ? [] : rewritten.intersection(sequences)
+    /// Whether `sequence` was read again and written already.
+    fileprivate func wasRewritten(_ sequence: UInt64) -> Bool {
+        rewritten.contains(sequence)
     }
 
     /// When the earliest hold (a sequence given back, the inherited range)
@@ -921,12 +915,7 @@ final class ConsumerLink: @unchecked Sendable {
                 for index in 0..<Int(list.Count) {
                     guard let message = list.Msgs[index] else { continue }
                     list.Msgs[index] = nil
-                    var metadata: UnsafeMutablePointer<jsMsgMetaData>?
-                    var sequence: UInt64 = 0
-                    if natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata {
-                        sequence = metadata.pointee.Sequence.Stream
-                        jsMsgMetaData_Destroy(metadata)
-                    }
+                    let sequence = Self.metadata(of: message).sequence
                     // Past the range: the consumer delivers those itself.
                     guard range.contains(sequence) else {
                         past = past || sequence > range.upperBound
@@ -948,12 +937,21 @@ final class ConsumerLink: @unchecked Sendable {
         }
     }
 
-    /// Which of a batch's stream `sequences` from `pull`'s consumer were
-    /// read again and written already (the server delivered them again
-    /// before an acknowledgement covered them).
-    func writtenAlready(_ sequences: [UInt64], from pull: Pull) -> Set<UInt64> {
+    /// Whether the message at stream `sequence` that `pull`'s consumer
+    /// delivered again was read again and written already (the server
+    /// delivered it again before an acknowledgement covered it).
+    func writtenAlready(_ sequence: UInt64, from pull: Pull) -> Bool {
         let floor = floors[pull.name]!
-        return deliveries.withLock { floor.written(sequences) }
+        return deliveries.withLock { floor.wasRewritten(sequence) }
+    }
+
+    /// A message's stream sequence and how many times it was delivered
+    /// (0 and 0 when its metadata cannot be read).
+    static func metadata(of message: OpaquePointer) -> (sequence: UInt64, deliveries: UInt64) {
+        var metadata: UnsafeMutablePointer<jsMsgMetaData>?
+        guard natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata else { return (0, 0) }
+        defer { jsMsgMetaData_Destroy(metadata) }
+        return (metadata.pointee.Sequence.Stream, metadata.pointee.NumDelivered)
     }
 
     /// A fetch failed: log it once, and start over with a new subscription

@@ -22,9 +22,11 @@ struct FleetAcknowledgementTests {
         return (server, inspector)
     }
 
-    /// An aggregator: the `nats` source (durable `agg`, and `source` options) into a file sink at `path`.
-    static func aggregator(_ scratch: FleetScratch, url: String, file path: String, source: String = "") throws -> String {
-        let pipeline = scratch.directory + "/aggregator-file.yaml"
+    /// An aggregator: the `nats` source (durable `agg`, and `source` options)
+    /// into a file sink at `path` (and `sink` options), in the pipeline file `name`.
+    static func aggregator(_ scratch: FleetScratch, url: String, file path: String, source: String = "", sink: String = "",
+                           name: String = "aggregator-file") throws -> String {
+        let pipeline = scratch.directory + "/\(name).yaml"
         try """
             name: aggregator
             settings:
@@ -32,7 +34,7 @@ struct FleetAcknowledgementTests {
             sources:
               fleet: {type: nats, url: \(url), durable: agg, batch: 256\(source)}
             sinks:
-              out: {type: file, inputs: [fleet], path: \(path)}
+              out: {type: file, inputs: [fleet], path: \(path)\(sink)}
 
             """.write(toFile: pipeline, atomically: true, encoding: .utf8)
         return pipeline
@@ -234,18 +236,8 @@ struct FleetAcknowledgementTests {
         #expect(reader >= 0)
         defer { close(reader) }
         func pipeline(_ name: String, sink path: String) throws -> String {
-            let file = scratch.directory + "/\(name).yaml"
-            try """
-                name: aggregator
-                settings:
-                  node: aggregator
-                sources:
-                  fleet: {type: nats, url: \(server.url), durable: agg, batch: 256, ack_wait: 6s, max_ack_pending: 30000}
-                sinks:
-                  out: {type: file, inputs: [fleet], path: \(path), queue_events: 32768}
-
-                """.write(toFile: file, atomically: true, encoding: .utf8)
-            return file
+            try Self.aggregator(scratch, url: server.url, file: path, source: ", ack_wait: 6s, max_ack_pending: 30000",
+                                sink: ", queue_events: 32768", name: name)
         }
         let first = try CLI.start(["run", try pipeline("stuck", sink: fifo)])
         defer { first.stopIfRunning() }
