@@ -257,8 +257,15 @@ public final class NATSConnection: @unchecked Sendable {
             box.ended.store(true, ordering: .releasing)
             box.handler(.closed)
         }, closure), "cannot set the close handler")
-        try natsCheck(natsOptions_SetErrorHandler(options, { _, _, status, closure in
-            let text = String(cString: natsStatus_GetText(status))
+        try natsCheck(natsOptions_SetErrorHandler(options, { connection, _, status, closure in
+            var text = String(cString: natsStatus_GetText(status))
+            // The server's words say what was refused ("Permissions
+            // Violation for Publish to ...").
+            var detail: UnsafePointer<CChar>?
+            if status == NATS_NOT_PERMITTED, let connection, natsConnection_GetLastError(connection, &detail) != NATS_OK,
+               let detail, detail.pointee != 0 {
+                text += ": " + String(cString: detail)
+            }
             Unmanaged<CallbackBox>.fromOpaque(closure!).takeUnretainedValue().handler(.error(text))
         }, closure), "cannot set the error handler")
 

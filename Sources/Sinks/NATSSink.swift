@@ -28,10 +28,13 @@ import PipelineCore
 ///   refuses) is sent again with the same id, so the stream's duplicate
 ///   window drops the copy if the first one was stored after all.
 /// - Past that window a resend may be stored twice. The sink learns the
-///   stream's window when it checks or creates the stream and counts, for a
-///   message answered later than that after its first publish, the copies
-///   that may be extra (`resent_past_duplicate_window`, logged at the end):
-///   a bound on what the stream holds beyond the events sent.
+///   stream's window when it checks or creates the stream; a publish first
+///   sent more than half of it ago is looked for in the stream before it
+///   is sent again (``PublishLink/lookInStream(_:waitNs:)``), and released
+///   if it is there. For a resend that went out without a look (the server
+///   refused one) and was answered past the window, the sink counts the
+///   copies that may be extra (`resent_past_duplicate_window`, logged at
+///   the end): a bound on what the stream holds beyond the events sent.
 /// - A line is held until its ack arrives. While the server is unreachable
 ///   the sink holds up to `buffer_bytes`, then drops new records and counts
 ///   them; once there is room again it publishes a `lost` record
@@ -304,6 +307,10 @@ final class Outbox: @unchecked Sendable {
         case retry
         /// Acknowledged; released once every older entry is too.
         case acked
+        /// To be looked for in the stream before it is sent again: its first
+        /// publish is more than half the duplicate window old, so a copy
+        /// stored back then may be past the window when a resend arrives.
+        case checking
     }
 
     struct Entry {
@@ -317,6 +324,16 @@ final class Outbox: @unchecked Sendable {
         var sends: UInt32 = 0
         /// When it was first handed out (monotonic ns).
         var firstSentNs: Int64 = 0
+        /// The highest stream sequence known when it was first handed out:
+        /// any copy of it the stream stored comes after this.
+        var floor: UInt64 = 0
+    }
+
+    /// An entry to look for in the stream (``takeChecks()``).
+    struct Check {
+        var sequence: UInt64
+        var floor: UInt64
+        var subject: UnsafePointer<CChar>
     }
 
     /// What the publisher sends next.
@@ -336,6 +353,16 @@ final class Outbox: @unchecked Sendable {
     private var nextUnsent: UInt64 = 0
     private var retries: [UInt64] = []
     private var retryHead = 0
+    /// Entries in the `checking` state, oldest first.
+    private var checks: [UInt64] = []
+    /// No check is handed out before this (monotonic ns): the last one got no answer.
+    var checksPausedUntilNs: Int64 = 0
+    /// The highest stream sequence the stream has named: its last when the
+    /// sink checked or created it, then the highest an ack carried.
+    var streamSequence: UInt64 = 0
+    /// Resends are sent without a look in the stream first (the server
+    /// refused the look: a user allowed to publish and no more).
+    var checksRefused = false
     private(set) var inflight = 0
     /// Subjects as C strings, by index; never freed before the outbox.
     private var subjects: [UnsafeMutablePointer<CChar>] = []
@@ -467,6 +494,14 @@ final class Outbox: @unchecked Sendable {
                     retryHead = 0
                 }
                 guard sequence >= firstSequence, sequence < nextSequence, entries[slot(sequence)].state == .retry else { continue }
+                // Sent long enough ago that a stored copy may outlive the
+                // window before this one arrives: look for it first.
+                let index = slot(sequence)
+                if !checksRefused, entries[index].sends > 0, now - entries[index].firstSentNs > duplicateWindowNs / 2 {
+                    entries[index].state = .checking
+                    checks.append(sequence)
+                    continue
+                }
             } else if nextUnsent < nextSequence {
                 sequence = max(nextUnsent, firstSequence)
                 nextUnsent = sequence + 1
@@ -476,7 +511,10 @@ final class Outbox: @unchecked Sendable {
             }
             let index = slot(sequence)
             entries[index].state = .inflight
-            if entries[index].sends == 0 { entries[index].firstSentNs = now }
+            if entries[index].sends == 0 {
+                entries[index].firstSentNs = now
+                entries[index].floor = streamSequence
+            }
             entries[index].sends &+= 1
             inflight += 1
             let entry = entries[index]
@@ -490,19 +528,90 @@ final class Outbox: @unchecked Sendable {
         inflight < maxPending && (retryHead < retries.count || nextUnsent < nextSequence) && Clock.monotonicNs() >= pausedUntilNs
     }
 
+    /// True when ``takeChecks()`` would find something.
+    var checksDue: Bool { !checks.isEmpty && Clock.monotonicNs() >= checksPausedUntilNs }
+
+    /// The entries to look for in the stream before sending them again,
+    /// taken off the list (``checked(found:of:)`` or ``checkFailed(_:retryAfterNs:)``
+    /// says how it went). Call with ``lock`` held.
+    func takeChecks() -> [Check] {
+        guard checksDue else { return [] }
+        var taken: [Check] = []
+        for sequence in checks where sequence >= firstSequence && sequence < nextSequence {
+            let entry = entries[slot(sequence)]
+            guard entry.state == .checking else { continue }
+            taken.append(Check(sequence: sequence, floor: entry.floor, subject: UnsafePointer(subjects[Int(entry.subject)])))
+        }
+        checks.removeAll(keepingCapacity: true)
+        return taken
+    }
+
+    /// The look in the stream answered: the entries `found` there are
+    /// released as acknowledged; the rest of `checks` are sent again as if
+    /// for the first time (no copy of them is stored, so the window starts
+    /// anew). Returns what was released and how many were found. Call with
+    /// ``lock`` held.
+    func checked(found: Set<UInt64>, of checks: [Check]) -> (records: Int, bytes: Int, found: Int) {
+        var foundCount = 0
+        for check in checks where check.sequence >= firstSequence && check.sequence < nextSequence {
+            let index = slot(check.sequence)
+            // An ack that came meanwhile settled it.
+            guard entries[index].state == .checking else { continue }
+            if found.contains(check.sequence) {
+                entries[index].state = .acked
+                foundCount += 1
+            } else {
+                entries[index].state = .retry
+                entries[index].sends = 0
+                retries.append(check.sequence)
+            }
+        }
+        let released = releaseFront()
+        return (released.records, released.bytes, foundCount)
+    }
+
+    /// The look got no answer: the entries wait for the next, after
+    /// `retryAfterNs`. Call with ``lock`` held.
+    func checkFailed(_ failed: [Check], retryAfterNs: Int64) {
+        checks.insert(contentsOf: failed.map(\.sequence), at: 0)
+        checksPausedUntilNs = Clock.monotonicNs() + retryAfterNs
+    }
+
+    /// The server refuses the look: what waits for one is sent again
+    /// without it, and later resends too. Call with ``lock`` held.
+    func sendWithoutChecks() {
+        checksRefused = true
+        for sequence in checks where sequence >= firstSequence && sequence < nextSequence {
+            let index = slot(sequence)
+            guard entries[index].state == .checking else { continue }
+            entries[index].state = .retry
+            retries.append(sequence)
+        }
+        checks.removeAll()
+    }
+
     /// An ack for `sequence`: releases every acknowledged entry at the
     /// front. Returns what was released (records, bytes) and the resends of
     /// `sequence` that may be second copies in the stream (see
     /// ``resendsPastWindow(_:nowNs:)``). Call with ``lock`` held.
-    func acknowledge(_ sequence: UInt64) -> (records: Int, bytes: Int, pastWindow: UInt64) {
+    func acknowledge(_ sequence: UInt64, streamSequence stored: UInt64 = 0) -> (records: Int, bytes: Int, pastWindow: UInt64) {
+        if stored > streamSequence { streamSequence = stored }
         guard !closed, sequence >= firstSequence, sequence < nextSequence else { return (0, 0, 0) }
         let index = slot(sequence)
-        guard entries[index].state == .inflight || entries[index].state == .retry else { return (0, 0, 0) }
-        if entries[index].state == .inflight { inflight -= 1 }
+        let state = entries[index].state
+        guard state == .inflight || state == .retry || state == .checking else { return (0, 0, 0) }
+        if state == .inflight { inflight -= 1 }
         entries[index].state = .acked
         // The clock is read only for a message sent more than once.
         let pastWindow = entries[index].sends > 1 ? resendsPastWindow(entries[index], nowNs: Clock.monotonicNs()) : 0
-        var released = (records: 0, bytes: 0, pastWindow: pastWindow)
+        let released = releaseFront()
+        return (released.records, released.bytes, pastWindow)
+    }
+
+    /// Releases every acknowledged entry at the front. Call with ``lock`` held.
+    private func releaseFront() -> (records: Int, bytes: Int) {
+        guard !closed else { return (0, 0) }
+        var released = (records: 0, bytes: 0)
         var weight: UInt64 = 0
         while count > 0, entries[head].state == .acked {
             released.records += 1
@@ -546,18 +655,21 @@ final class Outbox: @unchecked Sendable {
         var total: UInt64 = 0
         for offset in 0..<count {
             let entry = entries[(head + offset) & (entries.count - 1)]
-            if entry.state != .acked { total += resendsPastWindow(entry, nowNs: nowNs) }
+            // One waiting for a look was sent only within half a window of its first publish.
+            if entry.state != .acked, entry.state != .checking { total += resendsPastWindow(entry, nowNs: nowNs) }
         }
         return total
     }
 
     /// `sequence` is to be sent again (no ack in time, a refusal, a failed
-    /// send, or reclaimed after a reconnect). Call with ``lock`` held.
-    func retry(_ sequence: UInt64) {
+    /// send, or reclaimed after a reconnect); `notSent`: the client did not
+    /// take it, so it does not count as sent. Call with ``lock`` held.
+    func retry(_ sequence: UInt64, notSent: Bool = false) {
         guard !closed, sequence >= firstSequence, sequence < nextSequence else { return }
         let index = slot(sequence)
         guard entries[index].state == .inflight else { return }
         entries[index].state = .retry
+        if notSent, entries[index].sends > 0 { entries[index].sends -= 1 }
         inflight -= 1
         retries.append(sequence)
     }
@@ -646,6 +758,10 @@ final class PublishLink: @unchecked Sendable {
     /// (a resend after a reconnect, or from a killed run's file): the
     /// stage's `duplicates` series.
     let duplicates: StageMetrics.Counter
+    /// Resends held back because a look in the stream found the message
+    /// stored already (``lookInStream(_:waitNs:)``): the stage's
+    /// `found_in_stream` series.
+    private let foundInStream: StageMetrics.Counter
 
     init(options: NATSSinkOptions, outbox: Outbox, context: StageContext, idPrefix: [CChar]) {
         self.options = options
@@ -654,6 +770,7 @@ final class PublishLink: @unchecked Sendable {
         self.idPrefix = idPrefix
         resent = context.metrics.counter("resent", help: "publishes sent again with the same message id (no ack in time, refused, or after a reconnect)")
         duplicates = context.metrics.counter("duplicates", help: "publishes the stream answered as duplicates of a message id it held (a resend after a reconnect, or from a killed run's file): not stored again")
+        foundInStream = context.metrics.counter("found_in_stream", help: "publishes not acknowledged within half the stream's duplicate window that a look in the stream found stored already: released, not sent again")
         resentPastWindow = context.metrics.counter("resent_past_duplicate_window", help: "resends that may be stored as second copies: of messages answered more than the stream's duplicate window after their first publish, at most one per window elapsed")
     }
 
@@ -714,7 +831,8 @@ final class PublishLink: @unchecked Sendable {
                 options.PublishAsync.AckHandler = { _, message, ack, refusal, closure in
                     let target = Unmanaged<AckTarget>.fromOpaque(closure!).takeUnretainedValue()
                     if !target.retired.load(ordering: .acquiring), let link = target.link {
-                        link.acknowledged(message, ok: ack != nil, duplicate: ack?.pointee.Duplicate == true, refusal: refusal)
+                        link.acknowledged(message, ok: ack != nil, duplicate: ack?.pointee.Duplicate == true,
+                                          streamSequence: ack?.pointee.Sequence ?? 0, refusal: refusal)
                     } else {
                         natsMsg_Destroy(message)
                     }
@@ -790,6 +908,7 @@ final class PublishLink: @unchecked Sendable {
             if status == NATS_OK, let info {
                 defer { jsStreamInfo_Destroy(info) }
                 try check(info.pointee.Config.pointee)
+                noteLastSequence(info.pointee.State.LastSeq)
                 return
             }
             guard status == NATS_NOT_FOUND || code == JSStreamNotFoundErr else {
@@ -830,6 +949,7 @@ final class PublishLink: @unchecked Sendable {
             if let info {
                 let window = info.pointee.Config.pointee.Duplicates
                 outbox.lock.withLock { outbox.duplicateWindowNs = window }
+                noteLastSequence(info.pointee.State.LastSeq)
             }
             jsStreamInfo_Destroy(info)
             context.logger.info("created stream '\(options.stream)' (subjects \(options.subject.streamSubjects), replicas \(options.replicas), duplicate window \(Units.formatDuration(options.duplicateWindowNs)))")
@@ -840,6 +960,12 @@ final class PublishLink: @unchecked Sendable {
         // 10065: the subjects overlap another stream's; 10074: too many replicas for the cluster.
         if code.rawValue == 10065 || code.rawValue == 10074 || code.rawValue == 10052 { throw StreamProblem.fatal(error.message) }
         throw StreamProblem.transient(error.message)
+    }
+
+    /// Nothing this sink sends from now on is stored at or below the
+    /// stream's last sequence: where a look for a copy starts.
+    private func noteLastSequence(_ last: UInt64) {
+        outbox.lock.withLock { outbox.streamSequence = Swift.max(outbox.streamSequence, last) }
     }
 
     private func check(_ config: jsStreamConfig) throws {
@@ -862,6 +988,8 @@ final class PublishLink: @unchecked Sendable {
     private func publishLoop() {
         var work: [Outbox.Work] = []
         work.reserveCapacity(256)
+        var checks: [Outbox.Check] = []
+        var checkWaitNs: Int64 = 0
         var publishOptions = jsPubOptions()
         jsPubOptions_Init(&publishOptions)
         publishOptions.MaxWait = options.ackTimeoutNs / 1_000_000
@@ -923,14 +1051,19 @@ final class PublishLink: @unchecked Sendable {
                         work.removeAll(keepingCapacity: true)
                         return false
                     }
-                    if connected.load(ordering: .acquiring), outbox.hasWork {
+                    if connected.load(ordering: .acquiring), outbox.hasWork || outbox.checksDue {
                         outbox.takeWork(limit: 256, into: &work)
+                        checks = outbox.takeChecks()
                         return false
                     }
                     _ = outbox.lock.wait(untilMonotonicNs: Clock.monotonicNs() + 100_000_000)
                 }
             }
             if finished { return }
+            if !checks.isEmpty {
+                lookInStream(checks, waitNs: &checkWaitNs)
+                checks.removeAll()
+            }
             var failed: [UInt64] = []
             var lastError: natsStatus = NATS_OK
             for item in work {
@@ -956,7 +1089,7 @@ final class PublishLink: @unchecked Sendable {
                 // Not connected after all, or the client's buffer is full:
                 // hold them and try again shortly.
                 outbox.lock.withLock {
-                    for sequence in failed { outbox.retry(sequence) }
+                    for sequence in failed { outbox.retry(sequence, notSent: true) }
                 }
                 backoffNs = min(max(backoffNs * 2, 50_000_000), 1_000_000_000)
                 context.logger.debug("publish failed (\(String(cString: natsStatus_GetText(lastError)))); retrying in \(Units.formatDuration(backoffNs))")
@@ -965,6 +1098,145 @@ final class PublishLink: @unchecked Sendable {
                 backoffNs = 0
             }
         }
+    }
+
+    /// Looks in the stream for the copies of `checks` stored earlier, before
+    /// they are sent again (``Outbox/EntryState/checking``): a consumer of
+    /// the sink's own, made for the look and deleted after it, reads the
+    /// headers of the stream's messages from the first floor on (on their
+    /// subject, when they share one), up to the stream's end as it was
+    /// when the consumer was made. A message id of this run's prefix names
+    /// an entry the stream holds: it is released as acknowledged, not sent
+    /// again. The rest are sent again as new. With no answer the entries
+    /// wait, and the look is tried again after `waitNs` (doubling up to
+    /// 30 s); a refusal (a user allowed to publish only) sends them, and
+    /// later resends, without a look (counted past the window as before).
+    private func lookInStream(_ checks: [Outbox.Check], waitNs: inout Int64) {
+        guard let jetStream else {
+            outbox.lock.withLock { outbox.checkFailed(checks, retryAfterNs: 1_000_000_000) }
+            return
+        }
+        let start = (checks.map(\.floor).min() ?? 0) + 1
+        let first = checks[0].subject
+        let oneSubject = checks.allSatisfy { strcmp($0.subject, first) == 0 }
+        let sought = Set(checks.map(\.sequence))
+        var found = Set<UInt64>()
+        var read: UInt64 = 0
+        let waitMs = Swift.max(options.ackTimeoutNs / 1_000_000, 500)
+        enum Outcome { case answered, noAnswer(String), refused(String) }
+        let outcome: Outcome = {
+            var config = jsConsumerConfig()
+            jsConsumerConfig_Init(&config)
+            config.FilterSubject = oneSubject ? first : nil
+            config.AckPolicy = js_AckNone
+            config.DeliverPolicy = js_DeliverByStartSequence
+            config.OptStartSeq = start
+            config.HeadersOnly = true
+            // Removed by the server should this process die before it deletes it.
+            config.InactiveThreshold = 30_000_000_000
+            var requestOptions = jsOptions()
+            jsOptions_Init(&requestOptions)
+            requestOptions.Wait = waitMs
+            var info: UnsafeMutablePointer<jsConsumerInfo>?
+            var code = jsErrCode(rawValue: 0)
+            let made = js_AddConsumer(&info, jetStream, options.stream, &config, &requestOptions, &code)
+            guard made == NATS_OK, let info else {
+                let error = NATSError(made, code: code, "cannot make a consumer to look in stream '\(options.stream)'")
+                return made == NATS_TIMEOUT || made == NATS_NO_RESPONDERS || made == NATS_CONNECTION_CLOSED || made == NATS_CONNECTION_DISCONNECTED
+                    ? .noAnswer(error.message) : .refused(error.message)
+            }
+            let name = info.pointee.Name.map { String(cString: $0) } ?? ""
+            let pending = info.pointee.NumPending
+            jsConsumerInfo_Destroy(info)
+            defer {
+                var code = jsErrCode(rawValue: 0)
+                _ = js_DeleteConsumer(jetStream, options.stream, name, &requestOptions, &code)
+            }
+            var subscription: OpaquePointer?
+            var subOptions = jsSubOptions()
+            jsSubOptions_Init(&subOptions)
+            // Binding compares this with the consumer's configuration.
+            subOptions.Config.HeadersOnly = true
+            let subscribed = options.stream.withCString { stream in
+                name.withCString { consumer in
+                    subOptions.Stream = stream
+                    subOptions.Consumer = consumer
+                    return js_PullSubscribe(&subscription, jetStream, nil, nil, &requestOptions, &subOptions, &code)
+                }
+            }
+            guard subscribed == NATS_OK else {
+                return .noAnswer(NATSError(subscribed, code: code, "cannot read stream '\(options.stream)'").message)
+            }
+            defer { natsSubscription_Destroy(subscription) }
+            while read < pending, found.count < sought.count {
+                var list = natsMsgList()
+                let status = natsSubscription_Fetch(&list, subscription, 256, waitMs, &code)
+                guard status == NATS_OK else {
+                    return .noAnswer(NATSError(status, code: code, "reading stream '\(options.stream)' stopped after \(read) of \(pending) message(s)").message)
+                }
+                for index in 0..<Int(list.Count) {
+                    read += 1
+                    if let sequence = ownSequence(list.Msgs[index]), sought.contains(sequence) { found.insert(sequence) }
+                }
+                natsMsgList_Destroy(&list)
+            }
+            return .answered
+        }()
+        switch outcome {
+        case .answered:
+            waitNs = 0
+            let result = outbox.lock.withLock {
+                let result = outbox.checked(found: found, of: checks)
+                outbox.lock.broadcast()
+                return result
+            }
+            if result.records > 0 {
+                context.metrics.add(context.metrics.recordsOut, UInt64(result.records))
+                context.metrics.add(context.metrics.bytes, UInt64(result.bytes))
+            }
+            if result.found > 0 { foundInStream.add(UInt64(result.found)) }
+            context.logger.notice("\(checks.count) unacknowledged publish(es) first sent more than half the stream's duplicate window ago were looked for in stream '\(options.stream)' (\(read) message(s) read from sequence \(start)) before sending them again: \(result.found) stored already (released, not sent again), \(checks.count - result.found) sent again")
+        case .noAnswer(let reason):
+            let refused = outbox.lock.withLock { () -> Bool in
+                guard outbox.checksRefused else { return false }
+                // Refused meanwhile (``connectionEvent(_:)``): sent without a look.
+                outbox.checkFailed(checks, retryAfterNs: 0)
+                outbox.sendWithoutChecks()
+                outbox.lock.broadcast()
+                return true
+            }
+            if refused {
+                context.logger.warning("\(reason): this user may not make consumers (the server refused it), so publishes not acknowledged within half the duplicate window are sent again without looking in the stream (a copy past the window may be stored twice, counted in resent_past_duplicate_window)")
+                return
+            }
+            waitNs = Swift.min(Swift.max(waitNs * 2, 1_000_000_000), 30_000_000_000)
+            outbox.lock.withLock { outbox.checkFailed(checks, retryAfterNs: waitNs) }
+            context.logger.warning("\(reason): \(checks.count) unacknowledged publish(es) wait, not sent again (a copy may be stored already, past the duplicate window); looking again in \(Units.formatDuration(waitNs))")
+        case .refused(let reason):
+            outbox.lock.withLock {
+                outbox.sendWithoutChecks()
+                outbox.lock.broadcast()
+            }
+            context.logger.warning("\(reason): publishes not acknowledged within half the duplicate window are sent again without looking in the stream (a copy past the window may be stored twice, counted in resent_past_duplicate_window)")
+        }
+    }
+
+    /// The sequence of a message id of this run's prefix (`NODE:BOOT:SEQ`).
+    private func ownSequence(_ message: OpaquePointer?) -> UInt64? {
+        var value: UnsafePointer<CChar>?
+        guard let message, natsMsgHeader_Get(message, "Nats-Msg-Id", &value) == NATS_OK, let value else { return nil }
+        let matches = idPrefix.withUnsafeBufferPointer { prefix in strncmp(value, prefix.baseAddress!, prefix.count) == 0 }
+        guard matches else { return nil }
+        var sequence: UInt64 = 0
+        var cursor = value.advanced(by: idPrefix.count)
+        guard cursor.pointee != 0 else { return nil }
+        while cursor.pointee != 0 {
+            let byte = UInt8(bitPattern: cursor.pointee)
+            guard byte >= 48, byte <= 57 else { return nil }
+            sequence = sequence &* 10 &+ UInt64(byte - 48)
+            cursor += 1
+        }
+        return sequence
     }
 
     /// Waits on the outbox for up to `ns` (woken by acks, writes, reconnects).
@@ -992,14 +1264,14 @@ final class PublishLink: @unchecked Sendable {
     /// The C client's ack handler: a stored message (or a duplicate of one)
     /// releases its entry; a timeout or a refusal sends it again.
     /// Takes ownership of `message` (see ``finishedMessages``).
-    func acknowledged(_ message: OpaquePointer?, ok: Bool, duplicate: Bool, refusal: UnsafeMutablePointer<jsPubAckErr>?) {
+    func acknowledged(_ message: OpaquePointer?, ok: Bool, duplicate: Bool, streamSequence: UInt64, refusal: UnsafeMutablePointer<jsPubAckErr>?) {
         defer { release(message) }
         guard let sequence = Self.sequence(of: message) else { return }
         if ok {
             if duplicate { duplicates.add(1) }
             let released = outbox.lock.withLock {
                 let windowWasFull = outbox.inflight >= outbox.maxPending
-                let released = outbox.acknowledge(sequence)
+                let released = outbox.acknowledge(sequence, streamSequence: streamSequence)
                 // Wake only whoever an ack can unblock: the publisher at a
                 // full window, close() waiting for room or for the end. A
                 // wake-up per ack would cost a futex call per event.
@@ -1105,6 +1377,14 @@ final class PublishLink: @unchecked Sendable {
             outbox.lock.withLock { outbox.lock.broadcast() }
         case .error(let text):
             context.logger.warning("nats client: \(text)")
+            // This user may publish but not make consumers: no look can be
+            // answered, so what waits for one goes out without it.
+            if text.contains("$JS.API.CONSUMER.") {
+                outbox.lock.withLock {
+                    outbox.sendWithoutChecks()
+                    outbox.lock.broadcast()
+                }
+            }
         }
     }
 
@@ -1188,6 +1468,7 @@ final class PublishLink: @unchecked Sendable {
         let resent = resent.value
         let pastWindow = resentPastWindow.value
         if resent > pastWindow { context.logger.info("\(resent - pastWindow) publish(es) were sent again within the stream's duplicate window (the stream dropped the duplicates by message id)") }
+        if foundInStream.value > 0 { context.logger.info("\(foundInStream.value) publish(es) whose acks were lost were found stored in the stream by a look, and not sent again") }
         if duplicates.value > 0 { context.logger.info("the stream already held \(duplicates.value) of the messages published (sent again, with their message ids): it did not store them twice") }
         if pastWindow > 0 {
             context.logger.warning("\(pastWindow) publish(es) were sent again and answered only after the stream's duplicate window (\(Units.formatDuration(left.3))): up to \(pastWindow) of them may be stored twice in stream '\(options.stream)'")

@@ -59,7 +59,7 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         OptionSpec("stream", "string", default: defaultStream, "the JetStream stream: created if missing, with the subjects '<first subject token>.>', checked if present"),
         OptionSpec("max_age", "duration", "when creating the stream: the oldest message it keeps (default: no limit)"),
         OptionSpec("max_bytes", "size", "when creating the stream: the most bytes it keeps, oldest dropped first (default: no limit)"),
-        OptionSpec("duplicate_window", "duration", default: "2m", "when creating the stream: how long it drops a message id it has already stored; a resend answered later than the stream's window after its first publish may be stored twice, and is counted (resent_past_duplicate_window) and logged"),
+        OptionSpec("duplicate_window", "duration", default: "2m", "when creating the stream: how long it drops a message id it has already stored; a publish not acknowledged within half the stream's window is looked for in the stream before it is sent again (found_in_stream); a resend that goes out without that look and is answered past the window may be stored twice, and is counted (resent_past_duplicate_window) and logged"),
         OptionSpec("replicas", "int", default: "1", "when creating the stream: copies in a cluster (1-5)"),
         OptionSpec("max_pending", "int", default: "4096", "publishes in flight awaiting an ack (1-1048576)"),
         OptionSpec("buffer_bytes", "size", default: "64MiB", "event bytes held until acknowledged (also while the server is unreachable); beyond, events are dropped and counted"),
