@@ -349,7 +349,7 @@ public final class NATSConnection: @unchecked Sendable {
         guard let handle else { return nil }
         var buffer = [CChar](repeating: 0, count: 512)
         guard natsConnection_GetConnectedUrl(handle, &buffer, buffer.count) == NATS_OK, buffer[0] != 0 else { return nil }
-        return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        return buffer.withUnsafeBufferPointer { NATSEndpoint.redacted(String(cString: $0.baseAddress!)) }
     }
 
     /// Why the first attempt to connect failed (set in `connect`, before

@@ -220,6 +220,16 @@ public struct NATSEndpoint: Sendable, Equatable {
         return StageStartError(stage: stage, message: "\(label): \(error)", exitCode: 78, location: location)
     }
 
-    /// The urls joined for messages.
-    public var urlList: String { urls.joined(separator: ", ") }
+    /// The urls joined for messages, their passwords and tokens hidden.
+    public var urlList: String { urls.map(Self.redacted).joined(separator: ", ") }
+
+    /// `url` as it may be logged: `nats://user:secret@host:4222` becomes
+    /// `nats://user:***@host:4222`, and a token (`nats://secret@host`)
+    /// `nats://***@host`.
+    public static func redacted(_ url: String) -> String {
+        guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].lastIndex(of: "@") else { return url }
+        let userInfo = url[scheme.upperBound..<at]
+        let shown = userInfo.firstIndex(of: ":").map { userInfo[..<$0] + ":***" } ?? "***"
+        return url[..<scheme.upperBound] + shown + url[at...]
+    }
 }

@@ -191,6 +191,7 @@ struct FleetDuplicateWindowTests {
         }
         #expect(run.stderr.contains("this user may not make consumers (the server refused it)"), "\(FleetRecords.excerpt(run.stderr))")
         #expect(run.found == 0, "no look was answered")
+        #expect(!run.stderr.contains("nodepass"), "the url's password stays out of the log")
         #expect(run.lost == 0, "buffer_bytes held everything")
         #expect(Set(run.numbers).count == total, "every event reached the stream")
         let extra = run.stored - UInt64(total)

@@ -22,6 +22,14 @@ struct NATSSinkOptionsTests {
         #expect(options.endpoint.credentials == nil && options.endpoint.tls == nil)
     }
 
+    @Test("urls in logs hide a password or a token, and nothing else")
+    func urlsAreRedactedForLogs() {
+        #expect(NATSEndpoint.redacted("nats://node:s3cr@t@10.0.0.1:4222") == "nats://node:***@10.0.0.1:4222")
+        #expect(NATSEndpoint.redacted("tls://sometoken@nats.example:4222") == "tls://***@nats.example:4222")
+        #expect(NATSEndpoint.redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222")
+        #expect(NATSEndpoint(urls: ["nats://a:b@h1:1", "nats://h2:2"]).urlList == "nats://a:***@h1:1, nats://h2:2")
+    }
+
     @Test func oneUrlOrAList() throws {
         #expect(NATSSinkOptions(config(["url": "nats://10.0.0.1:4222"]))?.endpoint.urls == ["nats://10.0.0.1:4222"])
         let list = config(["url": ["nats://a:4222", "tls://b:4222"]])
