@@ -45,6 +45,10 @@ final class HeldLedger {
         case nextSequence
         /// Bytes of the message id prefix at ``prefixOffset``.
         case prefixLength
+        /// One more than the stream sequence after which any stored copy
+        /// of a held line lies (the oldest held line's floor, see
+        /// ``Outbox/Entry/floor``); 0: not known (a file of an older build).
+        case floor
     }
     private static let magic: UInt64 = 0x444C_4548_4C50_4950  // "PIPLHELD"
     private static let version: UInt64 = 2
@@ -97,11 +101,15 @@ final class HeldLedger {
         let held: UInt64
         /// Where each line is, oldest first; the last is `nextSequence − 1`.
         let lines: [UnsafeRawBufferPointer]
+        /// The stream sequence after which any copy of its lines that the
+        /// stream stored lies, when the file says.
+        let floor: UInt64?
         private let mapping: UnsafeMutableRawPointer
         private let mappedBytes: Int
 
         fileprivate init(pid: UInt64, prefix: [CChar], nextSequence: UInt64, held: UInt64,
-                         lines: [UnsafeRawBufferPointer], mapping: UnsafeMutableRawPointer, mappedBytes: Int) {
+                         lines: [UnsafeRawBufferPointer], floor: UInt64?, mapping: UnsafeMutableRawPointer, mappedBytes: Int) {
+            self.floor = floor
             self.pid = pid
             self.prefix = prefix
             self.nextSequence = nextSequence
@@ -237,8 +245,9 @@ final class HeldLedger {
             sequence += 1
         }
         let prefix = UnsafeRawBufferPointer(start: header + prefixOffset, count: prefixLength).map { CChar(bitPattern: $0) }
+        let floor = word(.floor)
         return Spool(pid: word(.pid), prefix: prefix, nextSequence: next, held: held,
-                     lines: lines, mapping: mapped, mappedBytes: size)
+                     lines: lines, floor: floor > 0 ? floor - 1 : nil, mapping: mapped, mappedBytes: size)
     }
 
     /// This boot of the kernel: a file from another boot is not trusted.
@@ -319,6 +328,9 @@ final class HeldLedger {
         ring.storeBytes(of: UInt32(length), toByteOffset: offset + 4, as: UInt32.self)
         ring.storeBytes(of: sequence, toByteOffset: offset + 8, as: UInt64.self)
     }
+
+    /// Any stored copy of a held line lies after stream sequence `floor`.
+    @inline(__always) func floor(_ floor: UInt64) { words[Word.floor.rawValue] = floor &+ 1 }
 
     /// A line is in the ring, whole: the next one gets `next`.
     @inline(__always) func appended(next: UInt64) { words[Word.nextSequence.rawValue] = next }

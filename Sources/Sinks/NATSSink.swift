@@ -125,6 +125,11 @@ public final class NATSSink: EventSink {
                         let appended = outbox.append(line, subject: subjects[index], weight: record.lossWeight)
                         precondition(appended, "the lines kept fit the buffer")
                     }
+                    // The killed run may have had them stored, longer ago
+                    // than the duplicate window: look before sending.
+                    if let floor = spool?.floor {
+                        outbox.lookBeforeSending(firstSequence..<firstSequence + UInt64(resending.count), floor: floor)
+                    }
                 }
             }
         }
@@ -353,8 +358,12 @@ final class Outbox: @unchecked Sendable {
     private var nextUnsent: UInt64 = 0
     private var retries: [UInt64] = []
     private var retryHead = 0
-    /// Entries in the `checking` state, oldest first.
+    /// Entries in the `checking` state waiting for a look, oldest first.
     private var checks: [UInt64] = []
+    /// Entries in the `checking` state, waiting or being looked for. While
+    /// there are any, nothing new is handed out: what the look finds
+    /// missing goes first, in order.
+    private var checking = 0
     /// No check is handed out before this (monotonic ns): the last one got no answer.
     var checksPausedUntilNs: Int64 = 0
     /// The highest stream sequence the stream has named: its last when the
@@ -499,10 +508,11 @@ final class Outbox: @unchecked Sendable {
                 let index = slot(sequence)
                 if !checksRefused, entries[index].sends > 0, now - entries[index].firstSentNs > duplicateWindowNs / 2 {
                     entries[index].state = .checking
+                    checking += 1
                     checks.append(sequence)
                     continue
                 }
-            } else if nextUnsent < nextSequence {
+            } else if checking == 0, nextUnsent < nextSequence {
                 sequence = max(nextUnsent, firstSequence)
                 nextUnsent = sequence + 1
                 guard entries[slot(sequence)].state == .unsent else { continue }
@@ -510,10 +520,15 @@ final class Outbox: @unchecked Sendable {
                 break
             }
             let index = slot(sequence)
+            let lookedFor = entries[index].state == .retry && entries[index].sends == 0
             entries[index].state = .inflight
             if entries[index].sends == 0 {
                 entries[index].firstSentNs = now
-                entries[index].floor = streamSequence
+                // One the look found nowhere keeps its floor, so that floors
+                // never fall along the ring and the oldest held line's is
+                // the least (what a killed run's file keeps, HeldLedger).
+                if !lookedFor { entries[index].floor = streamSequence }
+                if index == head { ledger?.floor(entries[index].floor) }
             }
             entries[index].sends &+= 1
             inflight += 1
@@ -525,7 +540,31 @@ final class Outbox: @unchecked Sendable {
 
     /// True when ``takeWork(limit:into:)`` would find something.
     var hasWork: Bool {
-        inflight < maxPending && (retryHead < retries.count || nextUnsent < nextSequence) && Clock.monotonicNs() >= pausedUntilNs
+        inflight < maxPending && (retryHead < retries.count || checking == 0 && nextUnsent < nextSequence) && Clock.monotonicNs() >= pausedUntilNs
+    }
+
+    /// The stream named `stored` (an ack, the stream's last at a check):
+    /// nothing sent from now on is stored at or below it. Call with ``lock`` held.
+    func noteStreamSequence(_ stored: UInt64) {
+        guard stored > streamSequence else { return }
+        streamSequence = stored
+        // Nothing held was sent: what is sent next lies past this.
+        if count == 0 || entries[head].state == .unsent { ledger?.floor(stored) }
+    }
+
+    /// The lines `sequences` (a killed run's, sent again by this one) may
+    /// be in the stream after `floor` already: they are looked for there
+    /// before they are sent. Call with ``lock`` held.
+    func lookBeforeSending(_ sequences: Range<UInt64>, floor: UInt64) {
+        for sequence in sequences where sequence >= firstSequence && sequence < nextSequence {
+            let index = slot(sequence)
+            guard entries[index].state == .unsent else { continue }
+            entries[index].state = .checking
+            checking += 1
+            entries[index].floor = floor
+            checks.append(sequence)
+        }
+        if count > 0, entries[head].state == .checking { ledger?.floor(entries[head].floor) }
     }
 
     /// True when ``takeChecks()`` would find something.
@@ -557,6 +596,7 @@ final class Outbox: @unchecked Sendable {
             let index = slot(check.sequence)
             // An ack that came meanwhile settled it.
             guard entries[index].state == .checking else { continue }
+            checking -= 1
             if found.contains(check.sequence) {
                 entries[index].state = .acked
                 foundCount += 1
@@ -585,6 +625,7 @@ final class Outbox: @unchecked Sendable {
             let index = slot(sequence)
             guard entries[index].state == .checking else { continue }
             entries[index].state = .retry
+            checking -= 1
             retries.append(sequence)
         }
         checks.removeAll()
@@ -595,13 +636,14 @@ final class Outbox: @unchecked Sendable {
     /// `sequence` that may be second copies in the stream (see
     /// ``resendsPastWindow(_:nowNs:)``). Call with ``lock`` held.
     func acknowledge(_ sequence: UInt64, streamSequence stored: UInt64 = 0) -> (records: Int, bytes: Int, pastWindow: UInt64) {
-        if stored > streamSequence { streamSequence = stored }
+        noteStreamSequence(stored)
         guard !closed, sequence >= firstSequence, sequence < nextSequence else { return (0, 0, 0) }
         let index = slot(sequence)
         let state = entries[index].state
         guard state == .inflight || state == .retry || state == .checking else { return (0, 0, 0) }
         if state == .inflight { inflight -= 1 }
         entries[index].state = .acked
+        if state == .checking { checking -= 1 }
         // The clock is read only for a message sent more than once.
         let pastWindow = entries[index].sends > 1 ? resendsPastWindow(entries[index], nowNs: Clock.monotonicNs()) : 0
         let released = releaseFront()
@@ -623,6 +665,8 @@ final class Outbox: @unchecked Sendable {
         }
         if released.records > 0, let ledger {
             ledger.released(weight)
+            // The oldest held line's floor, or (none sent) the stream's last known.
+            ledger.floor(count > 0 && entries[head].state != .unsent ? entries[head].floor : streamSequence)
             if frameHeader > 0 { ledger.front(firstSequence, offset: count > 0 ? entries[head].offset : 0) }
         }
         if nextUnsent < firstSequence { nextUnsent = firstSequence }
@@ -965,7 +1009,7 @@ final class PublishLink: @unchecked Sendable {
     /// Nothing this sink sends from now on is stored at or below the
     /// stream's last sequence: where a look for a copy starts.
     private func noteLastSequence(_ last: UInt64) {
-        outbox.lock.withLock { outbox.streamSequence = Swift.max(outbox.streamSequence, last) }
+        outbox.lock.withLock { outbox.noteStreamSequence(last) }
     }
 
     private func check(_ config: jsStreamConfig) throws {
@@ -1195,7 +1239,7 @@ final class PublishLink: @unchecked Sendable {
                 context.metrics.add(context.metrics.bytes, UInt64(result.bytes))
             }
             if result.found > 0 { foundInStream.add(UInt64(result.found)) }
-            context.logger.notice("\(checks.count) unacknowledged publish(es) first sent more than half the stream's duplicate window ago were looked for in stream '\(options.stream)' (\(read) message(s) read from sequence \(start)) before sending them again: \(result.found) stored already (released, not sent again), \(checks.count - result.found) sent again")
+            context.logger.notice("looked for \(checks.count) unacknowledged publish(es) in stream '\(options.stream)' (\(read) message(s) read from sequence \(start)) before sending them again: \(result.found) stored already (released, not sent again), \(checks.count - result.found) sent again")
         case .noAnswer(let reason):
             let refused = outbox.lock.withLock { () -> Bool in
                 guard outbox.checksRefused else { return false }
