@@ -23,17 +23,22 @@ import Synchronization
 ///   reported in a `lost` record. Without a ring, the next start reports
 ///   what was held as lost.
 /// - With a ring, every line in it is a frame (``frameHeader`` bytes: a
-///   magic word, the line's length, its sequence number, then the line,
-///   padded to 8 bytes), and the header names the oldest held frame, the
-///   next sequence number, the `Nats-Msg-Id` prefix and the kernel's boot
-///   id. The next start on the same boot walks the frames from the oldest
-///   and sends them again under their own message ids, so that the stream
-///   drops what it had stored already: a killed node loses nothing.
+///   checksum of the frame, the line's length, its sequence number, then
+///   the line, padded to 8 bytes), and the header names the oldest held
+///   frame, the next sequence number, the `Nats-Msg-Id` prefix and the
+///   kernel's boot id. The next start walks the frames from the oldest and
+///   sends them again under their own message ids, so that the stream drops
+///   what it had stored already: a killed node loses nothing.
 ///
-/// A crash of the machine loses what the page cache held: the file is not
-/// synced, and a file from another boot is only counted, never sent (its
-/// frames may be torn).
-final class HeldLedger {
+/// A crash of the machine keeps what reached the disk: the held part of the
+/// ring and then the header page are written through every `buffer_sync`
+/// (``sync(ring:)``, from the sink's ``Syncer``). A file of an earlier boot
+/// may be torn (pages written back in any order, some never), so its walk
+/// keeps the frames from the oldest whose checksums hold, and the rest of
+/// what the header says it held is counted as lost.
+// Its words and ring are stored to under the outbox's lock; the syncer's
+// thread only hands the mapping's pages to msync.
+final class HeldLedger: @unchecked Sendable {
     /// The header's words, little-endian, from byte 0.
     private enum Word: Int {
         case magic, version, pid, taken, released, unreported
@@ -51,15 +56,18 @@ final class HeldLedger {
         case floor
     }
     private static let magic: UInt64 = 0x444C_4548_4C50_4950  // "PIPLHELD"
-    private static let version: UInt64 = 2
+    /// 3: frames start with a checksum; 2: with ``frameMagic`` (read on the
+    /// boot that wrote them only).
+    private static let version: UInt64 = 3
     /// The header; the ring starts after it.
     static let headerSize = 4096
     /// The kernel's boot id (36 bytes of text) and the message id prefix.
     private static let bootIDOffset = 128
     private static let prefixOffset = 192
     static let maxPrefix = headerSize - prefixOffset
-    /// Each line in the ring: magic (4 bytes), length (4), sequence (8).
+    /// Each line in the ring: checksum (4 bytes), length (4), sequence (8).
     static let frameHeader = 16
+    /// Version 2's first frame word.
     private static let frameMagic: UInt32 = 0x524D_5246  // "FRMR"
 
     let path: String
@@ -81,6 +89,9 @@ final class HeldLedger {
         var pids: [UInt64] = []
         /// The ring of one of them, to send again.
         var spool: Spool?
+        /// Files with no header that can be read (a crash before it reached
+        /// the disk, or not this program's): nothing in them to count.
+        var unreadable: [String] = []
         /// Files taken in, removed by ``HeldLedger/removeLeftovers(_:)``
         /// once what they held is in this instance's file. Each stays open
         /// and locked until then, so that another instance starting at the
@@ -97,8 +108,11 @@ final class HeldLedger {
         let prefix: [CChar]
         /// The sequence number after its newest line.
         let nextSequence: UInt64
-        /// The events it held (taken − released).
+        /// The events it held (taken − released), as its header says.
         let held: UInt64
+        /// Written on an earlier boot of the kernel (a crash or a reboot):
+        /// `lines` are the frames from the oldest that were whole on disk.
+        let earlierBoot: Bool
         /// Where each line is, oldest first; the last is `nextSequence − 1`.
         let lines: [UnsafeRawBufferPointer]
         /// The stream sequence after which any copy of its lines that the
@@ -107,9 +121,10 @@ final class HeldLedger {
         private let mapping: UnsafeMutableRawPointer
         private let mappedBytes: Int
 
-        fileprivate init(pid: UInt64, prefix: [CChar], nextSequence: UInt64, held: UInt64,
+        fileprivate init(pid: UInt64, prefix: [CChar], nextSequence: UInt64, held: UInt64, earlierBoot: Bool,
                          lines: [UnsafeRawBufferPointer], floor: UInt64?, mapping: UnsafeMutableRawPointer, mappedBytes: Int) {
             self.floor = floor
+            self.earlierBoot = earlierBoot
             self.pid = pid
             self.prefix = prefix
             self.nextSequence = nextSequence
@@ -127,14 +142,15 @@ final class HeldLedger {
 
     /// Takes in the files of earlier instances of `stage` that nobody holds
     /// (their process is gone), then makes this instance's, with a ring of
-    /// `ringBytes` (0: counts only). The first such file with a ring that
-    /// this boot wrote, walked whole, comes back as the spool to send
-    /// again (whatever this instance's buffer); the others are counted.
-    static func open(directory: String, stage: String, ringBytes: Int) throws(SystemError) -> (ledger: HeldLedger, leftover: Leftover) {
+    /// `ringBytes` (0: counts only). The first such file with a ring comes
+    /// back as the spool to send again (whatever this instance's buffer):
+    /// of this boot walked whole, of an earlier one as far as its frames
+    /// are whole. The others are counted. `boot` is the kernel's boot id
+    /// (a test gives another).
+    static func open(directory: String, stage: String, ringBytes: Int, boot: [UInt8] = bootID()) throws(SystemError) -> (ledger: HeldLedger, leftover: Leftover) {
         try FileIO.makeDirectories(directory)
         var leftover = Leftover()
         let prefix = prefix(stage)
-        let boot = bootID()
         for name in try FileIO.listDirectory(directory).sorted() where name.hasPrefix(prefix) && name.hasSuffix(".held") {
             let path = directory + "/" + name
             guard let fd = try? FileIO.open(path, O_RDWR) else { continue }
@@ -151,12 +167,15 @@ final class HeldLedger {
             leftover.locked.append(fd)
             var header = [UInt64](repeating: 0, count: 8)
             let read = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 64, 0) }
-            guard read == 64, header[Word.magic.rawValue] == magic, header[Word.version.rawValue] == 1 || header[Word.version.rawValue] == version else { continue }
+            guard read == 64, header[Word.magic.rawValue] == magic, (1...version).contains(header[Word.version.rawValue]) else {
+                leftover.unreadable.append(path)
+                continue
+            }
             let taken = header[Word.taken.rawValue], released = header[Word.released.rawValue]
             let held = taken >= released ? taken - released : 0
             let pid = header[Word.pid.rawValue]
-            if held > 0, leftover.spool == nil, header[Word.version.rawValue] == version,
-               let spool = walk(fd, held: held, boot: boot) {
+            if held > 0, leftover.spool == nil, header[Word.version.rawValue] >= 2,
+               let spool = walk(fd, held: held, version: header[Word.version.rawValue], boot: boot) {
                 leftover.spool = spool
                 if header[Word.unreported.rawValue] > 0 {
                     leftover.events &+= header[Word.unreported.rawValue]
@@ -191,9 +210,11 @@ final class HeldLedger {
         for fd in leftover.locked { close(fd) }
     }
 
-    /// The held frames of a file with a ring, if it was written on this boot
-    /// and every frame from the oldest to the newest is whole.
-    private static func walk(_ fd: Int32, held: UInt64, boot: [UInt8]) -> Spool? {
+    /// The held frames of a file with a ring: written on this boot, if every
+    /// frame from the oldest to the newest is whole; on an earlier boot
+    /// (version 3), those from the oldest up to the first whose checksum
+    /// fails, which may be none.
+    private static func walk(_ fd: Int32, held: UInt64, version: UInt64, boot: [UInt8]) -> Spool? {
         var status = stat()
         guard fstat(fd, &status) == 0, Int(status.st_size) > headerSize else { return nil }
         let size = Int(status.st_size)
@@ -205,28 +226,33 @@ final class HeldLedger {
         let first = word(.firstSequence), next = word(.nextSequence)
         var offset = Int(clamping: word(.firstOffset))
         let written = UnsafeRawBufferPointer(start: header + bootIDOffset, count: boot.count)
-        guard !boot.isEmpty, written.elementsEqual(boot), ringBytes > 0, headerSize + ringBytes == size,
+        let earlierBoot = boot.isEmpty || !written.elementsEqual(boot)
+        guard !earlierBoot || version >= 3, ringBytes > 0, headerSize + ringBytes == size,
               prefixLength > 0, prefixLength <= maxPrefix, next >= first, next - first <= UInt64(ringBytes / frameHeader) else {
             munmap(mapped, size)
             return nil
         }
         let ring = header + headerSize
-        /// The frame of `sequence` at `offset`, if one is there whole.
-        func frame(at offset: Int, _ sequence: UInt64) -> UnsafeRawBufferPointer? {
-            guard offset >= 0, offset + frameHeader <= ringBytes,
-                  ring.loadUnaligned(fromByteOffset: offset, as: UInt32.self) == frameMagic,
-                  ring.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self) == sequence else { return nil }
+        /// The frame at `offset`, if one is there whole: its sequence and line.
+        func frame(at offset: Int) -> (sequence: UInt64, line: UnsafeRawBufferPointer)? {
+            guard offset >= 0, offset + frameHeader <= ringBytes else { return nil }
             let length = Int(ring.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
-            guard length > 0, offset + frameHeader + length <= ringBytes else { return nil }
-            return UnsafeRawBufferPointer(start: ring + offset + frameHeader, count: length)
+            guard length > 0, length <= ringBytes - frameHeader - offset else { return nil }
+            let sequence = ring.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
+            let first = ring.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
+            guard first == (version >= 3 ? checksum(ring + offset + frameHeader, count: length, sequence: sequence) : frameMagic) else { return nil }
+            return (sequence, UnsafeRawBufferPointer(start: ring + offset + frameHeader, count: length))
+        }
+        /// The frame of `sequence` at `offset`, if it is there whole.
+        func frame(at offset: Int, _ sequence: UInt64) -> UnsafeRawBufferPointer? {
+            guard let found = frame(at: offset), found.sequence == sequence else { return nil }
+            return found.line
         }
         var sequence = first
         // Killed between the two stores of ``front(_:offset:)``: the offset
         // is the newer, and what lies between was acknowledged.
-        if frame(at: offset, first) == nil, offset + frameHeader <= ringBytes,
-           ring.loadUnaligned(fromByteOffset: offset, as: UInt32.self) == frameMagic {
-            let newer = ring.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
-            if newer > first, newer < next { sequence = newer }
+        if frame(at: offset, first) == nil, let newer = frame(at: offset)?.sequence, newer > first, newer < next {
+            sequence = newer
         }
         var lines: [UnsafeRawBufferPointer] = []
         lines.reserveCapacity(Int(next - sequence))
@@ -237,6 +263,10 @@ final class HeldLedger {
             } else if let line = frame(at: 0, sequence) {
                 offset = 0
                 lines.append(line)
+            } else if earlierBoot {
+                // Torn by the crash, or never written back: what follows
+                // is counted as lost (the header's count less what is sent).
+                break
             } else {
                 munmap(mapped, size)
                 return nil
@@ -246,12 +276,12 @@ final class HeldLedger {
         }
         let prefix = UnsafeRawBufferPointer(start: header + prefixOffset, count: prefixLength).map { CChar(bitPattern: $0) }
         let floor = word(.floor)
-        return Spool(pid: word(.pid), prefix: prefix, nextSequence: next, held: held,
+        return Spool(pid: word(.pid), prefix: prefix, nextSequence: next, held: held, earlierBoot: earlierBoot,
                      lines: lines, floor: floor > 0 ? floor - 1 : nil, mapping: mapped, mappedBytes: size)
     }
 
-    /// This boot of the kernel: a file from another boot is not trusted.
-    private static func bootID() -> [UInt8] {
+    /// This boot of the kernel: a file of another boot may be torn.
+    static func bootID() -> [UInt8] {
         guard let bytes = try? FileIO.readAll("/proc/sys/kernel/random/boot_id", limit: 64) else { return [] }
         let text = bytes.prefix { $0 != UInt8(ascii: "\n") }
         return text.count == 36 ? Array(text) : []
@@ -321,12 +351,43 @@ final class HeldLedger {
     /// Events dropped and not yet carried by a `lost` record in the sink.
     @inline(__always) func setUnreported(_ count: UInt64) { words[Word.unreported.rawValue] = count }
 
-    /// Writes a frame's header at `offset` in the ring (the line follows it).
+    /// Writes a frame's header at `offset` in the ring, once its line of
+    /// `length` bytes is in place after it.
     @inline(__always) func frame(at offset: Int, length: Int, sequence: UInt64) {
         guard let ring else { return }
-        ring.storeBytes(of: Self.frameMagic, toByteOffset: offset, as: UInt32.self)
+        let sum = Self.checksum(ring.baseAddress! + offset + Self.frameHeader, count: length, sequence: sequence)
+        ring.storeBytes(of: sum, toByteOffset: offset, as: UInt32.self)
         ring.storeBytes(of: UInt32(length), toByteOffset: offset + 4, as: UInt32.self)
         ring.storeBytes(of: sequence, toByteOffset: offset + 8, as: UInt64.self)
+    }
+
+    /// A frame's checksum, over its sequence number, length and line: not a
+    /// cryptographic one, it tells a frame that reached the disk whole from
+    /// one a crash tore (a page of it written back and another not, or an
+    /// older lap of the ring). Eight bytes a step, each mixed in by a
+    /// multiplication and a shift, both invertible, so that a change in any
+    /// one word changes the result.
+    static func checksum(_ bytes: UnsafeRawPointer, count: Int, sequence: UInt64) -> UInt32 {
+        let odd: UInt64 = 0x9E37_79B9_7F4A_7C15
+        var hash = (sequence ^ 0x3344_4C45_484C_5049) &* odd ^ UInt64(count)
+        var index = 0
+        while index + 8 <= count {
+            hash = (hash ^ bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)) &* odd
+            hash ^= hash >> 29
+            index += 8
+        }
+        var tail: UInt64 = 0
+        var shift: UInt64 = 0
+        while index < count {
+            tail |= UInt64(bytes.load(fromByteOffset: index, as: UInt8.self)) << shift
+            shift += 8
+            index += 1
+        }
+        hash = (hash ^ tail) &* odd
+        hash ^= hash >> 32
+        hash = hash &* 0xD6E8_FEB8_6659_FD93
+        hash ^= hash >> 32
+        return UInt32(truncatingIfNeeded: hash)
     }
 
     /// Any stored copy of a held line lies after stream sequence `floor`.
@@ -340,8 +401,62 @@ final class HeldLedger {
         words[Word.firstSequence.rawValue] = sequence
     }
 
+    /// Writes through to the disk the ring bytes in `ring` (offsets, the
+    /// held part: one range, or two when it wraps), then the header page,
+    /// so that the header names no frame older than the ring on disk holds.
+    /// Returns the bytes asked for, or the error of a failed `msync`.
+    func sync(ring ranges: [Range<Int>]) -> Result<Int, SystemError> {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var bytes = 0
+        for range in ranges where !range.isEmpty {
+            let start = (Self.headerSize + range.lowerBound) / page * page
+            let end = min(mappedBytes, Self.headerSize + range.upperBound)
+            guard msync(mapping + start, end - start, MS_SYNC) == 0 else { return .failure(SystemError("cannot sync", errno, path: path)) }
+            bytes += end - start
+        }
+        guard msync(mapping, Self.headerSize, MS_SYNC) == 0 else { return .failure(SystemError("cannot sync", errno, path: path)) }
+        return .success(bytes + Self.headerSize)
+    }
+
     /// A clean end: the file goes (what was left, the closing sink counts).
     func remove() {
         unlink(path)
+    }
+}
+
+extension HeldLedger {
+    /// Writes the held part of a `buffer: disk` ring through to the disk
+    /// every `intervalNs`, on a thread of its own: an `msync` takes the
+    /// disk's time, which neither the sink's thread nor the publisher's
+    /// waits for. What a crash of the machine can lose is then what came in
+    /// within one interval.
+    final class Syncer: @unchecked Sendable {
+        private let wake = ConditionLock()
+        private var stopped = false  // guarded by `wake`
+        private var thread: RuntimeThread?
+
+        /// `held` gives the ring ranges held now; `synced` hears of each sync.
+        init(ledger: HeldLedger, intervalNs: Int64, name: String,
+             held: @escaping @Sendable () -> [Range<Int>], synced: @escaping @Sendable (Result<Int, SystemError>) -> Void) {
+            thread = RuntimeThread(name: name) { [self] in
+                while true {
+                    let stop = wake.withLock {
+                        let deadline = Clock.monotonicNs() + intervalNs
+                        while !stopped, Clock.monotonicNs() < deadline { _ = wake.wait(untilMonotonicNs: deadline) }
+                        return stopped
+                    }
+                    if stop { return }
+                    synced(ledger.sync(ring: held()))
+                }
+            }
+        }
+
+        /// Ends the thread once a sync under way is done.
+        func stop() {
+            wake.withLock { stopped = true }
+            wake.broadcast()
+            thread?.join()
+            thread = nil
+        }
     }
 }

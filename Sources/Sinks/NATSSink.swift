@@ -8,6 +8,7 @@ import CNATS
 import Logging
 import NATSClient
 import PipelineCore
+import Synchronization
 
 /// The `nats` sink: every record becomes one JetStream message, its payload
 /// the record's NDJSON line (without the `\n`), published asynchronously.
@@ -61,6 +62,8 @@ public final class NATSSink: EventSink {
         var context: StageContext?
         var outbox: Outbox?
         var link: PublishLink?
+        /// Writes a `buffer: disk` ring through to the disk.
+        var syncer: HeldLedger.Syncer?
         /// NDJSON of the batch being written.
         var scratch: [UInt8] = []
         /// Line ends within `scratch`.
@@ -144,19 +147,51 @@ public final class NATSSink: EventSink {
         }
         // Their lines are in this run's outbox now.
         HeldLedger.removeLeftovers(leftover)
+        if let ledger, ledger.ring != nil, options.bufferSyncNs > 0 {
+            state.syncer = Self.startSyncing(ledger, outbox: outbox, everyNs: options.bufferSyncNs, context: context)
+        }
+        for path in leftover.unreadable {
+            context.logger.warning("state_directory: \(path) has no header this program can read (written by another program, or the machine crashed before its header reached the disk): removed, nothing in it to send or count")
+        }
         state.lostSubject = subject(for: .lost(LostRecord(timeNs: 0, count: 0, site: .sink, node: context.node, stage: context.id)), outbox: outbox)
         state.outbox = outbox
         state.link = link
         if let spool, !resending.isEmpty {
-            context.logger.notice("an earlier run (pid \(spool.pid)) ended without closing while it held \(resendingEvents) event(s) the stream had not acknowledged: sending them again from state_directory with their message ids")
+            let when = spool.earlierBoot ? " on an earlier boot of this machine (the part of its buffer file that reached the disk whole)" : ""
+            context.logger.notice("an earlier run (pid \(spool.pid))\(when) ended without closing while it held \(resendingEvents) event(s) the stream had not acknowledged: sending them again from state_directory with their message ids")
         }
         if leftover.events > 0 {
             // Counted here and carried by this run's first lost record.
             context.metrics.addLost(leftover.events, at: .sink)
             outbox.lock.withLock { outbox.dropped(leftover.events) }
             let pids = leftover.pids.map(String.init).joined(separator: ", ")
-            let why = options.bufferOnDisk ? " (not in a buffer file of this boot, whole, that fits this run's buffer_bytes)" : ""
+            let why = options.bufferOnDisk ? " (not read back whole from its buffer file, or beyond this run's buffer_bytes)" : ""
             context.logger.error("an earlier run (pid \(pids)) ended without closing while it held \(leftover.events) event(s) the stream had not acknowledged\(why): counted as lost, a lost record with the count goes to the stream")
+        }
+    }
+
+    /// Syncs the held part of `ledger`'s ring every `everyNs`, counted in
+    /// `buffer_syncs` and `buffer_synced_bytes`; a failing sync is logged
+    /// when it starts failing and when it works again.
+    private static func startSyncing(_ ledger: HeldLedger, outbox: Outbox, everyNs: Int64, context: StageContext) -> HeldLedger.Syncer {
+        let metrics = context.metrics, logger = context.logger
+        let syncs = metrics.counter("buffer_syncs", help: "times the held part of the buffer: disk file was written through to the disk (buffer_sync)")
+        let bytes = metrics.counter("buffer_synced_bytes", help: "bytes of the buffer: disk file asked to be written through to the disk (held lines' pages and the header page)")
+        let failing = Mutex(false)
+        return HeldLedger.Syncer(ledger: ledger, intervalNs: everyNs, name: "nats-sync:\(context.id)",
+                                 held: { outbox.lock.withLock { outbox.heldRing() } }) { result in
+            switch result {
+            case .success(let count):
+                syncs.add()
+                bytes.add(UInt64(count))
+                if failing.withLock({ was in defer { was = false }; return was }) {
+                    logger.notice("state_directory: the buffer file is written through to the disk again")
+                }
+            case .failure(let error):
+                if !failing.withLock({ was in defer { was = true }; return was }) {
+                    logger.error("state_directory: \(error): what the buffer holds is in the page cache only until a sync works again (a crash of the machine would lose it)")
+                }
+            }
         }
     }
 
@@ -265,6 +300,8 @@ public final class NATSSink: EventSink {
         }
         let left = link.finish(deadlineNs: deadline)
         state.link = nil
+        state.syncer?.stop()
+        state.syncer = nil
         // A clean end: what is left is counted below, not by the next start.
         outbox.ledger?.remove()
         if left.events > 0 {
@@ -449,6 +486,16 @@ final class Outbox: @unchecked Sendable {
             return oldest >= length ? 0 : nil
         }
         return oldest - end >= length ? end : nil
+    }
+
+    /// The ring bytes of the held lines, frames included: one range, or two
+    /// when they wrap. Call with ``lock`` held.
+    func heldRing() -> [Range<Int>] {
+        guard count > 0 else { return [] }
+        let oldest = entries[head].offset
+        let newest = entries[(head + count - 1) & (entries.count - 1)]
+        let end = newest.offset + span(Int(newest.length))
+        return end > oldest ? [oldest..<end] : [oldest..<capacity, 0..<end]
     }
 
     /// Copies a line in as the next sequence number; false when it does not

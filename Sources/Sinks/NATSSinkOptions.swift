@@ -33,6 +33,9 @@ public struct NATSSinkOptions: StageOptions, Equatable {
     /// `buffer: disk`: the held lines live in a file in `stateDirectory`,
     /// and the next start sends again what a killed process held.
     public var bufferOnDisk = false
+    /// With `bufferOnDisk`: how often the held part of the buffer file is
+    /// written through to the disk (0: never, the page cache only).
+    public var bufferSyncNs: Int64 = 1_000_000_000
 
     public static let defaultStream = "PIPELINED"
 
@@ -66,7 +69,8 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         OptionSpec("ack_timeout", "duration", default: "5s", "a publish whose ack has not come back by then is sent again (same message id)"),
         OptionSpec("close_timeout", "duration", default: "10s", "at shutdown, how long to wait for the acks of held events; the rest are counted as lost"),
         OptionSpec("state_directory", "path", "where the sink keeps a file per run, mapped, no write per event: a count of the events it holds, and with buffer: disk the events themselves. The next start finds what a killed process (kill -9, the OOM killer) held: sent again with its message ids (buffer: disk), else put in the stream as a lost record (default: not kept)"),
-        OptionSpec("buffer", "memory|disk", default: "memory", "where the events held until acknowledged live: in memory, or in state_directory's file (buffer_bytes of it, in the page cache, not synced), so that what a killed node held is sent on its next start and stored once"),
+        OptionSpec("buffer", "memory|disk", default: "memory", "where the events held until acknowledged live: in memory, or in state_directory's file (buffer_bytes of it, written through to the disk every buffer_sync), so that what a killed node held is sent on its next start and stored once, and after a crash of the machine what had reached the disk"),
+        OptionSpec("buffer_sync", "duration", default: "1s", "with buffer: disk, how often the held part of the file is written through to the disk (msync): a crash of the machine loses at most what came in within it; 0: never (the page cache only, which a kill -9 of the process does not lose)"),
     ]
 
     /// Reads the options; nil when the config reported a problem.
@@ -93,6 +97,7 @@ public struct NATSSinkOptions: StageOptions, Equatable {
         let bufferBytes = config.size("buffer_bytes", in: 64 << 10 ... Int.max) ?? 64 << 20
         let ackTimeout = config.duration("ack_timeout", minimumNs: 100_000_000) ?? 5_000_000_000
         let closeTimeout = config.duration("close_timeout", minimumNs: 0) ?? 10_000_000_000
+        let bufferSync = config.duration("buffer_sync", minimumNs: 0)
         guard config.diagnostics.count == errors, let endpoint else { return nil }
         self.init(
             endpoint: endpoint, subject: subject, stream: stream, maxAgeNs: maxAge, maxBytes: maxBytes,
@@ -108,6 +113,13 @@ public struct NATSSinkOptions: StageOptions, Equatable {
                 return nil
             }
             bufferOnDisk = true
+        }
+        if let bufferSync {
+            guard bufferOnDisk else {
+                config.error("buffer_sync", "applies to buffer: disk only (a buffer in memory is not written to the disk)")
+                return nil
+            }
+            bufferSyncNs = bufferSync
         }
     }
 }

@@ -5,63 +5,9 @@ import Testing
 @testable import TestSupport
 
 /// Whether the kprobe path can be tested here: this project's machines have
-/// no kprobes, so the test boots a kernel that has them (Debian's
-/// `linux-image-amd64`, found in /boot, or `PIPELINED_VM_KERNEL`) in qemu.
-/// Skipped with the reason printed when that kernel, qemu or busybox is
-/// missing, unless `PIPELINED_REQUIRE_VM=1` (as `.ci/run` sets): then it
-/// runs and fails.
+/// no kprobes, so the test boots a kernel that has them in qemu (``TestVM``).
 enum KprobeVM {
-    static let required = ProcessInfo.processInfo.environment["PIPELINED_REQUIRE_VM"] == "1"
-
-    /// The boot script, beside the test sources.
-    static let bootScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("VM/boot.sh").path
-
-    /// A kernel image whose build config has kprobes.
-    static let kernel: String? = {
-        if let path = ProcessInfo.processInfo.environment["PIPELINED_VM_KERNEL"], !path.isEmpty { return path }
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? []
-        return names.filter { $0.hasPrefix("vmlinuz-") }.sorted().last { name in
-            let config = (try? String(contentsOfFile: "/boot/config-" + name.dropFirst("vmlinuz-".count), encoding: .utf8)) ?? ""
-            return config.contains("\nCONFIG_KPROBES=y") && config.contains("\nCONFIG_DEBUG_INFO_BTF=y")
-        }.map { "/boot/" + $0 }
-    }()
-
-    /// The `pipelined` executable that `swift build` made beside this test bundle.
-    static let binary: String? = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var url = URL(fileURLWithPath: exe).deletingLastPathComponent()
-        while url.path != "/" {
-            let candidate = url.appendingPathComponent("pipelined").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            url.deleteLastPathComponent()
-        }
-        return nil
-    }()
-
-    static let unavailableReason: String? = {
-        guard kernel != nil else {
-            return "no kernel image with kprobes and BTF in /boot (apt-get install linux-image-amd64, or set PIPELINED_VM_KERNEL)"
-        }
-        for tool in ["qemu-system-x86_64", "busybox", "cpio"] where !onPath(tool) {
-            return "\(tool) is missing (apt-get install qemu-system-x86 busybox-static cpio)"
-        }
-        if binary == nil { return "the pipelined executable was not built beside the tests" }
-        return nil
-    }()
-
-    static var enabled: Bool {
-        guard let reason = unavailableReason else { return true }
-        if required { return true }
-        print("skipping the kprobe VM test: \(reason) (set PIPELINED_REQUIRE_VM=1 to fail instead)")
-        return false
-    }
-
-    private static func onPath(_ tool: String) -> Bool {
-        (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").contains {
-            FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)")
-        }
-    }
+    static var enabled: Bool { TestVM.enabled("the kprobe VM test") }
 }
 
 /// The kprobe/kretprobe programs, attached for real: a VM boots a kernel
@@ -157,7 +103,7 @@ struct KprobeVMTests {
         let root = try TemporaryDirectory()
         defer { root.remove() }
         let files = FileManager.default
-        try files.copyItem(atPath: try #require(KprobeVM.binary), toPath: root.path + "/pipelined")
+        try files.copyItem(atPath: try #require(TestVM.binary), toPath: root.path + "/pipelined")
         // In a directory of its own: the process scenario execveat()s the
         // driver through its directory.
         try files.createDirectory(atPath: root.path + "/test", withIntermediateDirectories: false)
@@ -173,32 +119,7 @@ struct KprobeVMTests {
         try initScript().write(toFile: root.path + "/init", atomically: true, encoding: .utf8)
         chmod(root.path + "/init", 0o755)
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [KprobeVM.bootScript, try #require(KprobeVM.kernel), root.path, "900"]
-        let output = Pipe()
-        let errorPath = root.path + ".stderr"
-        try #require(files.createFile(atPath: errorPath, contents: nil))
-        defer { try? files.removeItem(atPath: errorPath) }
-        process.standardOutput = output
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let errorText = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
-        #expect(process.terminationStatus == 0, "boot.sh failed:\n\(errorText.suffix(4000))")
-
-        var sections: [(title: String, lines: [String])] = []
-        // A serial port ends lines with CR LF, one Character to Swift.
-        for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
-            let text = String(line)
-            if text.hasPrefix("=== ") {
-                sections.append((String(text.dropFirst(4)), []))
-            } else if !sections.isEmpty {
-                sections[sections.count - 1].lines.append(text)
-            }
-        }
-        return (sections, errorText)
+        return try TestVM.boot(root: root.path)
     }
 
     @Test func everyScenarioThroughKprobesWithBothTransports() throws {

@@ -6,8 +6,12 @@
 #
 #   Tests/VM/boot.sh KERNEL ROOT [TIMEOUT_SECONDS]
 #
+# With PIPELINED_VM_DISK=IMAGE, the raw disk image IMAGE is the guest's
+# /dev/vda (virtio), kept by the host when the guest crashes.
+#
 # Used by the kprobe test (Tests/SourceTests/KprobeVMTests.swift) to run
-# pipelined on a kernel that has kprobes; needs qemu-system-x86 and
+# pipelined on a kernel that has kprobes, and by the machine crash test
+# (Tests/FleetTests/FleetMachineCrashTests.swift); needs qemu-system-x86 and
 # busybox-static.
 set -euo pipefail
 kernel=$1 root=$2 timeout=${3:-600}
@@ -35,7 +39,9 @@ trap 'rm -rf "$work"' EXIT
 # kernel starts).
 accel=(-machine accel=tcg -cpu max)
 [ "${PIPELINED_VM_KVM:-}" = 1 ] && accel=(-enable-kvm)
-timeout "$timeout" "$qemu" "${accel[@]}" -m 2048 -smp 2 -nographic -no-reboot \
+disk=()
+[ -n "${PIPELINED_VM_DISK:-}" ] && disk=(-drive "file=$PIPELINED_VM_DISK,format=raw,if=virtio")
+timeout "$timeout" "$qemu" "${accel[@]}" "${disk[@]}" -m 2048 -smp 2 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$work/root.cpio" \
     -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
     -serial "file:$work/console.txt" -serial "file:$work/out.txt" -monitor none >/dev/null 2>"$work/qemu.err" || {

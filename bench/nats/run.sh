@@ -23,6 +23,7 @@
 #   PARTS="latency" RATE=20000 bench/nats/run.sh     (only some parts: rate latency read live)
 #   PIPELINED=/path/to/pipelined bench/nats/run.sh   (a given binary, not built here)
 #   BUFFER=disk PARTS=rate bench/nats/run.sh         (the sink with state_directory and buffer: disk)
+#   BUFFER=disk BUFFER_SYNC=0s PARTS=rate bench/nats/run.sh   (… and its buffer_sync, default 1s)
 #   LIVE_SINK="buffer: disk, buffer_bytes: 1GiB, state_directory: /var/tmp/live" PARTS=live bench/nats/run.sh
 #                                                    (more options for the live node's sink)
 #
@@ -97,6 +98,7 @@ sinks:
     buffer: $buffer
 YAML
 [ "$buffer" = memory ] || echo "    state_directory: $out/state" >> "$out/node.yaml"
+[ -z "${BUFFER_SYNC:-}" ] || echo "    buffer_sync: $BUFFER_SYNC" >> "$out/node.yaml"
 
 # cpu_of FILE: user + system seconds from /usr/bin/time -v's report.
 cpu_of() {
