@@ -24,8 +24,9 @@ build=(libbpf-dev libelf-dev liblz4-dev zlib1g-dev libnats-dev pkg-config)
 # libfuse3-dev and fuse3 build and mount faultfs, the file system the fault
 # tests make fail with EIO.
 test=(lz4 socat netcat-openbsd jq procps util-linux tmux nats-server openssl libfuse3-dev fuse3)
-# The kprobe VM test: Debian's kernel, which has kprobes, booted in qemu.
-vm=(qemu-system-x86 busybox-static cpio linux-image-amd64)
+# The VM tests: Debian's kernel, which has kprobes, booted in qemu (the
+# kprobe test), and an ext4 disk image the machine crash test makes and reads.
+vm=(qemu-system-x86 busybox-static cpio linux-image-amd64 e2fsprogs)
 
 packages=("${build[@]}" "${test[@]}")
 for arg in "$@"; do
