@@ -4,7 +4,7 @@
 #
 #   scripts/install-packages.sh          build, run and test (everything the
 #                                        README's two commands need)
-#   scripts/install-packages.sh --vm     also what the kprobe VM test boots
+#   scripts/install-packages.sh --vm     also what the VM tests boot
 #                                        (qemu, busybox, Debian's kernel)
 #
 # Run as root on a machine with the Swift 6 toolchain. A mirror's hiccup
