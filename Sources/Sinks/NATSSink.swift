@@ -178,17 +178,25 @@ public final class NATSSink: EventSink {
         let syncs = metrics.counter("buffer_syncs", help: "times the held part of the buffer: disk file was written through to the disk (buffer_sync)")
         let bytes = metrics.counter("buffer_synced_bytes", help: "bytes of the buffer: disk file asked to be written through to the disk (held lines' pages and the header page)")
         let failing = Mutex(false)
+        /// Notes whether the last sync failed; returns whether the one before did.
+        @Sendable func noteFailing(_ now: Bool) -> Bool {
+            failing.withLock { state in
+                let before = state
+                state = now
+                return before
+            }
+        }
         return HeldLedger.Syncer(ledger: ledger, intervalNs: everyNs, name: "nats-sync:\(context.id)",
                                  held: { outbox.lock.withLock { outbox.heldRing() } }) { result in
             switch result {
             case .success(let count):
                 syncs.add()
                 bytes.add(UInt64(count))
-                if failing.withLock({ was in defer { was = false }; return was }) {
+                if noteFailing(false) {
                     logger.notice("state_directory: the buffer file is written through to the disk again")
                 }
             case .failure(let error):
-                if !failing.withLock({ was in defer { was = true }; return was }) {
+                if !noteFailing(true) {
                     logger.error("state_directory: \(error): what the buffer holds is in the page cache only until a sync works again (a crash of the machine would lose it)")
                 }
             }

@@ -36,15 +36,7 @@ struct FleetMachineCrashTests {
     /// mounts the disk, starts the node, waits until its buffer file counts
     /// every event taken, gives the syncer a second, and panics the kernel.
     static func initScript(modules: [String]) -> String {
-        """
-        #!/bin/busybox sh
-        /bin/busybox --install -s /bin
-        mount -t devtmpfs dev /dev
-        mount -t proc proc /proc
-        mount -t sysfs sys /sys
-        mount -t tmpfs tmp /tmp
-        ip link set lo up
-        exec 3>/dev/ttyS1
+        TestVM.initPreamble + """
         for m in \(modules.joined(separator: " ")); do insmod /modules/$m || echo "=== insmod failed: $m" >&3; done
         mkdir /disk
         mount -t ext4 /dev/vda /disk || echo "=== mount failed" >&3

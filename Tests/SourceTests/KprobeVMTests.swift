@@ -47,16 +47,8 @@ struct KprobeVMTests {
     /// log and events. Sections start with `=== ` lines, on the second
     /// serial port.
     static func initScript() -> String {
-        var script = """
-            #!/bin/busybox sh
-            /bin/busybox --install -s /bin
-            mount -t devtmpfs dev /dev
-            mount -t proc proc /proc
-            mount -t sysfs sys /sys
-            mount -t tmpfs tmp /tmp
+        var script = TestVM.initPreamble + """
             mount -t tracefs tracefs /sys/kernel/tracing
-            ip link set lo up
-            exec 3>/dev/ttyS1
             echo "=== kernel $(uname -r)" >&3
 
             """

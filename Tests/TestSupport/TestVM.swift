@@ -56,6 +56,21 @@ public enum TestVM {
         return false
     }
 
+    /// The start of a VM's `init`: busybox's applets, /dev, /proc, /sys, a
+    /// /tmp and loopback up; descriptor 3 is the second serial port, which
+    /// ``boot(root:disk:timeoutSeconds:)`` returns.
+    public static let initPreamble = """
+        #!/bin/busybox sh
+        /bin/busybox --install -s /bin
+        mount -t devtmpfs dev /dev
+        mount -t proc proc /proc
+        mount -t sysfs sys /sys
+        mount -t tmpfs tmp /tmp
+        ip link set lo up
+        exec 3>/dev/ttyS1
+
+        """
+
     public static func onPath(_ tool: String) -> Bool {
         (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").contains {
             FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)")
