@@ -36,8 +36,9 @@ import Synchronization
 /// may be torn (pages written back in any order, some never), so its walk
 /// keeps the frames from the oldest whose checksums hold, and the rest of
 /// what the header says it held is counted as lost.
-// Its words and ring are stored to under the outbox's lock; the syncer's
-// thread only hands the mapping's pages to msync.
+///
+/// Sendable because its words and ring are stored to under the outbox's
+/// lock only; the syncer's thread just hands the mapping's pages to msync.
 final class HeldLedger: @unchecked Sendable {
     /// The header's words, little-endian, from byte 0.
     private enum Word: Int {
@@ -406,7 +407,7 @@ final class HeldLedger: @unchecked Sendable {
     /// so that the header names no frame older than the ring on disk holds.
     /// Returns the bytes asked for, or the error of a failed `msync`.
     func sync(ring ranges: [Range<Int>]) -> Result<Int, SystemError> {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let page = Self.pageSize
         var bytes = 0
         for range in ranges where !range.isEmpty {
             let start = (Self.headerSize + range.lowerBound) / page * page
@@ -417,6 +418,8 @@ final class HeldLedger: @unchecked Sendable {
         guard msync(mapping, Self.headerSize, MS_SYNC) == 0 else { return .failure(SystemError("cannot sync", errno, path: path)) }
         return .success(bytes + Self.headerSize)
     }
+
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     /// A clean end: the file goes (what was left, the closing sink counts).
     func remove() {

@@ -483,13 +483,18 @@ final class Outbox: @unchecked Sendable {
         }
     }
 
+    /// Where the held lines lie in the ring: the oldest one's offset, and
+    /// the end of the newest one's frame. Call with ``lock`` held, `count` > 0.
+    private func heldBounds() -> (oldest: Int, newest: Int, end: Int) {
+        let newest = entries[(head + count - 1) & (entries.count - 1)]
+        return (entries[head].offset, newest.offset, newest.offset + span(Int(newest.length)))
+    }
+
     /// Where `length` bytes (a line and its frame) fit in the ring, if they do.
     private func place(_ length: Int) -> Int? {
         guard count > 0 else { return length <= capacity ? 0 : nil }
-        let oldest = entries[head].offset
-        let newest = entries[(head + count - 1) & (entries.count - 1)]
-        let end = newest.offset + span(Int(newest.length))
-        if newest.offset >= oldest {
+        let (oldest, newest, end) = heldBounds()
+        if newest >= oldest {
             if capacity - end >= length { return end }
             return oldest >= length ? 0 : nil
         }
@@ -500,9 +505,7 @@ final class Outbox: @unchecked Sendable {
     /// when they wrap. Call with ``lock`` held.
     func heldRing() -> [Range<Int>] {
         guard count > 0 else { return [] }
-        let oldest = entries[head].offset
-        let newest = entries[(head + count - 1) & (entries.count - 1)]
-        let end = newest.offset + span(Int(newest.length))
+        let (oldest, _, end) = heldBounds()
         return end > oldest ? [oldest..<end] : [oldest..<capacity, 0..<end]
     }
 

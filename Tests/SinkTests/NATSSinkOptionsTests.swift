@@ -22,6 +22,20 @@ struct NATSSinkOptionsTests {
         #expect(options.endpoint.credentials == nil && options.endpoint.tls == nil)
     }
 
+    @Test("buffer_sync: 1s by default with buffer: disk, 0s for never; set with buffer: memory, or not a duration, it is an error")
+    func bufferSync() throws {
+        let disk: KeyValuePairs<String, Any> = ["state_directory": "/var/lib/pipelined", "buffer": "disk"]
+        #expect(NATSSinkOptions(config(disk))?.bufferSyncNs == 1_000_000_000)
+        #expect(NATSSinkOptions(config(["state_directory": "/var/lib/pipelined", "buffer": "disk", "buffer_sync": "0s"]))?.bufferSyncNs == 0)
+        #expect(NATSSinkOptions(config(["state_directory": "/var/lib/pipelined", "buffer": "disk", "buffer_sync": "250ms"]))?.bufferSyncNs == 250_000_000)
+        let memory = config(["state_directory": "/var/lib/pipelined", "buffer_sync": "1s"])
+        #expect(NATSSinkOptions(memory) == nil)
+        #expect(memory.diagnostics.map(\.message) == ["sink 't': 'buffer_sync' applies to buffer: disk only (a buffer in memory is not written to the disk)"])
+        let bad = config(["state_directory": "/var/lib/pipelined", "buffer": "disk", "buffer_sync": "often"])
+        #expect(NATSSinkOptions(bad) == nil)
+        #expect(bad.diagnostics.map(\.message) == ["sink 't': 'buffer_sync' must be a duration such as 500ms, 10s, 5m or 1h, not 'often'"])
+    }
+
     @Test("urls in logs hide a password or a token, and nothing else")
     func urlsAreRedactedForLogs() {
         #expect(NATSEndpoint.redacted("nats://node:s3cr@t@10.0.0.1:4222") == "nats://node:***@10.0.0.1:4222")
