@@ -200,6 +200,14 @@ public final class NATSSource: EventSource {
                     writtenSequences.append(sequence)
                     continue
                 }
+                if again, consumer.beingWrittenAgain(sequence, from: pull) {
+                    // Read again and not written yet: the server is asked
+                    // for it later, when it is written (then acknowledged
+                    // only) or its write failed (then written).
+                    natsMsg_NakWithDelay(message, ConsumerLink.nakDelayNs / 1_000_000, nil)
+                    natsMsg_Destroy(message)
+                    continue
+                }
                 if again { redelivered.add(1) }
                 let length = Int(natsMsg_GetDataLength(message))
                 context.metrics.add(context.metrics.bytes, UInt64(length))
@@ -332,6 +340,9 @@ final class AckFloor {
     /// acknowledgement covered it), it is acknowledged, not written twice.
     /// Forgotten once acknowledged.
     private var rewritten: Set<UInt64> = []
+    /// Inherited messages read again and not written yet (their batch is
+    /// on its way to the sinks): see ``isBeingRewritten(_:)``.
+    private var rewriting: Set<UInt64> = []
 
     func inherit(_ count: Int, in sequences: ClosedRange<UInt64>, holdingForNs hold: Int64) {
         guard count > 0 else { return }
@@ -356,6 +367,19 @@ final class AckFloor {
     /// Whether `sequence` was read again and written already.
     fileprivate func wasRewritten(_ sequence: UInt64) -> Bool {
         rewritten.contains(sequence)
+    }
+
+    /// Whether `sequence` was read again and its batch is not written yet:
+    /// a delivery of it by the server meanwhile is neither written (it may
+    /// be in a moment) nor acknowledged (the write may fail).
+    fileprivate func isBeingRewritten(_ sequence: UInt64) -> Bool {
+        rewriting.contains(sequence)
+    }
+
+    /// A batch handed to the sinks.
+    fileprivate func opened(_ delivery: Delivery) {
+        open.append(delivery)
+        if delivery.readAgain { rewriting.formUnion(delivery.sequences) }
     }
 
     /// When the earliest hold (a sequence given back, the inherited range)
@@ -394,6 +418,7 @@ final class AckFloor {
     }
 
     fileprivate func finished(_ delivery: Delivery, written: Bool, firstDelayNs: Int64, mostDelayNs: Int64) {
+        if delivery.readAgain { rewriting.subtract(delivery.sequences) }
         if acksEach {
             for message in delivery.messages {
                 if written { natsMsg_Ack(message, nil) }
@@ -545,7 +570,7 @@ final class ConsumerLink: @unchecked Sendable {
         let delivery = Delivery(messages: messages, sequences: sequences, floor: floor, link: self)
         deliveries.withLock {
             inFlight += 1
-            floor.open.append(delivery)
+            floor.opened(delivery)
         }
         return delivery
     }
@@ -943,6 +968,12 @@ final class ConsumerLink: @unchecked Sendable {
     func writtenAlready(_ sequence: UInt64, from pull: Pull) -> Bool {
         let floor = floors[pull.name]!
         return deliveries.withLock { floor.wasRewritten(sequence) }
+    }
+
+    /// Whether `sequence` was read again and is on its way to the sinks.
+    func beingWrittenAgain(_ sequence: UInt64, from pull: Pull) -> Bool {
+        let floor = floors[pull.name]!
+        return deliveries.withLock { floor.isBeingRewritten(sequence) }
     }
 
     /// A message's stream sequence and how many times it was delivered

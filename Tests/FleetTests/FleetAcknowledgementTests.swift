@@ -224,7 +224,23 @@ struct FleetAcknowledgementTests {
     @Test("an aggregator killed with every message delivered and none acknowledged: the restart reads them again from the stream at once, and what the server delivers again at ack_wait is acknowledged, not written twice",
           .enabled(if: NATSTests.enabled), .timeLimit(.minutes(5)))
     func aRestartReadsTheUnacknowledgedAgainAndWritesThemOnce() throws {
-        let scratch = try FleetScratch("ack-again")
+        try Self.killAndRestart("ack-again")
+    }
+
+    @Test("the same, restarted after ack_wait ran out and with a sink that holds up what is read again: what the server delivers meanwhile is asked for again later, not written twice",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(5)))
+    func whatTheServerDeliversWhileTheReadAgainIsWrittenIsNotWrittenTwice() throws {
+        try Self.killAndRestart("ack-again-slow", pause: 7, holdUpSeconds: 3)
+    }
+
+    /// Kills an aggregator (ack_wait 6 s) whose sink writes into a pipe
+    /// nobody reads, once every message is delivered; `pause` seconds later
+    /// starts it again writing to a file, through a pipe read only after
+    /// `holdUpSeconds` when that is not 0, and checks that the restart read
+    /// the unacknowledged messages again at once and wrote each once, in
+    /// order, the server's deliveries of them acknowledged only.
+    static func killAndRestart(_ name: String, pause: UInt32 = 0, holdUpSeconds: UInt32 = 0) throws {
+        let scratch = try FleetScratch(name)
         defer { scratch.remove() }
         let (server, inspector) = try Self.filledServer(scratch)
         defer { server.stop() }
@@ -249,12 +265,41 @@ struct FleetAcknowledgementTests {
         #expect(state.deliveredStream == UInt64(Self.events), "every message should have been delivered")
         let floor = Int(state.ackFloorStream)
         #expect(floor < Self.events / 2, "the pipe should have held up most of them (\(floor) acknowledged)")
+        sleep(pause)
 
         let output = scratch.directory + "/events.jsonl"
-        let second = try CLI.start(["run", try pipeline("again", sink: output)])
+        var sinkPath = output
+        var copier: Thread?
+        let copied = ConditionFlag()
+        if holdUpSeconds > 0 {
+            // The restarted sink writes into a pipe that is read only after a
+            // while: what it read again waits there, unwritten.
+            sinkPath = scratch.directory + "/held-up"
+            #expect(mkfifo(sinkPath, 0o600) == 0)
+            let heldUp = open(sinkPath, O_RDONLY | O_NONBLOCK)
+            #expect(heldUp >= 0)
+            _ = fcntl(heldUp, F_SETFL, 0)
+            let thread = Thread {
+                sleep(holdUpSeconds)
+                let file = FileManager.default.createFile(atPath: output, contents: nil) ? FileHandle(forWritingAtPath: output) : nil
+                var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                while true {
+                    let count = read(heldUp, &buffer, buffer.count)
+                    if count <= 0 { break }
+                    file?.write(Data(buffer[0..<count]))
+                }
+                try? file?.close()
+                close(heldUp)
+                copied.set()
+            }
+            thread.start()
+            copier = thread
+        }
+        let second = try CLI.start(["run", try pipeline("again", sink: sinkPath)])
         defer { second.stopIfRunning() }
         #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(Self.events), timeout: 120))
         let result = second.terminate()
+        if copier != nil { #expect(copied.wait(seconds: 30), "the pipe's reader did not see its end") }
         #expect(result.status == 0, "restarted aggregator: \(FleetRecords.excerpt(result.stderr))")
         #expect(result.stderr.contains("read \(Self.events - floor) message(s) delivered before again from the stream"),
                 "\(FleetRecords.excerpt(result.stderr))")
@@ -262,7 +307,30 @@ struct FleetAcknowledgementTests {
         // delivered them again once ack_wait ran out: acknowledged, not written.
         #expect(result.stderr.contains("written already: acknowledged, not written twice"), "the server should have delivered them again")
         // Stream sequence n + 1 is event n: the file holds each unacknowledged one once, in order.
-        #expect(try Self.numbers(inFile: output) == Array(floor..<Self.events))
+        let written = try Self.numbers(inFile: output)
+        #expect(written == Array(floor..<Self.events),
+                "the file holds \(written.count) events (\(Set(written).count) distinct), first \(written.prefix(3)), last \(written.suffix(3)), floor \(floor); \(FleetTests.exactlyOnceProblem(written.map { $0 - floor }, count: Self.events - floor) ?? "")\n\(FleetRecords.excerpt(result.stderr))")
+    }
+}
+
+/// Set once, waited for with a time limit.
+final class ConditionFlag: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var isSet = false
+
+    func set() {
+        condition.lock()
+        isSet = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func wait(seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while !isSet, condition.wait(until: deadline) {}
+        return isSet
     }
 }
 
