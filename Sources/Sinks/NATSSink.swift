@@ -518,11 +518,14 @@ final class Outbox: @unchecked Sendable {
         entries[(head + count) & (entries.count - 1)] = Entry(offset: offset, length: Int32(line.count), subject: subject, state: .unsent, weight: weight)
         count += 1
         if let ledger {
-            ledger.took(weight)
             if frameHeader > 0 {
                 ledger.frame(at: offset, length: line.count, sequence: nextSequence - 1)
                 ledger.appended(next: nextSequence)
             }
+            // Counted right after its frame is announced, not before the
+            // checksum is worked out: a run killed in between would leave a
+            // line counted as held that the next start cannot walk.
+            ledger.took(weight)
         }
         return true
     }
