@@ -413,6 +413,34 @@ public enum NATSSubject {
         return filterTokens.count == patternTokens.count
     }
 
+    /// The narrowest single filter that matches every one of `subjects`
+    /// (plain subjects, no wildcards): a token they share stays, a token in
+    /// which they differ becomes `*`, and when their lengths differ the
+    /// shortest one's last token and all after it become `>`.
+    /// `pipelined.web-1.network.connect` and `pipelined.web-1.network.bind`
+    /// give `pipelined.web-1.network.*`. Nil for no subjects.
+    public static func narrowestFilter(covering subjects: some Sequence<String>) -> String? {
+        var common: [Substring]?
+        var shortest = Int.max
+        for subject in subjects {
+            let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
+            shortest = Swift.min(shortest, tokens.count)
+            guard var kept = common else {
+                common = tokens
+                continue
+            }
+            for index in 0..<Swift.min(kept.count, tokens.count) where kept[index] != tokens[index] { kept[index] = "*" }
+            if tokens.count > kept.count { kept += tokens[kept.count...] }
+            common = kept
+        }
+        guard var tokens = common else { return nil }
+        if tokens.count > shortest {
+            // `>` stands for one token or more: it takes the shortest's last.
+            tokens = Array(tokens[..<(shortest - 1)]) + [">"]
+        }
+        return tokens.joined(separator: ".")
+    }
+
     /// True when a subject token needs no escaping: NATS separates tokens
     /// with `.` and treats `*`, `>` and white space specially.
     public static func isPlainToken(_ token: Substring) -> Bool {

@@ -1208,9 +1208,11 @@ final class PublishLink: @unchecked Sendable {
     /// Looks in the stream for the copies of `checks` stored earlier, before
     /// they are sent again (``Outbox/EntryState/checking``): a consumer of
     /// the sink's own, made for the look and deleted after it, reads the
-    /// headers of the stream's messages from the first floor on (on their
-    /// subject, when they share one), up to the stream's end as it was
-    /// when the consumer was made. A message id of this run's prefix names
+    /// headers of the stream's messages from the first floor on, up to the
+    /// stream's end as it was when the consumer was made, filtered on the
+    /// narrowest subject that covers theirs (the tokens they share kept:
+    /// with the default template their node's, `pipelined.web-1.*.*`, so a
+    /// look skips what the rest of the fleet stored meanwhile). A message id of this run's prefix names
     /// an entry the stream holds: it is released as acknowledged, not sent
     /// again. The rest are sent again as new. With no answer the entries
     /// wait, and the look is tried again after `waitNs` (doubling up to
@@ -1222,17 +1224,19 @@ final class PublishLink: @unchecked Sendable {
             return
         }
         let start = (checks.map(\.floor).min() ?? 0) + 1
-        let first = checks[0].subject
-        let oneSubject = checks.allSatisfy { strcmp($0.subject, first) == 0 }
+        // Subjects are made once per (node, event kind), so few pointers.
+        let subjects = Set(checks.map(\.subject)).map { String(cString: $0) }
+        let filter = NATSSubject.narrowestFilter(covering: subjects)
         let sought = Set(checks.map(\.sequence))
         var found = Set<UInt64>()
         var read: UInt64 = 0
+        // The stream sequence of the last message read (0: none, or no metadata).
+        var through: UInt64 = 0
         let waitMs = Swift.max(options.ackTimeoutNs / 1_000_000, 500)
         enum Outcome { case answered, noAnswer(String), refused(String) }
         let outcome: Outcome = {
             var config = jsConsumerConfig()
             jsConsumerConfig_Init(&config)
-            config.FilterSubject = oneSubject ? first : nil
             config.AckPolicy = js_AckNone
             config.DeliverPolicy = js_DeliverByStartSequence
             config.OptStartSeq = start
@@ -1244,7 +1248,10 @@ final class PublishLink: @unchecked Sendable {
             requestOptions.Wait = waitMs
             var info: UnsafeMutablePointer<jsConsumerInfo>?
             var code = jsErrCode(rawValue: 0)
-            let made = js_AddConsumer(&info, jetStream, options.stream, &config, &requestOptions, &code)
+            let made = (filter ?? "").withCString { text in
+                config.FilterSubject = filter == nil ? nil : text
+                return js_AddConsumer(&info, jetStream, options.stream, &config, &requestOptions, &code)
+            }
             guard made == NATS_OK, let info else {
                 let error = NATSError(made, code: code, "cannot make a consumer to look in stream '\(options.stream)'")
                 return made == NATS_TIMEOUT || made == NATS_NO_RESPONDERS || made == NATS_CONNECTION_CLOSED || made == NATS_CONNECTION_DISCONNECTED
@@ -1283,6 +1290,13 @@ final class PublishLink: @unchecked Sendable {
                     read += 1
                     if let sequence = ownSequence(list.Msgs[index]), sought.contains(sequence) { found.insert(sequence) }
                 }
+                if list.Count > 0 {
+                    var metadata: UnsafeMutablePointer<jsMsgMetaData>?
+                    if natsMsg_GetMetaData(&metadata, list.Msgs[Int(list.Count) - 1]) == NATS_OK, let metadata {
+                        through = metadata.pointee.Sequence.Stream
+                        jsMsgMetaData_Destroy(metadata)
+                    }
+                }
                 natsMsgList_Destroy(&list)
             }
             return .answered
@@ -1300,7 +1314,7 @@ final class PublishLink: @unchecked Sendable {
                 context.metrics.add(context.metrics.bytes, UInt64(result.bytes))
             }
             if result.found > 0 { foundInStream.add(UInt64(result.found)) }
-            context.logger.notice("looked for \(checks.count) unacknowledged publish(es) in stream '\(options.stream)' (\(read) message(s) read from sequence \(start)) before sending them again: \(result.found) stored already (released, not sent again), \(checks.count - result.found) sent again")
+            context.logger.notice("looked for \(checks.count) unacknowledged publish(es) in stream '\(options.stream)' (\(read) message(s) on '\(filter ?? ">")' read from sequence \(start)\(through > 0 ? " through \(through)" : "")) before sending them again: \(result.found) stored already (released, not sent again), \(checks.count - result.found) sent again")
         case .noAnswer(let reason):
             let refused = outbox.lock.withLock { () -> Bool in
                 guard outbox.checksRefused else { return false }

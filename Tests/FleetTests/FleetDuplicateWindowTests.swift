@@ -163,6 +163,82 @@ struct FleetDuplicateWindowTests {
         #expect(run.stored == UInt64(total), "\(run.stored) messages in the stream for \(total) events: \(Int(run.stored) - total) stored twice")
     }
 
+    @Test("a look in the stream reads only its node's subjects: web-1's connect and bind events lose their acks for 3 s while web-2 publishes beside it; the look filters on 'pipelined.web-1.network.*', reads no more than web-1 stored from its start, and the stream holds each node's events exactly once",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
+    func aLookReadsOnlyItsNodesSubjects() throws {
+        let scratch = try FleetScratch("looknarrow")
+        defer { scratch.remove() }
+        let server = try NATSServer(directory: scratch.directory)
+        defer { server.stop() }
+        let relay = try OneWayProxy(to: server.port)
+        defer { relay.stop() }
+        let total = 20_000
+        let directory = URL(fileURLWithPath: scratch.directory)
+        // web-1: connect and bind in turn, so what its look seeks has two subjects.
+        let feedA = try Feed(in: directory, name: "web-1.fifo") { n in
+            n % 2 == 0 ? connectLine(n) : connectLine(n).replacingOccurrences(of: #""event":"connect","event_id":42"#, with: #""event":"bind","event_id":49"#)
+        }
+        let feedB = try Feed(in: directory, name: "web-2.fifo") { connectLine($0, node: "web-2") }
+        let nodeA = try CLI.start(["run", try scratch.nodePipeline(
+            "node-a", events: feedA.path, urls: [relay.url], rate: 5000,
+            sink: "duplicate_window: 1s\nack_timeout: 500ms")])
+        defer { nodeA.stopIfRunning() }
+        // Either node may make the stream: both ask for the same window.
+        let nodeB = try CLI.start(["run", try scratch.nodePipeline("node-b", events: feedB.path, urls: [server.url], rate: 5000,
+                                                                   sink: "duplicate_window: 1s")])
+        defer { nodeB.stopIfRunning() }
+        #expect(feedA.connect() && feedB.connect(), "a node never opened its input")
+        let sent = DispatchGroup()
+        for feed in [feedA, feedB] {
+            sent.enter()
+            Thread.detachNewThread {
+                feed.send(total)
+                sent.leave()
+            }
+        }
+        let inspector = try StreamInspector(urls: [server.url])
+        let before = inspector.waitForMessages("PIPELINED", atLeast: 8000, timeout: 60)
+        #expect(before < UInt64(2 * total), "the lost acks should fall mid-stream (\(before) stored)")
+        relay.setAnswering(false)
+        sleep(3)
+        relay.setAnswering(true)
+        relay.cutAll()
+        sent.wait()
+        #expect(inspector.waitForMessages("PIPELINED", atLeast: UInt64(2 * total), timeout: 120) >= UInt64(2 * total))
+        let stored = inspector.settledCount("PIPELINED")
+        feedA.close()
+        feedB.close()
+        let resultA = nodeA.finish(timeout: 100)
+        let resultB = nodeB.finish(timeout: 100)
+        #expect(resultA.status == 0 && resultB.status == 0, "\(FleetRecords.excerpt(resultA.stderr))\n\(FleetRecords.excerpt(resultB.stderr))")
+
+        let records = try FleetRecords.decode(inspector.payloads("PIPELINED", expected: Int(stored)).joined(separator: "\n"))
+        #expect(stored == UInt64(2 * total), "\(stored) messages in the stream for \(2 * total) events")
+        let numbers = FleetRecords.numbers(records)
+        #expect(numbers["web-1"] == Array(0..<total), "web-1's events once each, in order")
+        #expect(numbers["web-2"] == Array(0..<total), "web-2's events once each, in order")
+        // Stream sequence n is record n - 1 (a fresh stream, nothing removed).
+        let isWeb1 = records.map { record -> Bool in
+            if case .event(let event) = record { return event.node.name == "web-1" }
+            return false
+        }
+        let looks = resultA.stderr.split(separator: "\n").compactMap { line -> (read: Int, filter: String, range: ClosedRange<Int>)? in
+            guard let match = line.firstMatch(of: /\((\d+) message\(s\) on '([^']+)' read from sequence (\d+) through (\d+)\)/) else { return nil }
+            return (Int(match.1)!, String(match.2), Int(match.3)!...Int(match.4)!)
+        }
+        #expect(!looks.isEmpty, "web-1 looked in the stream: \(FleetRecords.excerpt(resultA.stderr))")
+        #expect(resultA.stderr.contains("stored already (released, not sent again)"), "\(FleetRecords.excerpt(resultA.stderr))")
+        for look in looks {
+            #expect(look.filter == "pipelined.web-1.network.*")
+            let inRange = isWeb1[(look.range.lowerBound - 1)..<look.range.upperBound]
+            let web1 = inRange.filter { $0 }.count
+            // web-2 stored some in the range, or the test would not tell.
+            #expect(web1 < inRange.count, "web-2 published between sequences \(look.range)")
+            // Without the filter the look reads web-2's messages too.
+            #expect(look.read == web1, "read \(look.read) in sequences \(look.range): web-1's are \(web1) of \(inRange.count)")
+        }
+    }
+
     @Test("a node user allowed to publish and not to make consumers: its acks lost for 3 s, then the connection cut: the refused look is logged, what waited goes out again without it (counted past the window), and every event reaches the stream, the copies within the count",
           .enabled(if: NATSTests.enabled), .timeLimit(.minutes(3)))
     func aRefusedLookSendsAgainCounted() throws {

@@ -105,4 +105,26 @@ struct NATSSinkOptionsTests {
         #expect(!NATSSubject.covers("pipelined.*", "pipelined.*.*.*"))
         #expect(!NATSSubject.covers("pipelined.>", "pipelined"))
     }
+
+    @Test("a look in the stream filters on the narrowest subject covering what it looks for: shared tokens kept, differing ones '*', differing lengths '>'")
+    func narrowestFilter() {
+        let cases: [([String], String?)] = [
+            ([], nil),
+            (["pipelined.web-1.network.connect"], "pipelined.web-1.network.connect"),
+            (["pipelined.web-1.network.connect", "pipelined.web-1.network.bind"], "pipelined.web-1.network.*"),
+            (["pipelined.web-1.network.connect", "pipelined.web-1.lost.lost", "pipelined.web-1.file.openat"], "pipelined.web-1.*.*"),
+            (["pipelined.web-1.network.connect", "pipelined.web-2.network.connect"], "pipelined.*.network.connect"),
+            (["fleet.a.b", "fleet.a.b.c.d", "fleet.x.b.c"], "fleet.*.>"),
+            (["fleet.a.b.c", "fleet.a.b"], "fleet.a.>"),
+            (["a", "b.c"], ">"),
+        ]
+        for (subjects, expected) in cases {
+            let filter = NATSSubject.narrowestFilter(covering: subjects)
+            #expect(filter == expected, "\(subjects)")
+            // Whatever it gives matches every subject it was given.
+            for subject in subjects {
+                #expect(filter.map { NATSSubject.covers($0, subject) } == true, "\(filter ?? "nil") must match \(subject)")
+            }
+        }
+    }
 }

@@ -6,15 +6,18 @@ import Foundation
 /// races the input running out, however slow the machine.
 final class Feed: @unchecked Sendable {
     let path: String
-    /// How many records went in (at most); record `n` is `connectLine(n)`.
+    /// How many records went in (at most); record `n` is `line(n)`.
     private(set) var sent = 0
+    /// Record `n` (`connectLine(n)` unless the test gives another).
+    private let line: @Sendable (Int) -> String
     // Written only by the test's own task, or by `stream`'s thread while it runs.
     private var fd: Int32 = -1
     private var streaming: Thread?
     private let streamDone = DispatchSemaphore(value: 0)
 
-    init(in directory: URL, name: String = "events.fifo") throws {
+    init(in directory: URL, name: String = "events.fifo", line: @escaping @Sendable (Int) -> String = { connectLine($0) }) throws {
         path = directory.appendingPathComponent(name).path
+        self.line = line
         // A write to a FIFO whose reader is gone raises SIGPIPE; the test
         // process takes it as EPIPE instead of dying of it.
         signal(SIGPIPE, SIG_IGN)
@@ -44,7 +47,7 @@ final class Feed: @unchecked Sendable {
     /// once the reader has gone (EPIPE).
     @discardableResult
     func send(_ count: Int) -> Bool {
-        let text = (sent..<(sent + count)).map { connectLine($0) + "\n" }.joined()
+        let text = (sent..<(sent + count)).map { line($0) + "\n" }.joined()
         let written = text.utf8CString.withUnsafeBytes { raw in
             writeAll(raw.baseAddress!, raw.count - 1)
         }
