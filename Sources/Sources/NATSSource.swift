@@ -8,6 +8,7 @@ import CNATS
 import Logging
 import NATSClient
 import PipelineCore
+import Synchronization
 
 /// The `nats` source: an aggregator's end of the fleet. It reads a
 /// JetStream stream through a durable pull consumer and acknowledges a
@@ -539,6 +540,13 @@ final class ConsumerLink: @unchecked Sendable {
     private var renewAtNs: Int64 = 0
     private var renewWaitNs: Int64 = 0
 
+    /// How many links of this process read each durable (`stream/name`): a
+    /// reload starts the new source beside the old one for a moment, so a
+    /// pull request of the old is not another reader's.
+    private static let readersHere = Mutex<[String: Int]>([:])
+    /// The durables this link counts in ``readersHere``.
+    private var countedHere: Set<String> = []
+
     init(options: NATSSourceOptions, context: StageContext) {
         self.options = options
         self.context = context
@@ -614,6 +622,14 @@ final class ConsumerLink: @unchecked Sendable {
             logger.warning("\(left) batch(es) not written by every sink within \(Units.formatDuration(wait)): left unacknowledged, they come again")
         }
         closing.store(true, ordering: .releasing)
+        let counted = countedHere
+        countedHere = []
+        Self.readersHere.withLock { readers in
+            for key in counted {
+                readers[key, default: 1] -= 1
+                if readers[key] == 0 { readers[key] = nil }
+            }
+        }
         subscribed.forEach { natsSubscription_Destroy($0.subscription) }
         retired.forEach { natsSubscription_Destroy($0) }
         subscribed = []
@@ -792,6 +808,7 @@ final class ConsumerLink: @unchecked Sendable {
             if acksEach, !deliveries.withLock({ floor.acksEach }) {
                 context.logger.notice("consumer '\(name)' acknowledges each message (made by an older pipelined): reading it so; delete it on the server to get one acknowledgement per batch")
             }
+            warnIfReadElsewhere(name, waiting: info.pointee.NumWaiting)
             let acknowledgedFloor = info.pointee.AckFloor.Stream, delivered = info.pointee.Delivered.Stream
             let unacknowledged = Int(max(0, info.pointee.NumAckPending))
             deliveries.withLock {
@@ -815,10 +832,34 @@ final class ConsumerLink: @unchecked Sendable {
             throw ConsumerProblem(message: "stream '\(options.stream)' does not exist yet")
         }
         try add(name, subject: subject, index: index, update: false, ackPolicy: js_AckAll)
+        // New: nobody else reads it yet. Counted, so a reload's new source is not warned of this one.
+        warnIfReadElsewhere(name, waiting: 0)
         deliveries.withLock {
             floors[name]!.acksEach = false
             floors[name]!.inherited = true
         }
+    }
+
+    /// Says so when another client reads the durable `name` already: its
+    /// pull requests wait on the server (`waiting`, from the consumer's
+    /// info, taken before this link fetches) and no other link of this
+    /// process reads it. Two readers of one durable each acknowledge up to
+    /// their own highest written message, which covers what the other holds
+    /// unwritten (cumulative acknowledgements), so if one is killed what it
+    /// held is not delivered again. A reader busy between fetches has none
+    /// waiting and is not seen; one that was killed has none either (the
+    /// server drops the requests of a closed connection). Said once per
+    /// durable, and the link counts itself as a reader of it from then on.
+    private func warnIfReadElsewhere(_ name: String, waiting: Int64) {
+        let key = options.stream + "/" + name
+        guard !countedHere.contains(key) else { return }
+        countedHere.insert(key)
+        let here = Self.readersHere.withLock { readers in
+            defer { readers[key, default: 0] += 1 }
+            return readers[key] ?? 0
+        }
+        guard waiting > 0, here == 0 else { return }
+        context.logger.warning("consumer '\(name)' of stream '\(options.stream)' is being read by another client (\(waiting) pull request(s) waiting on the server): two readers of one durable acknowledge each other's messages (acknowledgements are cumulative), so one that is killed loses what it held; give each aggregator its own durable, or its own subjects")
     }
 
     private func add(_ name: String, subject: String?, index: Int, update: Bool, ackPolicy: jsAckPolicy) throws {

@@ -233,6 +233,45 @@ struct FleetAcknowledgementTests {
         try Self.killAndRestart("ack-again-slow", pause: 7, holdUpSeconds: 3)
     }
 
+    @Test("a second aggregator on the durable another reads says so (its acknowledgements would cover the other's unwritten messages); a reload that replaces the source, and a restart after a kill, do not",
+          .enabled(if: NATSTests.enabled), .timeLimit(.minutes(5)))
+    func aSecondReaderOfTheDurableIsWarnedOf() throws {
+        let scratch = try FleetScratch("ack-two-readers")
+        defer { scratch.remove() }
+        let (server, inspector) = try Self.filledServer(scratch)
+        defer { server.stop() }
+        let warning = "consumer 'agg' of stream 'PIPELINED' is being read by another client"
+        let pipeline = try Self.aggregator(scratch, url: server.url, file: scratch.directory + "/first.jsonl")
+        let first = try CLI.start(["run", pipeline])
+        defer { first.stopIfRunning() }
+        #expect(inspector.waitUntilAcknowledged("PIPELINED", "agg", count: UInt64(Self.events)))
+        sleep(1)  // idle: its fetch waits on the server
+
+        let second = try CLI.start(["run", try Self.aggregator(scratch, url: server.url, file: scratch.directory + "/second.jsonl", name: "second")])
+        defer { second.stopIfRunning() }
+        #expect(second.waitFor(timeout: 30) { _, stderr in stderr.contains(warning) }, "\(FleetRecords.excerpt(second.stderr.text))")
+        #expect(second.stderr.text.contains("(1 pull request(s) waiting on the server)"), "\(FleetRecords.excerpt(second.stderr.text))")
+        #expect(second.terminate().status == 0)
+
+        // A reload that changes the source's options starts the new source beside the old one.
+        _ = try Self.aggregator(scratch, url: server.url, file: scratch.directory + "/first.jsonl", source: ", ack_wait: 20s")
+        first.signal(SIGHUP)
+        #expect(first.waitFor(timeout: 30) { _, stderr in stderr.contains("replaced [fleet]") }, "\(FleetRecords.excerpt(first.stderr.text))")
+        sleep(1)
+        first.signal(SIGKILL)
+        let killed = first.finish()
+        #expect(!killed.stderr.contains(warning), "the reload's new source was warned of the old: \(FleetRecords.excerpt(killed.stderr))")
+
+        // Killed: the server dropped its pull requests with its connection.
+        let restarted = try CLI.start(["run", pipeline])
+        defer { restarted.stopIfRunning() }
+        #expect(restarted.waitFor(timeout: 30) { _, stderr in stderr.contains("pipeline started") })
+        sleep(1)
+        let result = restarted.terminate()
+        #expect(result.status == 0, "\(FleetRecords.excerpt(result.stderr))")
+        #expect(!result.stderr.contains(warning), "\(FleetRecords.excerpt(result.stderr))")
+    }
+
     /// Kills an aggregator (ack_wait 6 s) whose sink writes into a pipe
     /// nobody reads, once every message is delivered; `pause` seconds later
     /// starts it again writing to a file, through a pipe read only after
@@ -301,6 +340,8 @@ struct FleetAcknowledgementTests {
         let result = second.terminate()
         if copier != nil { #expect(copied.wait(seconds: 30), "the pipe's reader did not see its end") }
         #expect(result.status == 0, "restarted aggregator: \(FleetRecords.excerpt(result.stderr))")
+        // The killed run's pull requests went with its connection: not taken for another reader.
+        #expect(!result.stderr.contains("is being read by another client"), "\(FleetRecords.excerpt(result.stderr))")
         #expect(result.stderr.contains("read \(Self.events - floor) message(s) delivered before again from the stream"),
                 "\(FleetRecords.excerpt(result.stderr))")
         // No later message's acknowledgement could cover them, so the server
