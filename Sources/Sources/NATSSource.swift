@@ -339,8 +339,10 @@ final class AckFloor {
     /// Inherited messages read again and written: when the server delivers
     /// one of them again anyway (its `ack_wait` ran out before an
     /// acknowledgement covered it), it is acknowledged, not written twice.
-    /// Forgotten once acknowledged.
-    private var rewritten: Set<UInt64> = []
+    /// The value is when it may be forgotten: 0 until an acknowledgement
+    /// covers it, then `givenBackHoldNs` later, because a redelivery the
+    /// server sent before it took the acknowledgement can still arrive.
+    private var rewritten: [UInt64: Int64] = [:]
     /// Inherited messages read again and not written yet (their batch is
     /// on its way to the sinks): see ``isBeingRewritten(_:)``.
     private var rewriting: Set<UInt64> = []
@@ -367,7 +369,7 @@ final class AckFloor {
 
     /// Whether `sequence` was read again and written already.
     fileprivate func wasRewritten(_ sequence: UInt64) -> Bool {
-        rewritten.contains(sequence)
+        rewritten[sequence] != nil
     }
 
     /// Whether `sequence` was read again and its batch is not written yet:
@@ -433,7 +435,9 @@ final class AckFloor {
             delivery.state = .written
             givenBackInARow = 0
             rewrote(delivery.sequences)
-            if delivery.readAgain { rewritten.formUnion(delivery.sequences) }
+            if delivery.readAgain {
+                for sequence in delivery.sequences { rewritten[sequence] = 0 }
+            }
             if !givenBack.isEmpty {
                 for sequence in delivery.sequences { givenBack[sequence] = nil }
             }
@@ -494,7 +498,19 @@ final class AckFloor {
         guard let best else { return }
         natsMsg_Ack(best.delivery.messages[best.index], nil)
         acknowledged = bestSequence
-        if !rewritten.isEmpty { rewritten = rewritten.filter { $0 > bestSequence } }
+        if !rewritten.isEmpty {
+            var kept: [UInt64: Int64] = [:]
+            for (sequence, until) in rewritten {
+                if sequence > bestSequence {
+                    kept[sequence] = until
+                } else if until == 0 {
+                    kept[sequence] = now + givenBackHoldNs
+                } else if until > now {
+                    kept[sequence] = until
+                }
+            }
+            rewritten = kept
+        }
         open.removeAll { delivery in
             guard delivery.state == .written, delivery.highest <= bestSequence else { return false }
             delivery.messages.forEach { natsMsg_Destroy($0) }
