@@ -396,6 +396,18 @@ public final class NATSConnection: @unchecked Sendable {
 }
 
 /// NATS subject matching, token by token (`*` one token, `>` the rest).
+/// What JetStream says of a message it delivered.
+public enum JetStreamMessage {
+    /// A delivered message's stream sequence and how many times it was
+    /// delivered (0 and 0 when its metadata cannot be read).
+    public static func metadata(of message: OpaquePointer) -> (sequence: UInt64, deliveries: UInt64) {
+        var metadata: UnsafeMutablePointer<jsMsgMetaData>?
+        guard natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata else { return (0, 0) }
+        defer { jsMsgMetaData_Destroy(metadata) }
+        return (metadata.pointee.Sequence.Stream, metadata.pointee.NumDelivered)
+    }
+}
+
 public enum NATSSubject {
     /// True when every subject `pattern` can stand for is matched by `filter`:
     /// `pipelined.>` covers `pipelined.*.*.*`; `pipelined.*.network.*` does not.

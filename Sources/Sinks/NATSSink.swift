@@ -1290,12 +1290,9 @@ final class PublishLink: @unchecked Sendable {
                     read += 1
                     if let sequence = ownSequence(list.Msgs[index]), sought.contains(sequence) { found.insert(sequence) }
                 }
-                if list.Count > 0 {
-                    var metadata: UnsafeMutablePointer<jsMsgMetaData>?
-                    if natsMsg_GetMetaData(&metadata, list.Msgs[Int(list.Count) - 1]) == NATS_OK, let metadata {
-                        through = metadata.pointee.Sequence.Stream
-                        jsMsgMetaData_Destroy(metadata)
-                    }
+                if list.Count > 0, let last = list.Msgs[Int(list.Count) - 1] {
+                    let sequence = JetStreamMessage.metadata(of: last).sequence
+                    if sequence > 0 { through = sequence }
                 }
                 natsMsgList_Destroy(&list)
             }

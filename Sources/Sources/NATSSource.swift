@@ -194,7 +194,7 @@ public final class NATSSource: EventSource {
                 guard let message = list.Msgs[index] else { continue }
                 // The list gives up the message: the batch's completion owns it.
                 list.Msgs[index] = nil
-                let (sequence, deliveries) = ConsumerLink.metadata(of: message)
+                let (sequence, deliveries) = JetStreamMessage.metadata(of: message)
                 let again = deliveries > 1
                 if again, consumer.writtenAlready(sequence, from: pull) {
                     writtenMessages.append(message)
@@ -339,10 +339,12 @@ final class AckFloor {
     /// Inherited messages read again and written: when the server delivers
     /// one of them again anyway (its `ack_wait` ran out before an
     /// acknowledgement covered it), it is acknowledged, not written twice.
-    /// The value is when it may be forgotten: 0 until an acknowledgement
-    /// covers it, then `givenBackHoldNs` later, because a redelivery the
-    /// server sent before it took the acknowledgement can still arrive.
-    private var rewritten: [UInt64: Int64] = [:]
+    /// Moved to ``rewrittenAcknowledged`` once an acknowledgement covers it.
+    private var rewritten: Set<UInt64> = []
+    /// Rewritten ones an acknowledgement covered, oldest first, each set
+    /// kept until `givenBackHoldNs` after that acknowledgement: a delivery
+    /// the server sent before it took the acknowledgement can still arrive.
+    private var rewrittenAcknowledged: [(until: Int64, sequences: Set<UInt64>)] = []
     /// Inherited messages read again and not written yet (their batch is
     /// on its way to the sinks): see ``isBeingRewritten(_:)``.
     private var rewriting: Set<UInt64> = []
@@ -369,7 +371,7 @@ final class AckFloor {
 
     /// Whether `sequence` was read again and written already.
     fileprivate func wasRewritten(_ sequence: UInt64) -> Bool {
-        rewritten[sequence] != nil
+        rewritten.contains(sequence) || rewrittenAcknowledged.contains { $0.sequences.contains(sequence) }
     }
 
     /// Whether `sequence` was read again and its batch is not written yet:
@@ -435,9 +437,7 @@ final class AckFloor {
             delivery.state = .written
             givenBackInARow = 0
             rewrote(delivery.sequences)
-            if delivery.readAgain {
-                for sequence in delivery.sequences { rewritten[sequence] = 0 }
-            }
+            if delivery.readAgain { rewritten.formUnion(delivery.sequences) }
             if !givenBack.isEmpty {
                 for sequence in delivery.sequences { givenBack[sequence] = nil }
             }
@@ -499,18 +499,13 @@ final class AckFloor {
         natsMsg_Ack(best.delivery.messages[best.index], nil)
         acknowledged = bestSequence
         if !rewritten.isEmpty {
-            var kept: [UInt64: Int64] = [:]
-            for (sequence, until) in rewritten {
-                if sequence > bestSequence {
-                    kept[sequence] = until
-                } else if until == 0 {
-                    kept[sequence] = now + givenBackHoldNs
-                } else if until > now {
-                    kept[sequence] = until
-                }
+            let covered = rewritten.filter { $0 <= bestSequence }
+            if !covered.isEmpty {
+                rewritten.subtract(covered)
+                rewrittenAcknowledged.append((now + givenBackHoldNs, covered))
             }
-            rewritten = kept
         }
+        while let oldest = rewrittenAcknowledged.first, oldest.until <= now { rewrittenAcknowledged.removeFirst() }
         open.removeAll { delivery in
             guard delivery.state == .written, delivery.highest <= bestSequence else { return false }
             delivery.messages.forEach { natsMsg_Destroy($0) }
@@ -997,7 +992,7 @@ final class ConsumerLink: @unchecked Sendable {
                 for index in 0..<Int(list.Count) {
                     guard let message = list.Msgs[index] else { continue }
                     list.Msgs[index] = nil
-                    let sequence = Self.metadata(of: message).sequence
+                    let sequence = JetStreamMessage.metadata(of: message).sequence
                     // Past the range: the consumer delivers those itself.
                     guard range.contains(sequence) else {
                         past = past || sequence > range.upperBound
@@ -1031,15 +1026,6 @@ final class ConsumerLink: @unchecked Sendable {
     func beingWrittenAgain(_ sequence: UInt64, from pull: Pull) -> Bool {
         let floor = floors[pull.name]!
         return deliveries.withLock { floor.isBeingRewritten(sequence) }
-    }
-
-    /// A message's stream sequence and how many times it was delivered
-    /// (0 and 0 when its metadata cannot be read).
-    static func metadata(of message: OpaquePointer) -> (sequence: UInt64, deliveries: UInt64) {
-        var metadata: UnsafeMutablePointer<jsMsgMetaData>?
-        guard natsMsg_GetMetaData(&metadata, message) == NATS_OK, let metadata else { return (0, 0) }
-        defer { jsMsgMetaData_Destroy(metadata) }
-        return (metadata.pointee.Sequence.Stream, metadata.pointee.NumDelivered)
     }
 
     /// A fetch failed: log it once, and start over with a new subscription
